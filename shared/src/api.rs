@@ -1,0 +1,236 @@
+//! The HTTP API's request and response bodies, shared so the origin, the edge and every client
+//! or test serialize exactly the same shapes.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The header that carries the API key on every `/auth/*` request.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The media type of error bodies (RFC 9457 section 3).
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// The `token_type` of every token response (RFC 6750).
+pub const TOKEN_TYPE: &str = "Bearer";
+
+/// `POST /auth/register`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The address to sign in with; surrounding white space is ignored, case is not significant.
+    pub email: String,
+    /// 8 characters to 72 bytes.
+    pub password: String,
+    /// Optional first name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    /// Optional last name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+}
+
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("email", &self.email)
+            .field("password", &"***")
+            .field("first_name", &self.first_name)
+            .field("last_name", &self.last_name)
+            .finish()
+    }
+}
+
+/// `POST /auth/login`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    /// The address the account was registered with.
+    pub email: String,
+    /// The account's password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// The answer to a successful register or login (RFC 6749 section 5.1 field names).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The signed access token.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// The signed-in user.
+    pub user: UserProfile,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"***")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+/// `GET /auth/profile`, and the `user` of a token response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserProfile {
+    /// The user's id, also the access token's `sub`.
+    pub id: Uuid,
+    /// The address as registered.
+    pub email: String,
+    /// First name, if given.
+    pub first_name: Option<String>,
+    /// Last name, if given.
+    pub last_name: Option<String>,
+    /// False once the account is deactivated.
+    pub is_active: bool,
+    /// When the account was created, RFC 3339 in UTC.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `PATCH /auth/profile`: a member left out is unchanged, `null` clears it, a string sets it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfileRequest {
+    /// New first name.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<Option<String>>,
+    /// New last name.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<Option<String>>,
+}
+
+/// Tells a member given as `null` (`Some(None)`) from one left out (`None`, via `default`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+/// `GET /auth/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyResponse {
+    /// Always true; an invalid token gets a 401 problem instead.
+    pub valid: bool,
+    /// Whom the token speaks for.
+    pub user: VerifiedUser,
+    /// When the token expires, RFC 3339 in UTC.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// The identity inside a verified token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedUser {
+    /// The user's id.
+    pub id: Uuid,
+    /// The user's email address when the token was issued.
+    pub email: String,
+}
+
+/// `GET /health` and `GET /ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// `ok`, or `unavailable` when a dependency does not answer.
+    pub status: String,
+}
+
+/// Every error body: RFC 9457 problem details plus a stable `code` for programs to match on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A URI naming the kind of problem: `urn:gatehouse:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// A short summary of the kind of problem, the same for every occurrence.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong this time, for people.
+    pub detail: String,
+    /// What went wrong, for programs; stable across releases.
+    pub code: String,
+    /// Which fields were refused and why, on validation problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl Problem {
+    /// A problem of kind `code` with the given status, title and detail.
+    pub fn new(status: u16, code: &str, title: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            type_: format!("urn:gatehouse:problem:{code}"),
+            title: title.to_owned(),
+            status,
+            detail: detail.into(),
+            code: code.to_owned(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// One refused field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// The field's name as it appears in the request.
+    pub field: String,
+    /// Why it was refused.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_tells_null_from_absent() {
+        let absent: UpdateProfileRequest = serde_json::from_str(r#"{"last_name":"L"}"#).unwrap();
+        let null: UpdateProfileRequest = serde_json::from_str(r#"{"first_name":null}"#).unwrap();
+
+        assert_eq!(absent.first_name, None);
+        assert_eq!(absent.last_name, Some(Some("L".into())));
+        assert_eq!(null.first_name, Some(None));
+    }
+
+    #[test]
+    fn patch_refuses_unknown_members() {
+        assert!(serde_json::from_str::<UpdateProfileRequest>(r#"{"email":"x@y.z"}"#).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let register = RegisterRequest {
+            email: "a@b.c".into(),
+            password: "hunter2hunter2".into(),
+            first_name: None,
+            last_name: None,
+        };
+        let login = LoginRequest {
+            email: "a@b.c".into(),
+            password: "hunter2hunter2".into(),
+        };
+
+        assert!(!format!("{register:?}").contains("hunter2"));
+        assert!(!format!("{login:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn problem_serializes_type_and_omits_empty_errors() {
+        let problem = Problem::new(401, "invalid_token", "Invalid token", "token has expired");
+
+        let json = serde_json::to_value(&problem).unwrap();
+
+        assert_eq!(json["type"], "urn:gatehouse:problem:invalid_token");
+        assert_eq!(json["status"], 401);
+        assert!(json.get("errors").is_none());
+    }
+}

@@ -1,0 +1,31 @@
+//! The parts of Gatehouse that every side must agree on, in one crate that compiles natively and
+//! for `wasm32-unknown-unknown`: access-token claims and their validation rules ([`token`]), the
+//! public key set ([`jwk`]), the API-key format ([`api_key`]), input rules ([`input`]) and the
+//! HTTP request and response types ([`api`]).
+//!
+//! The crate has no I/O, no clock and no environment: the current time, keys, issuer and audience
+//! are arguments, so the edge worker, the origin and the tests run the very same checks.
+//! Issuing tokens and handling private keys sits behind the `signing` feature, which only the
+//! origin enables.
+
+pub mod api;
+pub mod api_key;
+pub mod input;
+pub mod jwk;
+#[cfg(feature = "signing")]
+pub mod signing;
+pub mod token;
+
+pub(crate) mod b64 {
+    //! Unpadded base64url (RFC 4648 section 5), the encoding JOSE uses everywhere (RFC 7515 section 2).
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    pub fn encode(bytes: impl AsRef<[u8]>) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        URL_SAFE_NO_PAD.decode(text).ok()
+    }
+}
