@@ -1,0 +1,158 @@
+//! The Gatehouse origin: registers users and logs them in with bcrypt, issues Ed25519-signed
+//! access tokens, keeps sessions in PostgreSQL and publishes its public keys.
+//!
+//! `main.rs` only reads configuration and starts things; everything else is here so tests link
+//! it. [`app`] builds the router from an [`AppState`]; [`serve`] runs it until SIGTERM or Ctrl-C.
+
+pub mod api_keys;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod password;
+pub mod routes;
+pub mod telemetry;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use gatehouse_shared::token::Validation;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, SigningKeySource};
+use crate::db::Database;
+use crate::error::ApiError;
+use crate::password::PasswordHasher;
+use crate::tokens::Tokens;
+
+pub use crate::db::MIGRATOR;
+
+/// The source of "now". Production reads the system clock; tests substitute their own so that
+/// expiry can be tested without sleeping.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> OffsetDateTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock(Arc::new(OffsetDateTime::now_utc))
+    }
+
+    /// A clock that asks `now` for the time.
+    pub fn from_fn(now: impl Fn() -> OffsetDateTime + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(now))
+    }
+
+    /// The current time.
+    pub fn now(&self) -> OffsetDateTime {
+        (self.0)()
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database pool and its health.
+    pub db: Database,
+    /// The bcrypt pool.
+    pub hasher: PasswordHasher,
+    /// Token issuing and checking.
+    pub tokens: Arc<Tokens>,
+    /// The time source.
+    pub clock: Clock,
+    /// `Cache-Control: max-age` of the JWKS document.
+    pub jwks_max_age: Duration,
+    /// Largest request body accepted.
+    pub body_limit_bytes: usize,
+}
+
+impl AppState {
+    /// The state described by `config`, on `db`. Takes the signing key out of `config`.
+    pub fn from_config(config: Config, db: Database) -> Self {
+        let signer = match config.signing_key {
+            SigningKeySource::Configured(signer) => signer,
+            SigningKeySource::Ephemeral(signer) => {
+                tracing::warn!(
+                    kid = signer.kid(),
+                    "DEVELOPMENT MODE: JWT_SIGNING_KEY is not set, so an ephemeral signing key was \
+                     generated. Tokens will not survive a restart. Never run production like this."
+                );
+                signer
+            }
+        };
+        let validation =
+            Validation::new(config.issuer, config.audience).with_leeway(config.leeway_secs);
+        AppState {
+            db,
+            hasher: PasswordHasher::new(
+                config.hash_workers,
+                config.hash_queue_limit,
+                config.password_hash_rounds,
+            ),
+            tokens: Arc::new(Tokens::new(
+                signer,
+                config.previous_key,
+                validation,
+                config.access_token_ttl,
+            )),
+            clock: Clock::system(),
+            jwks_max_age: config.jwks_max_age,
+            body_limit_bytes: config.body_limit_bytes,
+        }
+    }
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    let auth = routes::auth::router().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        api_keys::require_api_key,
+    ));
+    let router = Router::new()
+        .merge(auth)
+        .merge(routes::jwks::router())
+        .merge(routes::health::router())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(state.body_limit_bytes))
+        .with_state(state);
+    telemetry::layer(router)
+}
+
+/// Serves `app` on `listener` until SIGTERM or Ctrl-C, then lets requests in flight finish.
+pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,1 +1,138 @@
-fn main() {}
+//! `gatehouse-origin`: configuration, pool, migrations, serve; plus operator subcommands.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use gatehouse_origin::config::Config;
+use gatehouse_origin::db::{Database, MIGRATOR, PoolSettings};
+use gatehouse_origin::{AppState, api_keys, app, serve, telemetry};
+use gatehouse_shared::signing::TokenSigner;
+
+const USAGE: &str = "\
+usage: gatehouse-origin [COMMAND]
+
+commands:
+  serve                   run the HTTP service (the default); applies migrations first
+  migrate                 apply database migrations and exit
+  api-key create NAME     create an API key and print it (shown only this once)
+  api-key list            list API keys (ids and names, never secrets)
+  api-key revoke ID       revoke an API key by its id
+  keygen                  print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY
+
+configuration comes from environment variables; see README.md";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let outcome = match args.as_slice() {
+        [] | ["serve"] => run_server().await,
+        ["migrate"] => migrate().await,
+        ["api-key", "create", name] => create_api_key(name).await,
+        ["api-key", "list"] => list_api_keys().await,
+        ["api-key", "revoke", id] => revoke_api_key(id).await,
+        ["keygen"] => {
+            print!(
+                "{}",
+                *TokenSigner::generate(&mut rand_core::OsRng).to_pkcs8_pem()
+            );
+            Ok(())
+        }
+        ["help" | "--help" | "-h"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gatehouse-origin: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_server() -> anyhow::Result<()> {
+    let config = Config::from_env().context("invalid configuration")?;
+    let db = Database::connect(
+        &config.database_url,
+        &PoolSettings {
+            max_connections: config.database_max_connections,
+            acquire_timeout: config.database_acquire_timeout,
+            test_before_acquire: config.database_test_before_acquire,
+        },
+    )
+    .context("DATABASE_URL")?;
+    MIGRATOR
+        .run(db.pool())
+        .await
+        .context("applying migrations")?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
+    let addr = listener.local_addr()?;
+    let rounds = config.password_hash_rounds;
+    let state = AppState::from_config(config, db);
+    tracing::info!(%addr, bcrypt_cost = rounds, hash_workers = ?std::thread::available_parallelism().ok(), "listening");
+    serve(listener, app(state)).await?;
+    Ok(())
+}
+
+/// A pool for one-off commands, which need only `DATABASE_URL`.
+async fn command_pool() -> anyhow::Result<sqlx::PgPool> {
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL is required")?;
+    sqlx::PgPool::connect(&url)
+        .await
+        .context("connecting to DATABASE_URL")
+}
+
+async fn migrate() -> anyhow::Result<()> {
+    let pool = command_pool().await?;
+    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    eprintln!("migrations applied");
+    Ok(())
+}
+
+async fn create_api_key(name: &str) -> anyhow::Result<()> {
+    let pool = command_pool().await?;
+    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    let key = api_keys::create(&pool, name).await?;
+    eprintln!(
+        "created API key {} ({name}); it is shown only this once:",
+        key.id()
+    );
+    println!("{}", key.expose());
+    Ok(())
+}
+
+async fn list_api_keys() -> anyhow::Result<()> {
+    let pool = command_pool().await?;
+    println!("{:<16}  {:<24}  {:<25}  status", "id", "name", "created");
+    for key in api_keys::list(&pool).await? {
+        let status = key
+            .revoked_at
+            .map_or("active".to_owned(), |at| format!("revoked {at}"));
+        println!(
+            "{:<16}  {:<24}  {:<25}  {status}",
+            key.id,
+            key.name,
+            key.created_at.to_string()
+        );
+    }
+    Ok(())
+}
+
+async fn revoke_api_key(id: &str) -> anyhow::Result<()> {
+    let pool = command_pool().await?;
+    if api_keys::revoke(&pool, id).await? {
+        eprintln!("revoked API key {id}");
+        Ok(())
+    } else {
+        anyhow::bail!("no active API key with id {id}")
+    }
+}

@@ -105,10 +105,18 @@ pub struct UserProfile {
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileRequest {
     /// New first name.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub first_name: Option<Option<String>>,
     /// New last name.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_name: Option<Option<String>>,
 }
 

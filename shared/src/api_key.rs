@@ -65,7 +65,9 @@ impl ApiKey {
         if !lower_hex(id, 2 * ID_BYTES) || !lower_hex(secret, 2 * SECRET_BYTES) {
             return Err(ApiKeyError::Malformed);
         }
-        Ok(ApiKey { text: text.to_owned() })
+        Ok(ApiKey {
+            text: text.to_owned(),
+        })
     }
 
     /// The public id, without prefix.
@@ -153,7 +155,11 @@ mod tests {
         ];
 
         for case in cases {
-            assert_eq!(ApiKey::parse(&case), Err(ApiKeyError::Malformed), "{case:?}");
+            assert_eq!(
+                ApiKey::parse(&case),
+                Err(ApiKeyError::Malformed),
+                "{case:?}"
+            );
         }
     }
 

@@ -98,10 +98,7 @@ impl KeySet {
 
     /// A key set holding the given keys under their RFC 7638 thumbprints.
     pub fn from_keys<'a>(keys: impl IntoIterator<Item = &'a VerifyingKey>) -> Self {
-        let keys = keys
-            .into_iter()
-            .map(|key| (kid_of(key), *key))
-            .collect();
+        let keys = keys.into_iter().map(|key| (kid_of(key), *key)).collect();
         KeySet { keys }
     }
 

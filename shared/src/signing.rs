@@ -158,10 +158,16 @@ mod tests {
     #[test]
     fn garbage_pem_is_refused() {
         assert_eq!(
-            TokenSigner::from_pkcs8_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").unwrap_err(),
+            TokenSigner::from_pkcs8_pem(
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
+            )
+            .unwrap_err(),
             KeyError::InvalidPrivateKey
         );
-        assert_eq!(public_key_from_pem("hello").unwrap_err(), KeyError::InvalidPublicKey);
+        assert_eq!(
+            public_key_from_pem("hello").unwrap_err(),
+            KeyError::InvalidPublicKey
+        );
     }
 
     #[test]

@@ -234,9 +234,7 @@ fn split(token: &str) -> Result<(Header, &str, &str), TokenError> {
         return Err(TokenError::TooLarge);
     }
     let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let (header, payload) = signing_input
-        .split_once('.')
-        .ok_or(TokenError::Malformed)?;
+    let (header, payload) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
     if payload.contains('.') {
         return Err(TokenError::Malformed);
     }
@@ -269,14 +267,22 @@ fn check_header(header: &Header) -> Result<String, TokenError> {
     }
     // RFC 9068 section 4: typ is "at+jwt" or "application/at+jwt", compared case-insensitively
     // (RFC 7515 section 4.1.9).
-    let typ = header.typ.as_deref().unwrap_or_default().to_ascii_lowercase();
+    let typ = header
+        .typ
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if typ != ACCESS_TOKEN_TYPE && typ.strip_prefix("application/") != Some(ACCESS_TOKEN_TYPE) {
         return Err(TokenError::WrongType);
     }
     header.kid.clone().ok_or(TokenError::MissingKeyId)
 }
 
-fn check_claims(claims: &AccessClaims, validation: &Validation, now: i64) -> Result<(), TokenError> {
+fn check_claims(
+    claims: &AccessClaims,
+    validation: &Validation,
+    now: i64,
+) -> Result<(), TokenError> {
     let leeway = validation.leeway_secs as i64;
     if claims.iss != validation.issuer {
         return Err(TokenError::WrongIssuer);
@@ -353,7 +359,10 @@ mod tests {
         })
     }
 
-    fn token_with(edit_header: impl FnOnce(&mut Value), edit_claims: impl FnOnce(&mut Value)) -> String {
+    fn token_with(
+        edit_header: impl FnOnce(&mut Value),
+        edit_claims: impl FnOnce(&mut Value),
+    ) -> String {
         let key = signing_key(1);
         let (mut h, mut c) = (header(&key), claims());
         edit_header(&mut h);
@@ -410,7 +419,10 @@ mod tests {
         let lenient = Validation::new(ISSUER, AUDIENCE).with_leeway(3600);
 
         assert_eq!(lenient.leeway_secs(), MAX_LEEWAY_SECS);
-        assert_eq!(validate(&token, &keys(), &lenient, NOW), Err(TokenError::Expired));
+        assert_eq!(
+            validate(&token, &keys(), &lenient, NOW),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -437,11 +449,18 @@ mod tests {
     #[test]
     fn missing_required_claim_is_rejected() {
         for claim in ["exp", "nbf", "iss", "aud", "sub", "sid"] {
-            let token = token_with(|_| {}, |c| {
-                c.as_object_mut().unwrap().remove(claim);
-            });
+            let token = token_with(
+                |_| {},
+                |c| {
+                    c.as_object_mut().unwrap().remove(claim);
+                },
+            );
 
-            assert_eq!(check(&token), Err(TokenError::InvalidClaims), "without {claim}");
+            assert_eq!(
+                check(&token),
+                Err(TokenError::InvalidClaims),
+                "without {claim}"
+            );
         }
     }
 
@@ -466,7 +485,10 @@ mod tests {
     fn other_algorithm_is_rejected() {
         let token = token_with(|h| h["alg"] = json!("HS256"), |_| {});
 
-        assert_eq!(check(&token), Err(TokenError::WrongAlgorithm("HS256".into())));
+        assert_eq!(
+            check(&token),
+            Err(TokenError::WrongAlgorithm("HS256".into()))
+        );
     }
 
     #[test]
@@ -488,9 +510,12 @@ mod tests {
     #[test]
     fn wrong_or_missing_type_is_rejected() {
         let id_token = token_with(|h| h["typ"] = json!("JWT"), |_| {});
-        let untyped = token_with(|h| {
-            h.as_object_mut().unwrap().remove("typ");
-        }, |_| {});
+        let untyped = token_with(
+            |h| {
+                h.as_object_mut().unwrap().remove("typ");
+            },
+            |_| {},
+        );
 
         assert_eq!(check(&id_token), Err(TokenError::WrongType));
         assert_eq!(check(&untyped), Err(TokenError::WrongType));
@@ -505,9 +530,12 @@ mod tests {
 
     #[test]
     fn missing_kid_is_rejected() {
-        let token = token_with(|h| {
-            h.as_object_mut().unwrap().remove("kid");
-        }, |_| {});
+        let token = token_with(
+            |h| {
+                h.as_object_mut().unwrap().remove("kid");
+            },
+            |_| {},
+        );
 
         assert_eq!(check(&token), Err(TokenError::MissingKeyId));
     }

@@ -1,0 +1,288 @@
+//! Test support for Gatehouse's end-to-end tests: the real origin on a real PostgreSQL database
+//! (one fresh database per test, from `#[sqlx::test]`), called in process through the router or
+//! over a real socket, plus a TCP relay that can cut the database off and bring it back.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use gatehouse_origin::db::Database;
+use gatehouse_origin::password::PasswordHasher;
+use gatehouse_origin::tokens::Tokens;
+use gatehouse_origin::{AppState, Clock, api_keys, app};
+use gatehouse_shared::api::{API_KEY_HEADER, Problem, RegisterRequest, TokenResponse};
+use gatehouse_shared::signing::TokenSigner;
+use gatehouse_shared::token::Validation;
+use serde_json::Value;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tower::ServiceExt as _;
+
+/// The cheapest bcrypt cost, so that tests spend their time on behaviour, not on hashing.
+pub const TEST_HASH_COST: u32 = 4;
+/// The issuer tokens carry in tests.
+pub const ISSUER: &str = "https://gatehouse.test";
+/// The audience tokens carry in tests.
+pub const AUDIENCE: &str = "gatehouse-tests";
+/// A password that passes every rule.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+pub struct ManualClock(Arc<Mutex<OffsetDateTime>>);
+
+impl ManualClock {
+    /// Starts at the real current time.
+    pub fn new() -> Self {
+        ManualClock(Arc::new(Mutex::new(OffsetDateTime::now_utc())))
+    }
+
+    /// Moves time forward.
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+
+    /// As the origin's clock type.
+    pub fn clock(&self) -> Clock {
+        let now = Arc::clone(&self.0);
+        Clock::from_fn(move || *now.lock().unwrap())
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new()
+    }
+}
+
+/// How to build a test app; `Default` is what most tests want.
+pub struct Options {
+    /// bcrypt cost.
+    pub hash_cost: u32,
+    /// The signing key.
+    pub signer: TokenSigner,
+    /// A previous key still accepted.
+    pub previous: Option<ed25519_dalek::VerifyingKey>,
+    /// The clock.
+    pub clock: ManualClock,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hash_cost: TEST_HASH_COST,
+            signer: TokenSigner::generate(&mut rand_core::OsRng),
+            previous: None,
+            clock: ManualClock::new(),
+        }
+    }
+}
+
+/// The origin on a test database, with an API key to call it.
+pub struct TestApp {
+    /// The state the router runs on.
+    pub state: AppState,
+    /// The router.
+    pub router: Router,
+    /// A valid API key.
+    pub api_key: String,
+    /// The pool of the test database, for assertions on rows.
+    pub pool: PgPool,
+    /// The clock the app reads.
+    pub clock: ManualClock,
+}
+
+/// A response, with its body parsed as JSON when there is one.
+#[derive(Debug)]
+pub struct TestResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The body as JSON (`Value::Null` when empty).
+    pub body: Value,
+}
+
+impl TestResponse {
+    /// The body as an RFC 9457 problem; panics with the body if it is not one.
+    pub fn problem(&self) -> Problem {
+        assert_eq!(
+            self.headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "error responses are problem+json: {:?}",
+            self.body
+        );
+        serde_json::from_value(self.body.clone())
+            .unwrap_or_else(|e| panic!("not a problem ({e}): {}", self.body))
+    }
+
+    /// The body as `T`; panics with the body if it does not parse.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_value(self.body.clone())
+            .unwrap_or_else(|e| panic!("unexpected body ({e}): {}", self.body))
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The state a test app runs on.
+pub fn test_state(db: Database, options: Options) -> AppState {
+    AppState {
+        db,
+        hasher: PasswordHasher::new(2, 64, options.hash_cost),
+        tokens: Arc::new(Tokens::new(
+            options.signer,
+            options.previous,
+            Validation::new(ISSUER, AUDIENCE).with_leeway(5),
+            Duration::from_secs(900),
+        )),
+        clock: options.clock.clock(),
+        jwks_max_age: Duration::from_secs(300),
+        body_limit_bytes: 16 * 1024,
+    }
+}
+
+impl TestApp {
+    /// The origin with default options on `pool`.
+    pub async fn new(pool: PgPool) -> Self {
+        TestApp::with(pool, Options::default()).await
+    }
+
+    /// The origin with `options` on `pool`.
+    pub async fn with(pool: PgPool, options: Options) -> Self {
+        TestApp::on(Database::from_pool(pool.clone()), pool, options).await
+    }
+
+    /// The origin reaching its database through `db`, with `pool` a direct line to the same
+    /// database for setup and assertions.
+    pub async fn on(db: Database, pool: PgPool, options: Options) -> Self {
+        let clock = options.clock.clone();
+        let state = test_state(db, options);
+        let api_key = api_keys::create(&pool, "tests")
+            .await
+            .expect("the test database accepts an API key")
+            .expose()
+            .to_owned();
+        TestApp {
+            router: app(state.clone()),
+            state,
+            api_key,
+            pool,
+            clock,
+        }
+    }
+
+    /// Sends a request through the router with the app's API key.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> TestResponse {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(API_KEY_HEADER, &self.api_key);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        };
+        self.send(request.unwrap()).await
+    }
+
+    /// Sends a request exactly as built.
+    pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("body is not JSON: {}", String::from_utf8_lossy(&bytes)))
+        };
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Registers `email` with [`PASSWORD`] and returns the token response.
+    pub async fn register(&self, email: &str) -> TokenResponse {
+        let response = self
+            .call(
+                Method::POST,
+                "/auth/register",
+                None,
+                Some(register_body(email)),
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::CREATED, "{:?}", response.body);
+        response.json()
+    }
+
+    /// Logs in and returns the raw response.
+    pub async fn login(&self, email: &str, password: &str) -> TestResponse {
+        self.call(
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(serde_json::json!({ "email": email, "password": password })),
+        )
+        .await
+    }
+
+    /// Number of accounts in the database.
+    pub async fn user_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from users")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// A registration body for `email` with [`PASSWORD`].
+pub fn register_body(email: &str) -> Value {
+    serde_json::to_value(RegisterRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        first_name: Some("Ada".into()),
+        last_name: Some("Lovelace".into()),
+    })
+    .unwrap()
+}
+
+/// Serves `state` on a real socket at 127.0.0.1 on a free port until the returned handle drops.
+pub async fn spawn_server(state: AppState) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        gatehouse_origin::serve(listener, app(state)).await.unwrap();
+    });
+    (addr, server)
+}
+
+pub mod relay;

@@ -1,1 +1,63 @@
-fn main() {}
+//! Gatehouse's project automation, run as `cargo xtask <command>` (the cargo alias lives in
+//! `.cargo/config.toml`; see matklad's xtask convention).
+
+mod bench;
+mod dev;
+mod pg;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  dev     start PostgreSQL (unless DATABASE_URL is set) and the origin; print URLs and a key
+  test    start a throwaway PostgreSQL and run every test [-- extra cargo test arguments]
+  bench   measure the running stack (or start one) and print the figures";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    let outcome = match args.first().map(String::as_str) {
+        Some("dev") => runtime.block_on(dev::run()),
+        Some("test") => test::run(&args[1..]),
+        Some("bench") => runtime.block_on(bench::run(&args[1..])),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask's manifest sits one level below it).
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The workspace's target directory.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+/// The cargo that runs xtask, so nested builds use the same toolchain.
+fn cargo() -> std::process::Command {
+    let mut command =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root());
+    command
+}

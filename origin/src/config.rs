@@ -1,0 +1,375 @@
+//! Configuration from environment variables. Every variable, its default and its meaning is
+//! listed in the README; a missing or invalid value stops start-up with a message naming it.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use gatehouse_shared::signing::{TokenSigner, public_key_from_pem};
+use gatehouse_shared::token::MAX_LEEWAY_SECS;
+
+/// Whether the process may take shortcuts meant for a developer's machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Every secret must be configured.
+    Production,
+    /// A missing signing key is replaced by an ephemeral one, with a warning.
+    Development,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub name: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(name: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            name,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where the signing key came from.
+pub enum SigningKeySource {
+    /// Loaded from `JWT_SIGNING_KEY` or `JWT_SIGNING_KEY_FILE`.
+    Configured(TokenSigner),
+    /// Generated at start-up in development mode; tokens die with the process.
+    Ephemeral(TokenSigner),
+}
+
+/// Everything the origin reads from its environment.
+pub struct Config {
+    /// `GATEHOUSE_ENV`.
+    pub environment: Environment,
+    /// `LISTEN_ADDR`.
+    pub listen_addr: SocketAddr,
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`.
+    pub database_max_connections: u32,
+    /// `DATABASE_ACQUIRE_TIMEOUT_SECS`.
+    pub database_acquire_timeout: Duration,
+    /// `DATABASE_TEST_BEFORE_ACQUIRE`.
+    pub database_test_before_acquire: bool,
+    /// `PASSWORD_HASH_ROUNDS`: the bcrypt cost.
+    pub password_hash_rounds: u32,
+    /// `HASH_WORKERS`: threads in the hashing pool.
+    pub hash_workers: usize,
+    /// `HASH_QUEUE_LIMIT`: hashes allowed to wait before requests are shed with 503.
+    pub hash_queue_limit: usize,
+    /// `JWT_ISSUER`.
+    pub issuer: String,
+    /// `JWT_AUDIENCE`.
+    pub audience: String,
+    /// `ACCESS_TOKEN_TTL_SECS`.
+    pub access_token_ttl: Duration,
+    /// `JWT_LEEWAY_SECS`.
+    pub leeway_secs: u64,
+    /// `JWT_SIGNING_KEY` or `JWT_SIGNING_KEY_FILE`.
+    pub signing_key: SigningKeySource,
+    /// `JWT_PREVIOUS_KEY` or `JWT_PREVIOUS_KEY_FILE`: still verified and published after a rotation.
+    pub previous_key: Option<ed25519_dalek::VerifyingKey>,
+    /// `JWKS_MAX_AGE_SECS`.
+    pub jwks_max_age: Duration,
+    /// `BODY_LIMIT_BYTES`.
+    pub body_limit_bytes: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("environment", &self.environment)
+            .field("listen_addr", &self.listen_addr)
+            .field("database_url", &"***")
+            .field("password_hash_rounds", &self.password_hash_rounds)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default bcrypt cost: OWASP's floor for bcrypt is 10; 12 costs about a quarter second here.
+pub const DEFAULT_HASH_ROUNDS: u32 = 12;
+
+/// bcrypt accepts costs 4 to 31. Below this cost a warning is logged: fine for tests, too cheap for real passwords.
+const MIN_RECOMMENDED_HASH_ROUNDS: u32 = 10;
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let environment = match env.get("GATEHOUSE_ENV").as_deref() {
+            None | Some("production") => Environment::Production,
+            Some("development") => Environment::Development,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "GATEHOUSE_ENV",
+                    "must be production or development",
+                ));
+            }
+        };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+
+        let signing_key = match env.secret("JWT_SIGNING_KEY", "JWT_SIGNING_KEY_FILE")? {
+            Some((pem, source)) => SigningKeySource::Configured(
+                TokenSigner::from_pkcs8_pem(&pem)
+                    .map_err(|e| ConfigError::new(source, e.to_string()))?,
+            ),
+            None if environment == Environment::Development => {
+                SigningKeySource::Ephemeral(TokenSigner::generate(&mut rand_core::OsRng))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    "JWT_SIGNING_KEY",
+                    "required (or JWT_SIGNING_KEY_FILE); create one with `gatehouse-origin keygen`",
+                ));
+            }
+        };
+        let previous_key = env
+            .secret("JWT_PREVIOUS_KEY", "JWT_PREVIOUS_KEY_FILE")?
+            .map(|(pem, source)| {
+                public_key_from_pem(&pem).map_err(|e| ConfigError::new(source, e.to_string()))
+            })
+            .transpose()?;
+
+        let password_hash_rounds = env.parse("PASSWORD_HASH_ROUNDS", DEFAULT_HASH_ROUNDS)?;
+        if !(4..=31).contains(&password_hash_rounds) {
+            return Err(ConfigError::new(
+                "PASSWORD_HASH_ROUNDS",
+                "must be between 4 and 31",
+            ));
+        }
+        if password_hash_rounds < MIN_RECOMMENDED_HASH_ROUNDS {
+            tracing::warn!(
+                password_hash_rounds,
+                "bcrypt cost below 10 is too weak for real passwords"
+            );
+        }
+
+        let config = Config {
+            environment,
+            listen_addr: env.parse("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 8007)))?,
+            database_url: env.get("DATABASE_URL").ok_or_else(|| {
+                ConfigError::new(
+                    "DATABASE_URL",
+                    "required, e.g. postgres://user:pass@host/gatehouse",
+                )
+            })?,
+            database_max_connections: env.positive("DATABASE_MAX_CONNECTIONS", 15)?,
+            database_acquire_timeout: Duration::from_secs(
+                env.positive("DATABASE_ACQUIRE_TIMEOUT_SECS", 30)?,
+            ),
+            database_test_before_acquire: env.parse("DATABASE_TEST_BEFORE_ACQUIRE", true)?,
+            password_hash_rounds,
+            hash_workers: env.positive("HASH_WORKERS", cores)?,
+            hash_queue_limit: env.positive("HASH_QUEUE_LIMIT", 128)?,
+            issuer: env.non_empty("JWT_ISSUER", "gatehouse")?,
+            audience: env.non_empty("JWT_AUDIENCE", "gatehouse")?,
+            access_token_ttl: Duration::from_secs(env.positive("ACCESS_TOKEN_TTL_SECS", 900)?),
+            leeway_secs: env.parse("JWT_LEEWAY_SECS", 5)?,
+            signing_key,
+            previous_key,
+            jwks_max_age: Duration::from_secs(env.parse("JWKS_MAX_AGE_SECS", 300)?),
+            body_limit_bytes: env.positive("BODY_LIMIT_BYTES", 16 * 1024)?,
+        };
+        if config.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(ConfigError::new("JWT_LEEWAY_SECS", "must be at most 30"));
+        }
+        Ok(config)
+    }
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    /// A set, non-blank variable.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::new(name, format!("invalid value: {e}"))),
+        }
+    }
+
+    fn positive<T: FromStr + PartialOrd + Default>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse(name, default)?;
+        if value <= T::default() {
+            return Err(ConfigError::new(name, "must be greater than zero"));
+        }
+        Ok(value)
+    }
+
+    fn non_empty(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        Ok(self.get(name).unwrap_or_else(|| default.to_owned()))
+    }
+
+    /// A secret given inline in `name` or as a path in `file_name` (the container convention
+    /// for mounted secrets), with the variable it came from. Setting both is refused as
+    /// ambiguous.
+    fn secret(
+        &self,
+        name: &'static str,
+        file_name: &'static str,
+    ) -> Result<Option<(String, &'static str)>, ConfigError> {
+        match (self.get(name), self.get(file_name)) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                name,
+                format!("set either {name} or {file_name}, not both"),
+            )),
+            (Some(inline), None) => Ok(Some((inline, name))),
+            (None, Some(path)) => std::fs::read_to_string(path.trim())
+                .map(|text| Some((text, file_name)))
+                .map_err(|e| ConfigError::new(file_name, format!("cannot read {path}: {e}"))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    fn key_pem() -> String {
+        TokenSigner::generate(&mut rand_core::OsRng)
+            .to_pkcs8_pem()
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_apply_when_only_required_values_are_set() {
+        let pem = key_pem();
+
+        let config = config(&[
+            ("DATABASE_URL", "postgres://localhost/g"),
+            ("JWT_SIGNING_KEY", &pem),
+        ])
+        .unwrap();
+
+        assert_eq!(config.listen_addr.port(), 8007);
+        assert_eq!(config.password_hash_rounds, 12);
+        assert_eq!(config.database_max_connections, 15);
+        assert_eq!(config.database_acquire_timeout, Duration::from_secs(30));
+        assert_eq!(config.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(config.environment, Environment::Production);
+        assert!(matches!(
+            config.signing_key,
+            SigningKeySource::Configured(_)
+        ));
+    }
+
+    #[test]
+    fn missing_database_url_names_the_variable() {
+        let pem = key_pem();
+
+        let error = config(&[("JWT_SIGNING_KEY", &pem)]).unwrap_err();
+
+        assert_eq!(error.name, "DATABASE_URL");
+    }
+
+    #[test]
+    fn production_without_a_signing_key_refuses_to_start() {
+        let error = config(&[("DATABASE_URL", "postgres://localhost/g")]).unwrap_err();
+
+        assert_eq!(error.name, "JWT_SIGNING_KEY");
+    }
+
+    #[test]
+    fn development_without_a_signing_key_gets_an_ephemeral_one() {
+        let config = config(&[
+            ("DATABASE_URL", "postgres://x/g"),
+            ("GATEHOUSE_ENV", "development"),
+        ])
+        .unwrap();
+
+        assert!(matches!(config.signing_key, SigningKeySource::Ephemeral(_)));
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        let pem = key_pem();
+        let base = [
+            ("DATABASE_URL", "postgres://x/g"),
+            ("JWT_SIGNING_KEY", pem.as_str()),
+        ];
+        for (name, value) in [
+            ("PASSWORD_HASH_ROUNDS", "3"),
+            ("PASSWORD_HASH_ROUNDS", "twelve"),
+            ("DATABASE_MAX_CONNECTIONS", "0"),
+            ("LISTEN_ADDR", "localhost"),
+            ("JWT_LEEWAY_SECS", "31"),
+            ("GATEHOUSE_ENV", "staging"),
+            ("JWT_SIGNING_KEY_FILE", "/nonexistent/key.pem"),
+        ] {
+            let mut vars = base.to_vec();
+            if name == "JWT_SIGNING_KEY_FILE" {
+                vars.remove(1);
+            }
+            vars.push((name, value));
+
+            let error = config(&vars).unwrap_err();
+
+            assert_eq!(error.name, name, "{name}={value}");
+        }
+    }
+
+    #[test]
+    fn garbage_signing_key_is_refused() {
+        let error = config(&[
+            ("DATABASE_URL", "postgres://x/g"),
+            ("JWT_SIGNING_KEY", "not a key"),
+        ])
+        .unwrap_err();
+
+        assert_eq!(error.name, "JWT_SIGNING_KEY");
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_url() {
+        let pem = key_pem();
+        let config = config(&[
+            ("DATABASE_URL", "postgres://u:hunter2@x/g"),
+            ("JWT_SIGNING_KEY", &pem),
+        ])
+        .unwrap();
+
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

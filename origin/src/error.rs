@@ -1,0 +1,238 @@
+//! The one error type every handler returns, rendered as RFC 9457 problem details.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gatehouse_shared::api::{FieldError, PROBLEM_CONTENT_TYPE, Problem};
+use gatehouse_shared::token::TokenError;
+
+use crate::password::HashError;
+
+/// Handler results.
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Seconds a client is asked to wait after a 503 (RFC 9110 section 10.2.3).
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Everything that can go wrong in a request, from the client's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Fields failed validation (422).
+    #[error("request fields are invalid")]
+    Validation(Vec<FieldError>),
+    /// The body is not valid JSON (400).
+    #[error("request body is not valid JSON")]
+    MalformedJson(String),
+    /// The JSON has the wrong shape: missing fields, wrong types, unknown members (422).
+    #[error("request body has the wrong shape")]
+    InvalidBody(String),
+    /// The body is not declared as `application/json` (415).
+    #[error("request body must be application/json")]
+    UnsupportedMediaType,
+    /// The body is over the configured limit (413).
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    /// The body could not be read (400).
+    #[error("request body could not be read")]
+    UnreadableBody,
+    /// The `X-API-Key` header is missing, malformed, unknown or revoked (401).
+    #[error("a valid X-API-Key header is required")]
+    InvalidApiKey,
+    /// No bearer token was presented (401).
+    #[error("a bearer token is required")]
+    MissingToken,
+    /// The bearer token failed validation (401).
+    #[error("bearer token is invalid")]
+    InvalidToken(TokenError),
+    /// The token verified but its session has ended or its user is deactivated (401).
+    #[error("session has ended")]
+    SessionEnded,
+    /// Wrong email or password, or a deactivated account; deliberately indistinguishable (401).
+    #[error("email or password is incorrect")]
+    InvalidCredentials,
+    /// The email address belongs to an account already (409).
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    /// No such route (404).
+    #[error("no such resource")]
+    NotFound,
+    /// The route exists but not for this method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The hashing queue is full; the request was shed (503).
+    #[error("too many password operations in progress")]
+    Overloaded,
+    /// PostgreSQL is unreachable or the pool is exhausted (503).
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] Option<sqlx::Error>),
+    /// A bug or an unexpected failure; the cause is logged, never sent (500).
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The HTTP status for each kind of error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) | ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::MalformedJson(_) | ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InvalidApiKey
+            | ApiError::MissingToken
+            | ApiError::InvalidToken(_)
+            | ApiError::SessionEnded
+            | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::EmailTaken => StatusCode::CONFLICT,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Overloaded | ApiError::DatabaseUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnreadableBody => "unreadable_body",
+            ApiError::InvalidApiKey => "invalid_api_key",
+            ApiError::MissingToken => "missing_token",
+            ApiError::InvalidToken(_) | ApiError::SessionEnded => "invalid_token",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::EmailTaken => "email_taken",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Overloaded => "overloaded",
+            ApiError::DatabaseUnavailable(_) => "database_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::MalformedJson(detail) | ApiError::InvalidBody(detail) => detail.clone(),
+            // Which check failed is the client's own business and helps them debug; it reveals
+            // nothing about keys or users.
+            ApiError::InvalidToken(reason) => reason.to_string(),
+            ApiError::Overloaded | ApiError::DatabaseUnavailable(_) => {
+                "the service is busy or degraded; retry after the Retry-After delay".into()
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// A single 422 for one refused field.
+pub fn invalid_field(field: &str, message: &str) -> ApiError {
+    ApiError::Validation(vec![FieldError {
+        field: field.into(),
+        message: message.into(),
+    }])
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            ApiError::DatabaseUnavailable(Some(cause)) => {
+                tracing::warn!(error = %cause, "database unavailable");
+            }
+            _ => {}
+        }
+        let mut problem = Problem::new(
+            status.as_u16(),
+            self.code(),
+            status.canonical_reason().unwrap_or("Error"),
+            self.detail(),
+        );
+        if let ApiError::Validation(errors) = self {
+            problem.errors = errors;
+        }
+        let body = serde_json::to_vec(&problem).expect("a problem always serializes");
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // RFC 6750 section 3: a 401 for a bearer-protected resource names the scheme, and adds
+        // error="invalid_token" when a token was presented but refused.
+        let challenge = match problem.code.as_str() {
+            "missing_token" => Some(r#"Bearer realm="gatehouse""#),
+            "invalid_token" => Some(r#"Bearer realm="gatehouse", error="invalid_token""#),
+            "invalid_api_key" => Some(r#"ApiKey realm="gatehouse", header="X-API-Key""#),
+            "invalid_credentials" => Some(r#"Bearer realm="gatehouse""#),
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => ApiError::DatabaseUnavailable(Some(error)),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Overloaded => ApiError::Overloaded,
+            HashError::Failed(cause) => ApiError::Internal(cause.into()),
+            HashError::WorkerGone => ApiError::Internal(anyhow::anyhow!("hashing pool stopped")),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => ApiError::InvalidBody(e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge
+            }
+            _ => ApiError::UnreadableBody,
+        }
+    }
+}
+
+/// Maps a unique or foreign-key violation to the error its constraint stands for, by the
+/// constraint's name as declared in `migrations/` (never by the message text).
+pub fn on_constraint(error: sqlx::Error, map: impl FnOnce(&str) -> Option<ApiError>) -> ApiError {
+    if let sqlx::Error::Database(db_error) = &error
+        && let Some(mapped) = db_error.constraint().and_then(map)
+    {
+        return mapped;
+    }
+    error.into()
+}

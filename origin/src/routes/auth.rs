@@ -1,0 +1,314 @@
+//! Registration, login, token verification and the profile: everything under `/auth`.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gatehouse_shared::api::{
+    FieldError, LoginRequest, RegisterRequest, TOKEN_TYPE, TokenResponse, UpdateProfileRequest,
+    UserProfile, VerifiedUser, VerifyResponse,
+};
+use gatehouse_shared::input::{check_email, check_name, check_password, normalize_email};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, Result, invalid_field, on_constraint};
+use crate::extract::{ApiJson, AuthUser};
+
+/// Longest user agent kept with a session; the rest is cut (it is informational only).
+const MAX_USER_AGENT_CHARS: usize = 512;
+
+/// The `/auth/*` routes; the API-key gate is layered on in [`crate::app`].
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register_user))
+        .route("/auth/login", post(login_user))
+        .route("/auth/verify", get(verify_token))
+        .route(
+            "/auth/profile",
+            get(get_profile)
+                .patch(update_profile)
+                .delete(deactivate_profile),
+        )
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    email: String,
+    password_hash: String,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    is_active: bool,
+    created_at: OffsetDateTime,
+}
+
+impl From<UserRow> for UserProfile {
+    fn from(row: UserRow) -> Self {
+        UserProfile {
+            id: row.id,
+            email: row.email,
+            first_name: row.first_name,
+            last_name: row.last_name,
+            is_active: row.is_active,
+            created_at: row.created_at,
+        }
+    }
+}
+
+const USER_COLUMNS: &str = "id, email, password_hash, first_name, last_name, is_active, created_at";
+
+/// Where a sign-in came from, kept with its session.
+struct ClientMeta {
+    user_agent: Option<String>,
+    ip: Option<String>,
+}
+
+impl FromRequestParts<AppState> for ClientMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(|agent| agent.chars().take(MAX_USER_AGENT_CHARS).collect());
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        Ok(ClientMeta { user_agent, ip })
+    }
+}
+
+/// `POST /auth/register`: creates the account and its first session.
+async fn register_user(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<TokenResponse>)> {
+    let email = normalize_email(&request.email).to_owned();
+    let first_name = normalize_name(request.first_name);
+    let last_name = normalize_name(request.last_name);
+    let mut errors = Vec::new();
+    push_error(&mut errors, "email", check_email(&email));
+    push_error(&mut errors, "password", check_password(&request.password));
+    for (field, value) in [("first_name", &first_name), ("last_name", &last_name)] {
+        if let Some(name) = value {
+            push_error(&mut errors, field, check_name(name));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+
+    // Hash before touching the database: no pooled connection waits on bcrypt.
+    let password_hash = state.hasher.hash(request.password).await?;
+
+    let user_id = Uuid::now_v7();
+    let mut tx = state.db.begin().await?;
+    let user: UserRow = sqlx::query_as(&format!(
+        "insert into users (id, email, password_hash, first_name, last_name)
+         values ($1, $2, $3, $4, $5) returning {USER_COLUMNS}"
+    ))
+    .bind(user_id)
+    .bind(&email)
+    .bind(&password_hash)
+    .bind(&first_name)
+    .bind(&last_name)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        on_constraint(e, |name| {
+            (name == "users_email_key").then_some(ApiError::EmailTaken)
+        })
+    })?;
+    let session_id = insert_session(&mut tx, user.id, &meta).await?;
+    tx.commit().await?;
+
+    tracing::info!(user_id = %user.id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(token_response(&state, user, session_id)),
+    ))
+}
+
+/// `POST /auth/login`: one answer for a wrong password, an unknown email and a deactivated
+/// account, at the same cost (OWASP Authentication Cheat Sheet, "Authentication and Error
+/// Messages").
+async fn login_user(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    ApiJson(request): ApiJson<LoginRequest>,
+) -> Result<Json<TokenResponse>> {
+    let email = normalize_email(&request.email);
+    if email.is_empty() {
+        return Err(invalid_field("email", "must not be empty"));
+    }
+    if request.password.len() > gatehouse_shared::input::MAX_PASSWORD_BYTES {
+        // No stored password can be this long, so refusing says nothing about the account.
+        return Err(invalid_field("password", "must be at most 72 bytes"));
+    }
+
+    let user: Option<UserRow> = {
+        let mut connection = state.db.acquire().await?;
+        sqlx::query_as(&format!(
+            "select {USER_COLUMNS} from users where lower(email) = lower($1)"
+        ))
+        .bind(email)
+        .fetch_optional(&mut *connection)
+        .await?
+    };
+
+    let password = request.password;
+    let stored = user.as_ref().map(|user| user.password_hash.clone());
+    let verified = state.hasher.verify(password.clone(), stored).await?;
+    let Some(user) = user.filter(|user| verified && user.is_active) else {
+        tracing::info!("login refused");
+        return Err(ApiError::InvalidCredentials);
+    };
+
+    if state.hasher.needs_rehash(&user.password_hash) {
+        // The cost was raised (or lowered) since this hash was made; OWASP Password Storage
+        // Cheat Sheet, "Upgrading the work factor".
+        let upgraded = state.hasher.hash(password).await?;
+        let mut connection = state.db.acquire().await?;
+        sqlx::query("update users set password_hash = $2, updated_at = now() where id = $1 and password_hash = $3")
+            .bind(user.id)
+            .bind(&upgraded)
+            .bind(&user.password_hash)
+            .execute(&mut *connection)
+            .await?;
+        tracing::info!(user_id = %user.id, cost = state.hasher.cost(), "password rehashed");
+    }
+
+    let mut tx = state.db.begin().await?;
+    let session_id = insert_session(&mut tx, user.id, &meta).await?;
+    tx.commit().await?;
+
+    tracing::info!(user_id = %user.id, "login succeeded");
+    Ok(Json(token_response(&state, user, session_id)))
+}
+
+/// `GET /auth/verify`: the token is valid, its session live, its account active.
+async fn verify_token(user: AuthUser) -> Result<Json<VerifyResponse>> {
+    let expires_at = OffsetDateTime::from_unix_timestamp(user.claims.exp)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(Json(VerifyResponse {
+        valid: true,
+        user: VerifiedUser {
+            id: user.user_id,
+            email: user.claims.email,
+        },
+        expires_at,
+    }))
+}
+
+/// `GET /auth/profile`.
+async fn get_profile(State(state): State<AppState>, user: AuthUser) -> Result<Json<UserProfile>> {
+    let mut connection = state.db.acquire().await?;
+    let row: UserRow = sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1"))
+        .bind(user.user_id)
+        .fetch_one(&mut *connection)
+        .await?;
+    Ok(Json(row.into()))
+}
+
+/// `PATCH /auth/profile`: members left out stay, `null` clears.
+async fn update_profile(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(request): ApiJson<UpdateProfileRequest>,
+) -> Result<Json<UserProfile>> {
+    let first_name = request.first_name.map(normalize_name);
+    let last_name = request.last_name.map(normalize_name);
+    let mut errors = Vec::new();
+    for (field, value) in [("first_name", &first_name), ("last_name", &last_name)] {
+        if let Some(Some(name)) = value {
+            push_error(&mut errors, field, check_name(name));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+
+    let mut connection = state.db.acquire().await?;
+    let row: UserRow = sqlx::query_as(&format!(
+        "update users set
+           first_name = case when $2 then $3 else first_name end,
+           last_name = case when $4 then $5 else last_name end,
+           updated_at = now()
+         where id = $1 returning {USER_COLUMNS}"
+    ))
+    .bind(user.user_id)
+    .bind(first_name.is_some())
+    .bind(first_name.flatten())
+    .bind(last_name.is_some())
+    .bind(last_name.flatten())
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(Json(row.into()))
+}
+
+/// `DELETE /auth/profile`: deactivates the account and ends all its sessions in one
+/// transaction, so its tokens stop working at the origin at once.
+async fn deactivate_profile(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
+    let mut tx = state.db.begin().await?;
+    sqlx::query("update users set is_active = false, updated_at = now() where id = $1")
+        .bind(user.user_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("update sessions set revoked_at = now() where user_id = $1 and revoked_at is null")
+        .bind(user.user_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %user.user_id, "account deactivated");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn insert_session(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    user_id: Uuid,
+    meta: &ClientMeta,
+) -> Result<Uuid> {
+    let session_id = Uuid::now_v7();
+    sqlx::query("insert into sessions (id, user_id, user_agent, ip) values ($1, $2, $3, $4)")
+        .bind(session_id)
+        .bind(user_id)
+        .bind(&meta.user_agent)
+        .bind(&meta.ip)
+        .execute(&mut **tx)
+        .await?;
+    Ok(session_id)
+}
+
+fn token_response(state: &AppState, user: UserRow, session_id: Uuid) -> TokenResponse {
+    let issued = state
+        .tokens
+        .issue(user.id, &user.email, session_id, state.clock.now());
+    TokenResponse {
+        access_token: issued.token,
+        token_type: TOKEN_TYPE.into(),
+        expires_in: issued.expires_in,
+        user: user.into(),
+    }
+}
+
+/// Names are trimmed; an empty name is no name.
+fn normalize_name(name: Option<String>) -> Option<String> {
+    name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty())
+}
+
+fn push_error(errors: &mut Vec<FieldError>, field: &str, outcome: std::result::Result<(), &str>) {
+    if let Err(message) = outcome {
+        errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}

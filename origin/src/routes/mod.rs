@@ -1,0 +1,5 @@
+//! HTTP routes, one module per concern, merged in [`crate::app`].
+
+pub mod auth;
+pub mod health;
+pub mod jwks;

@@ -1,0 +1,170 @@
+use axum::http::{Method, StatusCode};
+use gatehouse_shared::api::TokenResponse;
+use gatehouse_tests::{Options, PASSWORD, TEST_HASH_COST, TestApp};
+use serde_json::json;
+use sqlx::PgPool;
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn login_with_the_right_password_returns_a_token(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+
+    let response = app.login("  ADA@example.com", PASSWORD).await;
+
+    assert_eq!(response.status, StatusCode::OK);
+    let body: TokenResponse = response.json();
+    assert_eq!(body.user.id, registered.user.id);
+    let claims = app
+        .state
+        .tokens
+        .verify(&body.access_token, app.state.clock.now())
+        .unwrap();
+    assert_eq!(claims.sub, registered.user.id);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn each_login_starts_its_own_session(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+
+    let login: TokenResponse = app.login("ada@example.com", PASSWORD).await.json();
+
+    let now = app.state.clock.now();
+    let first = app
+        .state
+        .tokens
+        .verify(&registered.access_token, now)
+        .unwrap();
+    let second = app.state.tokens.verify(&login.access_token, now).unwrap();
+    assert_ne!(first.sid, second.sid);
+    let sessions: i64 = sqlx::query_scalar("select count(*) from sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 2);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn wrong_password_unknown_email_and_deactivated_account_look_the_same(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.register("ada@example.com").await;
+    let gone = app.register("gone@example.com").await;
+    let deleted = app
+        .call(
+            Method::DELETE,
+            "/auth/profile",
+            Some(&gone.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+
+    let wrong_password = app.login("ada@example.com", "not the password").await;
+    let unknown_email = app.login("nobody@example.com", PASSWORD).await;
+    let deactivated = app.login("gone@example.com", PASSWORD).await;
+
+    for response in [&wrong_password, &unknown_email, &deactivated] {
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(response.problem().code, "invalid_credentials");
+        assert!(response.header("www-authenticate").is_some());
+    }
+    assert_eq!(wrong_password.body, unknown_email.body);
+    assert_eq!(unknown_email.body, deactivated.body);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn unknown_email_still_pays_one_bcrypt_verification(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.register("ada@example.com").await;
+    let before = app.state.hasher.verifications();
+
+    let unknown = app.login("nobody@example.com", PASSWORD).await;
+    let after_unknown = app.state.hasher.verifications();
+    let known = app.login("ada@example.com", "wrong password").await;
+    let after_known = app.state.hasher.verifications();
+
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(known.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        after_unknown - before,
+        1,
+        "unknown email: one dummy verification"
+    );
+    assert_eq!(
+        after_known - after_unknown,
+        1,
+        "known email: one real verification"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn login_rehashes_a_password_stored_at_another_cost(pool: PgPool) {
+    let old = TestApp::new(pool.clone()).await;
+    old.register("ada@example.com").await;
+    let stronger = TestApp::with(
+        pool,
+        Options {
+            hash_cost: TEST_HASH_COST + 1,
+            ..Options::default()
+        },
+    )
+    .await;
+
+    let first = stronger.login("ada@example.com", PASSWORD).await;
+    let stored: String = sqlx::query_scalar("select password_hash from users")
+        .fetch_one(&stronger.pool)
+        .await
+        .unwrap();
+    let second = stronger.login("ada@example.com", PASSWORD).await;
+
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(
+        stored.starts_with("$2b$05$"),
+        "rehashed at the new cost: {stored}"
+    );
+    assert!(!stronger.state.hasher.needs_rehash(&stored));
+    assert_eq!(second.status, StatusCode::OK, "the new hash still verifies");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn failed_login_does_not_rehash(pool: PgPool) {
+    let old = TestApp::new(pool.clone()).await;
+    old.register("ada@example.com").await;
+    let stronger = TestApp::with(
+        pool,
+        Options {
+            hash_cost: TEST_HASH_COST + 1,
+            ..Options::default()
+        },
+    )
+    .await;
+
+    let response = stronger.login("ada@example.com", "wrong password").await;
+
+    let stored: String = sqlx::query_scalar("select password_hash from users")
+        .fetch_one(&stronger.pool)
+        .await
+        .unwrap();
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    assert!(stored.starts_with("$2b$04$"));
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn overlong_or_empty_login_fields_are_422(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+
+    let long = app.login("ada@example.com", &"a".repeat(73)).await;
+    let empty = app
+        .call(
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({"email": "  ", "password": PASSWORD})),
+        )
+        .await;
+
+    assert_eq!(long.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(long.problem().errors[0].field, "password");
+    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(empty.problem().errors[0].field, "email");
+}

@@ -1,0 +1,11 @@
+//! The origin against a real PostgreSQL: one fresh database per test (`#[sqlx::test]`), requests
+//! through the router, and a few over a real socket. Needs `DATABASE_URL` (`cargo xtask test`
+//! provides it); without it every test fails.
+
+mod api_key;
+mod http;
+mod login;
+mod profile;
+mod register;
+mod resilience;
+mod verify;

@@ -1,0 +1,3 @@
+pub async fn run(_: &[String]) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::bail!("todo")
+}
