@@ -132,6 +132,18 @@ mod tests {
     }
 
     #[test]
+    fn single_audience_is_written_as_a_string() {
+        let signer = TokenSigner::generate(&mut OsRng);
+        let token = signer.sign(&claims());
+        let payload = token.split('.').nth(1).unwrap();
+
+        let json: serde_json::Value =
+            serde_json::from_slice(&crate::b64::decode(payload).unwrap()).unwrap();
+
+        assert_eq!(json["aud"], "aud");
+    }
+
+    #[test]
     fn pkcs8_pem_round_trips_and_keeps_the_kid() {
         let signer = TokenSigner::generate(&mut OsRng);
 

@@ -43,11 +43,19 @@ pub struct AccessClaims {
     pub exp: i64,
     /// Issuer.
     pub iss: String,
-    /// Audience. Issued as a single string; an array is accepted (RFC 7519 section 4.1.3).
-    #[serde(deserialize_with = "one_or_many")]
+    /// Audience. Written as a single string when there is one (RFC 7519 section 4.1.3 allows
+    /// either form); both forms are read.
+    #[serde(deserialize_with = "one_or_many", serialize_with = "one_or_many_out")]
     pub aud: Vec<String>,
     /// The user's email address at the time of issue.
     pub email: String,
+}
+
+fn one_or_many_out<S: serde::Serializer>(aud: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    match aud {
+        [one] => serializer.serialize_str(one),
+        many => many.serialize(serializer),
+    }
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -287,7 +295,7 @@ fn check_claims(
     if claims.iss != validation.issuer {
         return Err(TokenError::WrongIssuer);
     }
-    if !claims.aud.iter().any(|aud| *aud == validation.audience) {
+    if !claims.aud.contains(&validation.audience) {
         return Err(TokenError::WrongAudience);
     }
     // RFC 7519 section 4.1.4: the token must not be accepted "on or after" exp.

@@ -1,3 +1,201 @@
-pub async fn run() -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("todo")
+//! `cargo xtask dev`: a local stack for trying Gatehouse by hand. Starts PostgreSQL (unless
+//! `DATABASE_URL` is given), migrates, creates an API key, starts the origin, prints how to use
+//! it and writes `target/gatehouse-dev.env`. Ctrl-C stops everything it started.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::process::{Child, Command};
+
+use crate::pg::Postgres;
+
+/// Where the origin listens in development.
+pub const ORIGIN_ADDR: &str = "127.0.0.1:8007";
+
+/// How long the origin may take to answer `/health` after starting.
+const STARTUP_ATTEMPTS: u32 = 300;
+const STARTUP_POLL: Duration = Duration::from_millis(100);
+
+pub async fn run() -> anyhow::Result<ExitCode> {
+    let mut stack = Stack::start(false, None).await?;
+    stack.print_usage();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => eprintln!("\nxtask: stopping"),
+        status = stack.origin.wait() => eprintln!("xtask: the origin exited ({})", status?),
+    }
+    stack.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// PostgreSQL (when xtask started it) and the origin, running.
+pub struct Stack {
+    pub postgres: Option<Postgres>,
+    pub origin: Child,
+    pub origin_url: String,
+    pub api_key: String,
+    pub database_url: String,
+}
+
+impl Stack {
+    /// Builds and starts the origin (in release mode when `release`) on a fresh or given
+    /// database, its log going to `log` when given, else to this terminal.
+    pub async fn start(release: bool, log: Option<&Path>) -> anyhow::Result<Self> {
+        let target = crate::target_dir();
+        let (postgres, database_url) = match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => (None, url),
+            _ => {
+                let postgres = Postgres::start(&target.join("gatehouse-pg-dev"), false)?;
+                postgres.create_database("gatehouse")?;
+                let url = postgres.url("gatehouse");
+                (Some(postgres), url)
+            }
+        };
+
+        let binary = build_origin(release)?;
+        let key_file = target.join("gatehouse-dev-signing-key.pem");
+        if !key_file.exists() {
+            let output = std::process::Command::new(&binary).arg("keygen").output()?;
+            if !output.status.success() {
+                bail!("gatehouse-origin keygen failed");
+            }
+            std::fs::write(&key_file, &output.stdout)?;
+        }
+        let created = std::process::Command::new(&binary)
+            .args(["api-key", "create", "development"])
+            .env("DATABASE_URL", &database_url)
+            .output()?;
+        if !created.status.success() {
+            bail!(
+                "creating an API key failed: {}",
+                String::from_utf8_lossy(&created.stderr)
+            );
+        }
+        let api_key = String::from_utf8(created.stdout)?.trim().to_owned();
+
+        let origin = Command::new(&binary)
+            .arg("serve")
+            .env("DATABASE_URL", &database_url)
+            .env("LISTEN_ADDR", ORIGIN_ADDR)
+            .env("JWT_SIGNING_KEY_FILE", &key_file)
+            .env("JWT_ISSUER", format!("http://{ORIGIN_ADDR}"))
+            .stdin(Stdio::null())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path)?),
+                None => Stdio::inherit(),
+            })
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting gatehouse-origin")?;
+        let origin_url = format!("http://{ORIGIN_ADDR}");
+        let mut stack = Stack {
+            postgres,
+            origin,
+            origin_url,
+            api_key,
+            database_url,
+        };
+        if let Err(error) = stack.wait_until_healthy().await {
+            stack.stop().await;
+            return Err(error);
+        }
+        write_env_file(&target.join("gatehouse-dev.env"), &stack)?;
+        Ok(stack)
+    }
+
+    async fn wait_until_healthy(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        for _ in 0..STARTUP_ATTEMPTS {
+            if let Some(status) = self.origin.try_wait()? {
+                bail!(
+                    "gatehouse-origin exited during start-up ({status}); is {ORIGIN_ADDR} already in use?"
+                );
+            }
+            let health = client
+                .get(format!("{}/health", self.origin_url))
+                .send()
+                .await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(STARTUP_POLL).await;
+        }
+        bail!(
+            "gatehouse-origin did not answer /health at {}",
+            self.origin_url
+        )
+    }
+
+    /// Stops the origin gracefully (SIGTERM, so requests in flight finish), then PostgreSQL.
+    pub async fn stop(&mut self) {
+        if let Some(pid) = self.origin.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            if tokio::time::timeout(Duration::from_secs(10), self.origin.wait())
+                .await
+                .is_err()
+            {
+                let _ = self.origin.kill().await;
+            }
+        }
+        // Dropping the cluster stops it.
+        self.postgres.take();
+    }
+
+    fn print_usage(&self) {
+        println!(
+            "\nGatehouse is running.\n\
+             \n  origin      {url}\
+             \n  API key     {key}\
+             \n  database    {db}\
+             \n  env file    {env}  (ORIGIN_URL, API_KEY, DATABASE_URL)\
+             \n\nTry it from the repository root:\n{curl}\nPress Ctrl-C to stop.",
+            url = self.origin_url,
+            key = self.api_key,
+            db = self.database_url,
+            env = crate::target_dir().join("gatehouse-dev.env").display(),
+            curl = CURL_EXAMPLES,
+        );
+    }
+}
+
+/// The same lines as the README's "Try it" section.
+const CURL_EXAMPLES: &str = r#"
+  set -a; . target/gatehouse-dev.env; set +a
+  curl -s -X POST "$ORIGIN_URL/auth/register" -H "X-API-Key: $API_KEY" -H 'Content-Type: application/json' \
+       -d '{"email":"ada@example.com","password":"correct horse battery staple"}'
+  TOKEN=$(curl -s -X POST "$ORIGIN_URL/auth/login" -H "X-API-Key: $API_KEY" -H 'Content-Type: application/json' \
+       -d '{"email":"ada@example.com","password":"correct horse battery staple"}' | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+  curl -s "$ORIGIN_URL/auth/verify"  -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN"
+  curl -s "$ORIGIN_URL/auth/profile" -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN"
+  curl -s "$ORIGIN_URL/.well-known/jwks.json"
+"#;
+
+fn build_origin(release: bool) -> anyhow::Result<PathBuf> {
+    let mut build = crate::cargo();
+    build.args([
+        "build",
+        "--package",
+        "gatehouse-origin",
+        "--bin",
+        "gatehouse-origin",
+    ]);
+    if release {
+        build.arg("--release");
+    }
+    if !build.status()?.success() {
+        bail!("building gatehouse-origin failed");
+    }
+    let profile = if release { "release" } else { "debug" };
+    Ok(crate::target_dir().join(profile).join("gatehouse-origin"))
+}
+
+fn write_env_file(path: &Path, stack: &Stack) -> anyhow::Result<()> {
+    let contents = format!(
+        "ORIGIN_URL={}\nAPI_KEY={}\nDATABASE_URL={}\n",
+        stack.origin_url, stack.api_key, stack.database_url
+    );
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }

@@ -31,7 +31,7 @@ impl Postgres {
             std::fs::remove_dir_all(&data)
                 .with_context(|| format!("removing {}", data.display()))?;
         }
-        let mut cluster = Postgres {
+        let cluster = Postgres {
             bin,
             data,
             port: free_port()?,
@@ -109,8 +109,7 @@ impl Postgres {
         Ok(())
     }
 
-    /// Stops the server now.
-    pub fn stop(&self) {
+    fn stop(&self) {
         let _ = self
             .command("pg_ctl")
             .arg("-D")
