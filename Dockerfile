@@ -1,0 +1,14 @@
+# The origin as a container image. Build from the repository root:
+#   docker build -t gatehouse-origin .
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p gatehouse-origin
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 gatehouse
+COPY --from=build /src/target/release/gatehouse-origin /usr/local/bin/gatehouse-origin
+USER gatehouse
+EXPOSE 8007
+ENTRYPOINT ["gatehouse-origin"]
+CMD ["serve"]
