@@ -80,6 +80,9 @@ pub struct Config {
     pub jwks_max_age: Duration,
     /// `BODY_LIMIT_BYTES`.
     pub body_limit_bytes: usize,
+    /// `EDGE_SECRET` or `EDGE_SECRET_FILE`: proves a request came through the edge, whose
+    /// client-IP header is then believed.
+    pub edge_secret: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -88,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("environment", &self.environment)
             .field("listen_addr", &self.listen_addr)
             .field("database_url", &"***")
+            .field("edge_secret", &self.edge_secret.as_ref().map(|_| "***"))
             .field("password_hash_rounds", &self.password_hash_rounds)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -97,6 +101,17 @@ impl std::fmt::Debug for Config {
 
 /// Default bcrypt cost: OWASP's floor for bcrypt is 10; 12 costs about a quarter second here.
 pub const DEFAULT_HASH_ROUNDS: u32 = 12;
+
+/// Shortest edge secret accepted: 32 characters of a random string is beyond guessing.
+const MIN_EDGE_SECRET_BYTES: usize = 32;
+
+/// Highest bcrypt cost accepted. bcrypt allows 31, but each step doubles the time: 18 is about
+/// 13 s per login here, past any sensible login latency; the cap catches typos.
+const MAX_HASH_ROUNDS: u32 = 18;
+
+/// Longest access-token lifetime accepted: a day. Access tokens are meant to be short-lived
+/// (RFC 9700 section 4.14); longer sessions are what refresh tokens are for.
+const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 86_400;
 
 /// bcrypt accepts costs 4 to 31. Below this cost a warning is logged: fine for tests, too cheap for real passwords.
 const MIN_RECOMMENDED_HASH_ROUNDS: u32 = 10;
@@ -145,10 +160,10 @@ impl Config {
             .transpose()?;
 
         let password_hash_rounds = env.parse("PASSWORD_HASH_ROUNDS", DEFAULT_HASH_ROUNDS)?;
-        if !(4..=31).contains(&password_hash_rounds) {
+        if !(4..=MAX_HASH_ROUNDS).contains(&password_hash_rounds) {
             return Err(ConfigError::new(
                 "PASSWORD_HASH_ROUNDS",
-                "must be between 4 and 31",
+                "must be between 4 and 18",
             ));
         }
         if password_hash_rounds < MIN_RECOMMENDED_HASH_ROUNDS {
@@ -183,7 +198,26 @@ impl Config {
             previous_key,
             jwks_max_age: Duration::from_secs(env.parse("JWKS_MAX_AGE_SECS", 300)?),
             body_limit_bytes: env.positive("BODY_LIMIT_BYTES", 16 * 1024)?,
+            edge_secret: env
+                .secret("EDGE_SECRET", "EDGE_SECRET_FILE")?
+                .map(|(secret, _)| secret.trim().to_owned()),
         };
+        if config
+            .edge_secret
+            .as_ref()
+            .is_some_and(|secret| secret.len() < MIN_EDGE_SECRET_BYTES)
+        {
+            return Err(ConfigError::new(
+                "EDGE_SECRET",
+                "must be at least 32 characters",
+            ));
+        }
+        if config.access_token_ttl.as_secs() > MAX_ACCESS_TOKEN_TTL_SECS {
+            return Err(ConfigError::new(
+                "ACCESS_TOKEN_TTL_SECS",
+                "must be at most 86400",
+            ));
+        }
         if config.leeway_secs > MAX_LEEWAY_SECS {
             return Err(ConfigError::new("JWT_LEEWAY_SECS", "must be at most 30"));
         }
@@ -331,6 +365,8 @@ mod tests {
         ];
         for (name, value) in [
             ("PASSWORD_HASH_ROUNDS", "3"),
+            ("PASSWORD_HASH_ROUNDS", "19"),
+            ("ACCESS_TOKEN_TTL_SECS", "86401"),
             ("PASSWORD_HASH_ROUNDS", "twelve"),
             ("DATABASE_MAX_CONNECTIONS", "0"),
             ("LISTEN_ADDR", "localhost"),

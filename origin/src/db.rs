@@ -3,7 +3,7 @@
 //! sqlx keeps retrying a refused connection until the acquire timeout (30 s by default) runs out,
 //! so without help every request during an outage would hang for that long. A background task
 //! checks the server once a second over its own connection, outside the pool, so a saturated pool
-//! never looks like an outage. While the server is down, [`Database::acquire`] answers
+//! never looks like an outage; two failed checks in a row mark it down. While the server is down, [`Database::acquire`] answers
 //! `DatabaseUnavailable` at once, and requests already waiting for a connection are released
 //! with the same answer. When the server returns, the next check reopens the gate; the pool's
 //! test-before-acquire replaces the dead connections, with no restart.
@@ -24,7 +24,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// How often the monitor checks the server.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long one check may take before the server counts as down. Generous next to a healthy
+/// Consecutive failed checks before the server counts as down: one slow ping is not an outage.
+const FAILURES_BEFORE_DOWN: u32 = 2;
+
+/// How long one check may take before it counts as failed. Generous next to a healthy
 /// round trip (well under a millisecond locally) and short next to any client's patience.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -56,16 +59,19 @@ impl Drop for MonitorGuard {
 }
 
 impl Database {
-    /// Opens a lazily connecting pool and starts the monitor. Does not fail when the server is
-    /// down: the service starts degraded and recovers when PostgreSQL appears.
+    /// Opens a lazily connecting pool and starts the monitor. Connecting happens on first use.
     pub fn connect(url: &str, settings: &PoolSettings) -> Result<Self, sqlx::Error> {
-        let options: PgConnectOptions = url.parse()?;
+        Ok(Database::connect_with(url.parse()?, settings))
+    }
+
+    /// [`Database::connect`] with parsed options.
+    pub fn connect_with(options: PgConnectOptions, settings: &PoolSettings) -> Self {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(settings.test_before_acquire)
             .connect_lazy_with(options.clone());
-        Ok(Database::with_monitor(pool, options))
+        Database::with_monitor(pool, options)
     }
 
     /// Wraps an existing pool (tests get theirs from `#[sqlx::test]`).
@@ -112,21 +118,11 @@ impl Database {
         let connection = self.acquire().await?;
         Ok(sqlx::Transaction::begin(connection, None).await?)
     }
-
-    /// Runs one check now; `GET /ready` uses it so readiness reflects this moment.
-    pub async fn check(&self) -> bool {
-        self.is_up()
-            && tokio::time::timeout(CHECK_TIMEOUT, async {
-                let mut connection = self.pool.acquire().await?;
-                connection.ping().await
-            })
-            .await
-            .is_ok_and(|result| result.is_ok())
-    }
 }
 
 async fn monitor(options: PgConnectOptions, report: watch::Sender<bool>) {
     let mut connection: Option<PgConnection> = None;
+    let mut failures = 0;
     let mut ticks = tokio::time::interval(CHECK_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -139,9 +135,13 @@ async fn monitor(options: PgConnectOptions, report: watch::Sender<bool>) {
         })
         .await
         .is_ok_and(|result| result.is_ok());
-        if !healthy {
+        if healthy {
+            failures = 0;
+        } else {
             connection = None;
+            failures += 1;
         }
+        let healthy = healthy || failures < FAILURES_BEFORE_DOWN;
         report.send_if_modified(|up| {
             let changed = *up != healthy;
             if changed && healthy {

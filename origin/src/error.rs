@@ -197,6 +197,11 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => ApiError::DatabaseUnavailable(Some(error)),
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|code| is_unavailable(&code)) =>
+            {
+                ApiError::DatabaseUnavailable(Some(error))
+            }
             other => ApiError::Internal(other.into()),
         }
     }
@@ -215,8 +220,13 @@ impl From<HashError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonDataError(e) => ApiError::InvalidBody(e.body_text()),
-            JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(e.body_text()),
+            // serde's messages can quote the submitted values back; the details stay fixed.
+            JsonRejection::JsonDataError(_) => ApiError::InvalidBody(
+                "a required field is missing, or a field has the wrong type".into(),
+            ),
+            JsonRejection::JsonSyntaxError(_) => {
+                ApiError::MalformedJson("the body is not valid JSON".into())
+            }
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::PayloadTooLarge
@@ -224,6 +234,13 @@ impl From<JsonRejection> for ApiError {
             _ => ApiError::UnreadableBody,
         }
     }
+}
+
+/// SQLSTATEs that mean "the server is going away or cannot take writes now", not "your query is
+/// wrong" (PostgreSQL appendix A): class 08 connection exceptions, 57P01-57P03 shutdown and
+/// cannot-connect-now, 25006 read-only transaction (a standby after a failover).
+fn is_unavailable(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
 }
 
 /// Maps a unique or foreign-key violation to the error its constraint stands for, by the

@@ -1,8 +1,11 @@
 //! Request extractors: JSON bodies with our error shape, and the authenticated user.
 
-use axum::extract::{FromRequest, FromRequestParts};
-use axum::http::header::AUTHORIZATION;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
+use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
+use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER};
 use gatehouse_shared::token::AccessClaims;
 use uuid::Uuid;
 
@@ -74,5 +77,50 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
         _ => Err(ApiError::InvalidToken(
             gatehouse_shared::token::TokenError::Malformed,
         )),
+    }
+}
+
+/// Longest user agent kept with a session; the rest is cut (it is informational only).
+const MAX_USER_AGENT_CHARS: usize = 512;
+
+/// Where a request came from, as far as the origin can trust it.
+#[derive(Debug, Clone)]
+pub struct ClientMeta {
+    /// The `User-Agent`, cut to a bounded length.
+    pub user_agent: Option<String>,
+    /// The client's address: the edge's `X-Gatehouse-Client-IP` when the request carries the
+    /// edge secret, else the TCP peer. Anyone can send the header; only the edge knows the secret,
+    /// so a client cannot choose the IP its session and rate limits are tied to.
+    pub ip: Option<IpAddr>,
+}
+
+impl FromRequestParts<AppState> for ClientMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+        };
+        let user_agent = header(USER_AGENT.as_str())
+            .map(|agent| agent.chars().take(MAX_USER_AGENT_CHARS).collect());
+        let from_edge = match (&state.edge_secret, header(EDGE_SECRET_HEADER)) {
+            (Some(secret), Some(presented)) => {
+                subtle::ConstantTimeEq::ct_eq(secret.as_bytes(), presented.as_bytes()).into()
+            }
+            _ => false,
+        };
+        let forwarded = header(CLIENT_IP_HEADER).and_then(|ip| ip.trim().parse().ok());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let ip = if from_edge { forwarded.or(peer) } else { peer };
+        Ok(ClientMeta { user_agent, ip })
     }
 }

@@ -20,10 +20,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
 use axum::middleware;
 use gatehouse_shared::token::Validation;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{Config, SigningKeySource};
 use crate::db::Database;
@@ -70,6 +72,8 @@ pub struct AppState {
     pub jwks_max_age: Duration,
     /// Largest request body accepted.
     pub body_limit_bytes: usize,
+    /// The secret the edge adds to forwarded requests; see [`extract::ClientMeta`].
+    pub edge_secret: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -104,16 +108,23 @@ impl AppState {
             clock: Clock::system(),
             jwks_max_age: config.jwks_max_age,
             body_limit_bytes: config.body_limit_bytes,
+            edge_secret: config.edge_secret.map(Arc::from),
         }
     }
 }
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    let auth = routes::auth::router().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        api_keys::require_api_key,
-    ));
+    // Token responses and profiles must not be stored by any cache (RFC 6749 section 5.1).
+    let auth = routes::auth::router()
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            api_keys::require_api_key,
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
     let router = Router::new()
         .merge(auth)
         .merge(routes::jwks::router())

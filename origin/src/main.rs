@@ -76,9 +76,9 @@ async fn run_server() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
     let addr = listener.local_addr()?;
-    let rounds = config.password_hash_rounds;
+    let (rounds, workers) = (config.password_hash_rounds, config.hash_workers);
     let state = AppState::from_config(config, db);
-    tracing::info!(%addr, bcrypt_cost = rounds, hash_workers = ?std::thread::available_parallelism().ok(), "listening");
+    tracing::info!(%addr, bcrypt_cost = rounds, hash_workers = workers, "listening");
     serve(listener, app(state)).await?;
     Ok(())
 }

@@ -64,7 +64,7 @@ impl PasswordHasher {
         }
         let mut secret = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
-        let dummy_hash = bcrypt::non_truncating_hash(secret, cost).expect("cost was validated");
+        let dummy_hash = bcrypt::hash(secret, cost).expect("cost was validated");
         PasswordHasher {
             inner: Arc::new(Inner {
                 jobs,
@@ -91,10 +91,12 @@ impl PasswordHasher {
         self.inner.verifications.load(Ordering::Relaxed)
     }
 
-    /// Hashes a new password. The caller has already checked its length.
+    /// Hashes a new password. The caller has already refused passwords over 72 bytes, so
+    /// bcrypt's silent truncation cannot apply (a 72-byte password uses every byte: bcrypt
+    /// drops only the terminating NUL it appends).
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let cost = self.inner.cost;
-        self.run(move || bcrypt::non_truncating_hash(password, cost).map_err(HashError::from))
+        self.run(move || bcrypt::hash(password, cost).map_err(HashError::from))
             .await
     }
 
@@ -110,7 +112,7 @@ impl PasswordHasher {
         let counter = Arc::clone(&self.inner.verifications);
         let matches = self
             .run(move || {
-                let outcome = bcrypt::non_truncating_verify(password, &hash);
+                let outcome = bcrypt::verify(password, &hash);
                 counter.fetch_add(1, Ordering::Relaxed);
                 outcome.map_err(HashError::from)
             })
@@ -134,7 +136,11 @@ impl PasswordHasher {
         let queued = Arc::clone(&self.inner.queued);
         let job: Job = Box::new(move || {
             queued.fetch_sub(1, Ordering::Relaxed);
-            // The requester may have gone (client disconnected); the answer is then dropped.
+            // A requester that went away (its client disconnected) needs no answer: skip the
+            // hash rather than spend a quarter second of CPU on it.
+            if reply.is_closed() {
+                return;
+            }
             let _ = reply.send(work());
         });
         self.inner.queued.fetch_add(1, Ordering::Relaxed);
@@ -201,10 +207,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unknown_account_is_never_verified() {
+    async fn unknown_account_is_never_verified_but_still_costs_a_verification() {
         let hasher = PasswordHasher::new(1, 8, TEST_COST);
 
-        assert!(!hasher.verify("anything at all".into(), None).await.unwrap());
+        let verified = hasher.verify("anything at all".into(), None).await.unwrap();
+
+        assert!(!verified);
+        assert_eq!(hasher.verifications(), 1);
+    }
+
+    #[tokio::test]
+    async fn seventy_two_byte_password_uses_every_byte() {
+        let hasher = PasswordHasher::new(1, 8, TEST_COST);
+        let password = "a".repeat(71) + "b";
+
+        let hash = hasher.hash(password.clone()).await.unwrap();
+
+        assert!(hasher.verify(password, Some(hash.clone())).await.unwrap());
+        assert!(
+            !hasher.verify("a".repeat(72), Some(hash)).await.unwrap(),
+            "the 72nd byte counts"
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,16 @@ use uuid::Uuid;
 /// The header that carries the API key on every `/auth/*` request.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
+/// The header carrying a request's id from the edge to the origin and back to the client.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The header in which the edge proves to the origin that a request came through it.
+pub const EDGE_SECRET_HEADER: &str = "x-gatehouse-edge-secret";
+
+/// The header in which the edge tells the origin the client's IP address. The origin believes
+/// it only when [`EDGE_SECRET_HEADER`] carries the right secret.
+pub const CLIENT_IP_HEADER: &str = "x-gatehouse-client-ip";
+
 /// The media type of error bodies (RFC 9457 section 3).
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 

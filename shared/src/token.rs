@@ -137,8 +137,9 @@ pub enum TokenError {
     /// The header says `alg: none`: an unsecured JWT (RFC 7519 section 6).
     #[error("unsecured tokens are not accepted")]
     Unsigned,
-    /// The header names an algorithm other than EdDSA.
-    #[error("algorithm {0:?} is not accepted")]
+    /// The header names an algorithm other than EdDSA. The name is kept for logs and metrics;
+    /// the message does not repeat attacker-chosen text.
+    #[error("algorithm is not accepted")]
     WrongAlgorithm(String),
     /// The header carries its own key or a pointer to one (`jwk`, `jku`, `x5u`, `x5c`).
     #[error("header member {0} is not accepted")]

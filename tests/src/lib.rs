@@ -27,6 +27,8 @@ pub const TEST_HASH_COST: u32 = 4;
 pub const ISSUER: &str = "https://gatehouse.test";
 /// The audience tokens carry in tests.
 pub const AUDIENCE: &str = "gatehouse-tests";
+/// The secret the test edge and the test origin share.
+pub const EDGE_SECRET: &str = "test-edge-secret-0123456789abcdef0123456789";
 /// A password that passes every rule.
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -147,6 +149,7 @@ pub fn test_state(db: Database, options: Options) -> AppState {
         clock: options.clock.clock(),
         jwks_max_age: Duration::from_secs(300),
         body_limit_bytes: 16 * 1024,
+        edge_secret: Some(EDGE_SECRET.into()),
     }
 }
 

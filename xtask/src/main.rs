@@ -3,6 +3,7 @@
 
 mod bench;
 mod dev;
+mod edge;
 mod pg;
 mod test;
 
@@ -15,7 +16,8 @@ usage: cargo xtask <command>
 commands:
   dev     start PostgreSQL (unless DATABASE_URL is set) and the origin; print URLs and a key
   test    start a throwaway PostgreSQL and run every test [-- extra cargo test arguments]
-  bench   measure the running stack (or start one) and print the figures";
+  bench   measure the running stack (or start one) and print the figures
+  build-edge   install the edge's build tools if missing and build the worker into edge/build";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         Some("dev") => runtime.block_on(dev::run()),
         Some("test") => test::run(&args[1..]),
         Some("bench") => runtime.block_on(bench::run(&args[1..])),
+        Some("build-edge") => edge::build().map(|()| ExitCode::SUCCESS),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

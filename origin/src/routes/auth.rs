@@ -1,10 +1,7 @@
 //! Registration, login, token verification and the profile: everything under `/auth`.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts, State};
-use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gatehouse_shared::api::{
@@ -17,10 +14,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, Result, invalid_field, on_constraint};
-use crate::extract::{ApiJson, AuthUser};
-
-/// Longest user agent kept with a session; the rest is cut (it is informational only).
-const MAX_USER_AGENT_CHARS: usize = 512;
+use crate::extract::{ApiJson, AuthUser, ClientMeta};
 
 /// The `/auth/*` routes; the API-key gate is layered on in [`crate::app`].
 pub fn router() -> Router<AppState> {
@@ -28,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/auth/register", post(register_user))
         .route("/auth/login", post(login_user))
         .route("/auth/verify", get(verify_token))
+        .route("/auth/api-key", get(check_api_key))
         .route(
             "/auth/profile",
             get(get_profile)
@@ -61,29 +56,6 @@ impl From<UserRow> for UserProfile {
 }
 
 const USER_COLUMNS: &str = "id, email, password_hash, first_name, last_name, is_active, created_at";
-
-/// Where a sign-in came from, kept with its session.
-struct ClientMeta {
-    user_agent: Option<String>,
-    ip: Option<String>,
-}
-
-impl FromRequestParts<AppState> for ClientMeta {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
-        let user_agent = parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|value| value.to_str().ok())
-            .map(|agent| agent.chars().take(MAX_USER_AGENT_CHARS).collect());
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
-        Ok(ClientMeta { user_agent, ip })
-    }
-}
 
 /// `POST /auth/register`: creates the account and its first session.
 async fn register_user(
@@ -146,8 +118,10 @@ async fn login_user(
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>> {
     let email = normalize_email(&request.email);
-    if email.is_empty() {
-        return Err(invalid_field("email", "must not be empty"));
+    // Registration applied the same rule, so an address failing it has no account; refusing it
+    // here reveals nothing and keeps bytes PostgreSQL rejects (NUL) away from the query.
+    if let Err(message) = check_email(email) {
+        return Err(invalid_field("email", message));
     }
     if request.password.len() > gatehouse_shared::input::MAX_PASSWORD_BYTES {
         // No stored password can be this long, so refusing says nothing about the account.
@@ -175,15 +149,14 @@ async fn login_user(
     if state.hasher.needs_rehash(&user.password_hash) {
         // The cost was raised (or lowered) since this hash was made; OWASP Password Storage
         // Cheat Sheet, "Upgrading the work factor".
-        let upgraded = state.hasher.hash(password).await?;
-        let mut connection = state.db.acquire().await?;
-        sqlx::query("update users set password_hash = $2, updated_at = now() where id = $1 and password_hash = $3")
-            .bind(user.id)
-            .bind(&upgraded)
-            .bind(&user.password_hash)
-            .execute(&mut *connection)
-            .await?;
-        tracing::info!(user_id = %user.id, cost = state.hasher.cost(), "password rehashed");
+        // Best effort: the password is verified, so a busy hashing pool or database must not fail
+        // the login; the next login tries again.
+        match rehash(&state, user.id, &user.password_hash, password).await {
+            Ok(()) => {
+                tracing::info!(user_id = %user.id, cost = state.hasher.cost(), "password rehashed")
+            }
+            Err(error) => tracing::warn!(user_id = %user.id, %error, "password rehash postponed"),
+        }
     }
 
     let mut tx = state.db.begin().await?;
@@ -192,6 +165,18 @@ async fn login_user(
 
     tracing::info!(user_id = %user.id, "login succeeded");
     Ok(Json(token_response(&state, user, session_id)))
+}
+
+async fn rehash(state: &AppState, user_id: Uuid, old_hash: &str, password: String) -> Result<()> {
+    let upgraded = state.hasher.hash(password).await?;
+    let mut connection = state.db.acquire().await?;
+    sqlx::query("update users set password_hash = $2, updated_at = now() where id = $1 and password_hash = $3")
+        .bind(user_id)
+        .bind(&upgraded)
+        .bind(old_hash)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
 }
 
 /// `GET /auth/verify`: the token is valid, its session live, its account active.
@@ -206,6 +191,13 @@ async fn verify_token(user: AuthUser) -> Result<Json<VerifyResponse>> {
         },
         expires_at,
     }))
+}
+
+/// `GET /auth/api-key`: 204 when the presented `X-API-Key` is valid (the gate in front of every
+/// `/auth/*` route has already checked it). The edge asks this to learn about keys it has not
+/// seen, then caches the answer briefly.
+async fn check_api_key() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// `GET /auth/profile`.
@@ -281,7 +273,7 @@ async fn insert_session(
         .bind(session_id)
         .bind(user_id)
         .bind(&meta.user_agent)
-        .bind(&meta.ip)
+        .bind(meta.ip.map(|ip| ip.to_string()))
         .execute(&mut **tx)
         .await?;
     Ok(session_id)

@@ -150,10 +150,11 @@ async fn failed_login_does_not_rehash(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
-async fn overlong_or_empty_login_fields_are_422(pool: PgPool) {
+async fn overlong_empty_or_malformed_login_fields_are_422(pool: PgPool) {
     let app = TestApp::new(pool).await;
 
     let long = app.login("ada@example.com", &"a".repeat(73)).await;
+    let nul = app.login("ada\u{0}@example.com", PASSWORD).await;
     let empty = app
         .call(
             Method::POST,
@@ -167,4 +168,9 @@ async fn overlong_or_empty_login_fields_are_422(pool: PgPool) {
     assert_eq!(long.problem().errors[0].field, "password");
     assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(empty.problem().errors[0].field, "email");
+    assert_eq!(
+        nul.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not a 500 from PostgreSQL"
+    );
 }

@@ -118,6 +118,28 @@ async fn invalid_fields_are_listed_in_one_422(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn password_of_exactly_72_bytes_registers_and_logs_in(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let password = "é".repeat(36);
+    assert_eq!(password.len(), 72);
+
+    let registered = app
+        .call(
+            Method::POST,
+            "/auth/register",
+            None,
+            Some(json!({ "email": "ada@example.com", "password": password })),
+        )
+        .await;
+    let login = app.login("ada@example.com", &password).await;
+    let almost = app.login("ada@example.com", &"é".repeat(35)).await;
+
+    assert_eq!(registered.status, StatusCode::CREATED);
+    assert_eq!(login.status, StatusCode::OK);
+    assert_eq!(almost.status, StatusCode::UNAUTHORIZED);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn password_over_72_bytes_is_refused_not_truncated(pool: PgPool) {
     let app = TestApp::new(pool).await;
 

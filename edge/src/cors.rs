@@ -1,0 +1,49 @@
+//! CORS (Fetch standard, "CORS protocol"): preflights answered here, and response headers for
+//! origins listed in `ALLOWED_ORIGINS`. An origin not on the list is never reflected.
+
+use worker::{Headers, Request, Response};
+
+use crate::config::EdgeConfig;
+use crate::error::AppError;
+
+const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
+const ALLOWED_HEADERS: &str = "authorization, content-type, x-api-key, x-request-id";
+const EXPOSED_HEADERS: &str = "x-request-id, retry-after, www-authenticate";
+/// How long a browser may cache a preflight answer.
+const PREFLIGHT_MAX_AGE_SECS: &str = "600";
+
+/// Answers a preflight: 204 for a listed origin, 403 for any other.
+pub fn preflight(request: &Request, config: &EdgeConfig) -> Result<Response, AppError> {
+    let origin = request.headers().get("origin")?;
+    if !is_allowed(origin.as_deref(), config) {
+        return Err(AppError::OriginNotAllowed);
+    }
+    let headers = Headers::new();
+    headers.set("access-control-allow-methods", ALLOWED_METHODS)?;
+    headers.set("access-control-allow-headers", ALLOWED_HEADERS)?;
+    headers.set("access-control-max-age", PREFLIGHT_MAX_AGE_SECS)?;
+    Ok(Response::builder()
+        .with_status(204)
+        .with_headers(headers)
+        .empty())
+}
+
+/// Adds the CORS response headers when the request's origin is listed. `Vary: Origin` always,
+/// so a cache never serves one origin's answer to another.
+pub fn decorate(headers: &mut Headers, origin: Option<&str>, config: &EdgeConfig) {
+    let _ = headers.append("vary", "Origin");
+    if let Some(origin) = origin.filter(|origin| is_allowed(Some(origin), config)) {
+        let _ = headers.set("access-control-allow-origin", origin);
+        let _ = headers.set("access-control-allow-credentials", "true");
+        let _ = headers.set("access-control-expose-headers", EXPOSED_HEADERS);
+    }
+}
+
+fn is_allowed(origin: Option<&str>, config: &EdgeConfig) -> bool {
+    origin.is_some_and(|origin| {
+        config
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed == origin)
+    })
+}

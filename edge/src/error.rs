@@ -1,0 +1,111 @@
+//! The edge's errors, answered as RFC 9457 problem details in the same shape as the origin's.
+
+use gatehouse_shared::api::{PROBLEM_CONTENT_TYPE, Problem};
+use gatehouse_shared::token::TokenError;
+use worker::{Headers, Response};
+
+/// Everything that stops a request at the edge.
+#[derive(Debug)]
+pub enum AppError {
+    /// `X-API-Key` missing, malformed, unknown or revoked (401).
+    InvalidApiKey,
+    /// No bearer token on a route that needs one (401).
+    MissingToken,
+    /// The bearer token failed validation (401).
+    InvalidToken(TokenError),
+    /// A CORS preflight from an origin not in `ALLOWED_ORIGINS` (403).
+    OriginNotAllowed,
+    /// The request body is larger than the edge forwards (413).
+    PayloadTooLarge,
+    /// The origin could not be reached or answered with a server error when asked (502).
+    OriginUnreachable,
+    /// The origin did not answer within `ORIGIN_TIMEOUT_MS` (504).
+    OriginTimeout,
+    /// A binding is missing or invalid; named in the log, not in the response (500).
+    Config(&'static str),
+    /// A runtime call failed; logged, never sent (500).
+    Internal(worker::Error),
+}
+
+impl From<worker::Error> for AppError {
+    fn from(error: worker::Error) -> Self {
+        AppError::Internal(error)
+    }
+}
+
+impl AppError {
+    fn parts(&self) -> (u16, &'static str, String) {
+        match self {
+            AppError::InvalidApiKey => (
+                401,
+                "invalid_api_key",
+                "a valid X-API-Key header is required".into(),
+            ),
+            AppError::MissingToken => (401, "missing_token", "a bearer token is required".into()),
+            AppError::InvalidToken(reason) => (401, "invalid_token", reason.to_string()),
+            AppError::OriginNotAllowed => (
+                403,
+                "origin_not_allowed",
+                "this origin may not call the API".into(),
+            ),
+            AppError::PayloadTooLarge => {
+                (413, "payload_too_large", "request body is too large".into())
+            }
+            AppError::OriginUnreachable => (
+                502,
+                "origin_unreachable",
+                "the authentication service could not be reached".into(),
+            ),
+            AppError::OriginTimeout => (
+                504,
+                "origin_timeout",
+                "the authentication service did not answer in time".into(),
+            ),
+            AppError::Config(_) | AppError::Internal(_) => {
+                (500, "internal_error", "internal error".into())
+            }
+        }
+    }
+
+    /// The problem response. Cannot fail: a response that cannot be built is a bare status.
+    pub fn into_response(self, request_id: &str) -> Response {
+        match &self {
+            AppError::Config(name) => worker::console_error!(
+                "request {request_id}: configuration {name} is missing or invalid"
+            ),
+            AppError::Internal(error) => worker::console_error!("request {request_id}: {error}"),
+            _ => {}
+        }
+        let (status, code, detail) = self.parts();
+        let title = match status {
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            413 => "Payload Too Large",
+            502 => "Bad Gateway",
+            504 => "Gateway Timeout",
+            _ => "Internal Server Error",
+        };
+        let problem = Problem::new(status, code, title, detail);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let headers = Headers::new();
+        let _ = headers.set("content-type", PROBLEM_CONTENT_TYPE);
+        let _ = headers.set("cache-control", "no-store");
+        // RFC 6750 section 3 challenges, as the origin sends them.
+        let challenge = match code {
+            "missing_token" => Some(r#"Bearer realm="gatehouse""#),
+            "invalid_token" => Some(r#"Bearer realm="gatehouse", error="invalid_token""#),
+            "invalid_api_key" => Some(r#"ApiKey realm="gatehouse", header="X-API-Key""#),
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            let _ = headers.set("www-authenticate", challenge);
+        }
+        if status == 502 || status == 504 {
+            let _ = headers.set("retry-after", "1");
+        }
+        Response::builder()
+            .with_status(status)
+            .with_headers(headers)
+            .fixed(body)
+    }
+}

@@ -1,0 +1,155 @@
+//! The Gatehouse edge: a Cloudflare Worker in front of the origin.
+//!
+//! It answers what it can next to the user and forwards the rest:
+//! - every `/auth/*` request must carry a valid `X-API-Key`, checked here ([`api_keys`]);
+//! - `GET /auth/verify` is answered here from the token alone, with `gatehouse_shared`'s
+//!   validation against the origin's published keys ([`jwks`]): no origin round trip;
+//! - routes that need a user are refused here when the token is missing or invalid;
+//! - everything else is forwarded to `ORIGIN_URL` ([`proxy`]) with the client IP and a request id;
+//! - CORS preflights are answered here ([`cors`]).
+//!
+//! Errors are RFC 9457 problem details, built in [`error`]; none escapes to the runtime.
+
+mod api_keys;
+mod config;
+mod cors;
+mod error;
+mod jwks;
+mod proxy;
+
+use gatehouse_shared::api::{API_KEY_HEADER, REQUEST_ID_HEADER, VerifiedUser, VerifyResponse};
+use gatehouse_shared::token::{AccessClaims, TokenError};
+use wasm_bindgen::prelude::wasm_bindgen;
+use worker::{Context, Date, Env, Method, Request, Response, event};
+
+use crate::config::EdgeConfig;
+use crate::error::AppError;
+
+/// Routes that act for a signed-in user: a request without a valid token stops here.
+const USER_ROUTES: &[&str] = &[
+    "/auth/profile",
+    "/auth/sessions",
+    "/auth/logout",
+    "/auth/password",
+];
+
+#[wasm_bindgen]
+extern "C" {
+    /// `crypto.randomUUID()`, available in every Workers isolate.
+    #[wasm_bindgen(js_namespace = crypto, js_name = randomUUID)]
+    fn random_uuid() -> String;
+}
+
+#[event(fetch)]
+async fn fetch(request: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let request_id = request_id(&request);
+    let origin = request.headers().get("origin").ok().flatten();
+    let started = Date::now().as_millis();
+    let method = request.method();
+    let path = request.path();
+
+    let (response, config) = match EdgeConfig::from_env(&env) {
+        Ok(config) => (handle(request, &config, &request_id).await, Some(config)),
+        Err(error) => (Err(error), None),
+    };
+    let mut response = response.unwrap_or_else(|error| error.into_response(&request_id));
+    let headers = response.headers_mut();
+    let _ = headers.set(REQUEST_ID_HEADER, &request_id);
+    if let Some(config) = &config {
+        cors::decorate(headers, origin.as_deref(), config);
+    }
+    worker::console_log!(
+        "{}",
+        serde_json::json!({
+            "request_id": request_id,
+            "method": method.to_string(),
+            "path": path,
+            "status": response.status_code(),
+            "ms": Date::now().as_millis().saturating_sub(started),
+        })
+    );
+    Ok(response)
+}
+
+/// The request id the edge and the origin log: Cloudflare's `cf-ray` when present, else a UUID.
+/// A client-supplied `X-Request-Id` is not trusted, so logs cannot be forged to collide.
+fn request_id(request: &Request) -> String {
+    request
+        .headers()
+        .get("cf-ray")
+        .ok()
+        .flatten()
+        .filter(|ray| {
+            ray.len() <= 64 && ray.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .unwrap_or_else(random_uuid)
+}
+
+async fn handle(
+    request: Request,
+    config: &EdgeConfig,
+    request_id: &str,
+) -> Result<Response, AppError> {
+    if request.method() == Method::Options
+        && request.headers().has("access-control-request-method")?
+    {
+        return cors::preflight(&request, config);
+    }
+    let path = request.path();
+    if !path.starts_with("/auth/") {
+        return proxy::forward(request, config, request_id).await;
+    }
+
+    let key = request.headers().get(API_KEY_HEADER)?;
+    api_keys::require_valid(key.as_deref(), config, request_id).await?;
+
+    if path == "/auth/verify" && request.method() == Method::Get {
+        let claims = authenticate(&request, config, request_id).await?;
+        return verify_response(claims);
+    }
+    if USER_ROUTES
+        .iter()
+        .any(|route| path == *route || path.starts_with(&format!("{route}/")))
+    {
+        authenticate(&request, config, request_id).await?;
+    }
+    proxy::forward(request, config, request_id).await
+}
+
+/// Validates the bearer token against the origin's keys with the shared rules.
+async fn authenticate(
+    request: &Request,
+    config: &EdgeConfig,
+    request_id: &str,
+) -> Result<AccessClaims, AppError> {
+    let header = request
+        .headers()
+        .get("authorization")?
+        .ok_or(AppError::MissingToken)?;
+    let token = match header.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            token.trim()
+        }
+        _ => return Err(AppError::InvalidToken(TokenError::Malformed)),
+    };
+    let now = (Date::now().as_millis() / 1000) as i64;
+    jwks::validate(token, config, now, request_id).await
+}
+
+fn verify_response(claims: AccessClaims) -> Result<Response, AppError> {
+    let expires_at = time::OffsetDateTime::from_unix_timestamp(claims.exp)
+        .map_err(|_| AppError::InvalidToken(TokenError::InvalidClaims))?;
+    let body = VerifyResponse {
+        valid: true,
+        user: VerifiedUser {
+            id: claims.sub,
+            email: claims.email,
+        },
+        expires_at,
+    };
+    let mut response = Response::from_json(&body)?;
+    response.headers_mut().set("cache-control", "no-store")?;
+    Ok(response)
+}

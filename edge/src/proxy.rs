@@ -1,0 +1,118 @@
+//! Forwarding to the origin, with a deadline.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use futures_util::future::{Either, select};
+use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER, REQUEST_ID_HEADER};
+use worker::{
+    AbortController, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
+};
+
+use crate::config::EdgeConfig;
+use crate::error::AppError;
+
+/// Largest body the edge forwards. The origin's own limit is 16 KiB by default; this stops
+/// oversized uploads here without buffering them.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Headers that describe one hop, not the message (RFC 9110 section 7.6.1), plus those the edge
+/// sets itself and must not accept from a client.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    REQUEST_ID_HEADER,
+    CLIENT_IP_HEADER,
+    EDGE_SECRET_HEADER,
+];
+
+/// Sends `request` to the origin with method, path, query, body and headers intact, plus the
+/// request id, the client IP and the edge secret.
+pub async fn forward(
+    mut request: Request,
+    config: &EdgeConfig,
+    request_id: &str,
+) -> Result<Response, AppError> {
+    let url = request.url()?;
+    let target = match url.query() {
+        Some(query) => format!("{}{}?{query}", config.origin_url, url.path()),
+        None => format!("{}{}", config.origin_url, url.path()),
+    };
+    let declared_length = request
+        .headers()
+        .get("content-length")?
+        .and_then(|length| length.parse::<usize>().ok());
+    if declared_length.is_some_and(|length| length > MAX_BODY_BYTES) {
+        return Err(AppError::PayloadTooLarge);
+    }
+
+    let headers = Headers::new();
+    for (name, value) in request.headers().entries() {
+        if !NOT_FORWARDED.contains(&name.as_str()) {
+            headers.append(&name, &value)?;
+        }
+    }
+    headers.set(REQUEST_ID_HEADER, request_id)?;
+    if let Some(ip) = request.headers().get("cf-connecting-ip")? {
+        headers.set(CLIENT_IP_HEADER, &ip)?;
+    }
+    if let Some(secret) = &config.edge_secret {
+        headers.set(EDGE_SECRET_HEADER, secret)?;
+    }
+    let method = request.method();
+    let body = if matches!(method, Method::Get | Method::Head) {
+        None
+    } else {
+        let bytes = request.bytes().await?;
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(AppError::PayloadTooLarge);
+        }
+        (!bytes.is_empty()).then(|| js_sys::Uint8Array::from(bytes.as_slice()).into())
+    };
+    let mut init = RequestInit::new();
+    init.with_method(method)
+        .with_headers(headers)
+        .with_body(body)
+        .with_redirect(RequestRedirect::Manual);
+    let outbound = Request::new_with_init(&target, &init)?;
+    let response = send(outbound, config, request_id).await?;
+    // Responses from fetch have immutable headers; copy them so CORS and the request id can be
+    // added on the way out.
+    let headers = Headers::new();
+    for (name, value) in response.headers().entries() {
+        headers.append(&name, &value)?;
+    }
+    Ok(response.with_headers(headers))
+}
+
+/// Sends a request to the origin, giving up after `ORIGIN_TIMEOUT_MS`.
+pub async fn send(
+    request: Request,
+    config: &EdgeConfig,
+    request_id: &str,
+) -> Result<Response, AppError> {
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(request);
+    let call = pin!(fetch.send_with_signal(&signal));
+    let deadline = pin!(Delay::from(Duration::from_millis(config.origin_timeout_ms)));
+    match select(call, deadline).await {
+        Either::Left((Ok(response), _)) => Ok(response),
+        Either::Left((Err(error), _)) => {
+            worker::console_error!("request {request_id}: origin unreachable: {error}");
+            Err(AppError::OriginUnreachable)
+        }
+        Either::Right(_) => {
+            controller.abort();
+            worker::console_error!("request {request_id}: origin timed out");
+            Err(AppError::OriginTimeout)
+        }
+    }
+}

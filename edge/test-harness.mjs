@@ -1,0 +1,31 @@
+// Runs the built worker (edge/build) in workerd through Miniflare, for the end-to-end tests in
+// tests/. Bindings come as JSON in EDGE_BINDINGS; the worker's URL is printed as "READY <url>".
+// Stops when its standard input closes (the test process went away) or on SIGTERM.
+import { Miniflare, Log, LogLevel } from "miniflare";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const mf = new Miniflare({
+  modules: true,
+  scriptPath: path.join(here, "build", "index.js"),
+  modulesRoot: path.join(here, "build"),
+  modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+  compatibilityDate: "2026-04-01",
+  bindings: JSON.parse(process.env.EDGE_BINDINGS ?? "{}"),
+  host: "127.0.0.1",
+  port: 0,
+  cf: false,
+  log: new Log(LogLevel.INFO),
+});
+
+const url = await mf.ready;
+console.log(`READY ${url.href}`);
+
+const stop = async () => {
+  await mf.dispose();
+  process.exit(0);
+};
+process.stdin.on("end", stop);
+process.stdin.resume();
+process.on("SIGTERM", stop);

@@ -1,0 +1,154 @@
+//! Building the edge worker: the pinned tools it needs, installed when missing, and worker-build.
+//!
+//! worker-build would download wasm-bindgen and wasm-opt itself; here they come from crates.io
+//! and npm instead, pinned, and worker-build is pointed at them (`WASM_BINDGEN_BIN`,
+//! `WASM_OPT_BIN`, `ESBUILD_BIN`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// The worker-build release this project is built and tested with.
+const WORKER_BUILD_VERSION: &str = "0.8.7";
+
+/// The edge crate's directory.
+pub fn dir() -> PathBuf {
+    crate::root().join("edge")
+}
+
+/// The built worker's entry module.
+pub fn entry() -> PathBuf {
+    dir().join("build").join("index.js")
+}
+
+/// An npm-installed tool of the edge's `package.json`.
+pub fn node_bin(name: &str) -> PathBuf {
+    dir().join("node_modules").join(".bin").join(name)
+}
+
+/// Installs whatever the edge build and tests need and is missing.
+pub fn ensure_tools() -> anyhow::Result<()> {
+    run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    if !node_bin("wrangler").exists() || !node_bin("wasm-opt").exists() {
+        eprintln!("xtask: installing the edge's npm tools (npm ci)");
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir()))?;
+    }
+    let wasm_bindgen = wasm_bindgen_version()?;
+    install_if_missing("worker-build", "worker-build", WORKER_BUILD_VERSION)?;
+    install_if_missing("wasm-bindgen-cli", "wasm-bindgen", &wasm_bindgen)?;
+    Ok(())
+}
+
+/// Builds the worker into `edge/build` (release mode: what is deployed and what tests run),
+/// unless the build is newer than every source it comes from.
+pub fn build() -> anyhow::Result<()> {
+    ensure_tools()?;
+    if is_fresh()? {
+        eprintln!("xtask: edge/build is up to date");
+        return Ok(());
+    }
+    let status = Command::new(cargo_bin("worker-build"))
+        .arg("--release")
+        .current_dir(dir())
+        .env("WASM_BINDGEN_BIN", cargo_bin("wasm-bindgen"))
+        .env("WASM_OPT_BIN", node_bin("wasm-opt"))
+        .env("ESBUILD_BIN", node_bin("esbuild"))
+        .status()
+        .context("running worker-build")?;
+    if !status.success() {
+        bail!("worker-build failed");
+    }
+    Ok(())
+}
+
+/// Whether `edge/build` is newer than the sources of the worker: the edge and shared crates,
+/// the lock file and the manifests.
+fn is_fresh() -> anyhow::Result<bool> {
+    let Ok(built) = std::fs::metadata(entry()).and_then(|m| m.modified()) else {
+        return Ok(false);
+    };
+    let root = crate::root();
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut pending = vec![
+        root.join("edge/src"),
+        root.join("shared/src"),
+        root.join("edge/Cargo.toml"),
+        root.join("shared/Cargo.toml"),
+        root.join("Cargo.toml"),
+        root.join("Cargo.lock"),
+    ];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::metadata(&path)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        } else {
+            newest = newest.max(meta.modified()?);
+        }
+    }
+    Ok(built > newest)
+}
+
+/// The `wasm-bindgen` version in Cargo.lock: the CLI must match it exactly.
+fn wasm_bindgen_version() -> anyhow::Result<String> {
+    let lock = std::fs::read_to_string(crate::root().join("Cargo.lock"))?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == r#"name = "wasm-bindgen""# {
+            let version = lines
+                .next()
+                .and_then(|l| l.strip_prefix("version = \"")?.strip_suffix('"'));
+            return version
+                .map(str::to_owned)
+                .context("wasm-bindgen has no version in Cargo.lock");
+        }
+    }
+    bail!("wasm-bindgen is not in Cargo.lock")
+}
+
+/// `cargo install --debug` (same output as a release build of the tool, several times faster to
+/// compile) unless the binary already reports `version`. Not `--locked`: one of wasm-bindgen-cli's
+/// locked dependencies is no longer on crates.io.
+fn install_if_missing(krate: &str, binary: &str, version: &str) -> anyhow::Result<()> {
+    let installed = Command::new(cargo_bin(binary))
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(version));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {krate} {version} (a few minutes, once)");
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
+            "install",
+            krate,
+            "--version",
+            version,
+            "--debug",
+            "--force",
+        ]),
+    )
+}
+
+/// Where `cargo install` puts binaries.
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"));
+    home.join("bin").join(name)
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed");
+    }
+    Ok(())
+}
