@@ -95,6 +95,8 @@ pub struct TestApp {
     pub pool: PgPool,
     /// The clock the app reads.
     pub clock: ManualClock,
+    /// A copy of the app's signing key, for crafting tokens with chosen claims.
+    pub signer: TokenSigner,
 }
 
 /// A response, with its body parsed as JSON when there is one.
@@ -168,6 +170,8 @@ impl TestApp {
     /// database for setup and assertions.
     pub async fn on(db: Database, pool: PgPool, options: Options) -> Self {
         let clock = options.clock.clone();
+        let signer =
+            TokenSigner::from_pkcs8_pem(&options.signer.to_pkcs8_pem()).expect("a key round-trips");
         let state = test_state(db, options);
         let api_key = api_keys::create(&pool, "tests")
             .await
@@ -180,6 +184,7 @@ impl TestApp {
             api_key,
             pool,
             clock,
+            signer,
         }
     }
 
@@ -288,4 +293,5 @@ pub async fn spawn_server(state: AppState) -> (SocketAddr, tokio::task::JoinHand
     (addr, server)
 }
 
+pub mod edge;
 pub mod relay;

@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use crate::pg::Postgres;
 
 pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
+    // The end-to-end tests run the built worker; building it also installs its tools.
+    crate::edge::build()?;
     let postgres = Postgres::start(&crate::target_dir().join("gatehouse-pg-test"), true)?;
     // Ctrl-C reaches cargo and the tests directly; xtask only has to outlive them to clean up.
     ignore_interrupts();

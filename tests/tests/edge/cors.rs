@@ -1,0 +1,93 @@
+use reqwest::{Method, StatusCode};
+use sqlx::PgPool;
+
+use crate::{Stack, problem};
+
+const ALLOWED: &str = "https://app.example.com";
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn preflight_is_answered_at_the_edge_for_listed_origins_only(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let preflight = |origin: &'static str| {
+        stack
+            .client
+            .request(Method::OPTIONS, format!("{}/auth/login", stack.edge.url))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type, x-api-key")
+            .send()
+    };
+
+    let allowed = preflight(ALLOWED).await.unwrap();
+    let other = preflight("https://evil.example.net").await.unwrap();
+
+    assert_eq!(allowed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(allowed.headers()["access-control-allow-origin"], ALLOWED);
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    assert!(
+        allowed.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-api-key")
+    );
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(problem(other).await.0, "origin_not_allowed");
+    assert!(
+        stack.relay.seen().is_empty(),
+        "preflights never reach the origin"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn responses_name_listed_origins_and_never_reflect_others(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let token = stack.register("ada@example.com").await.access_token;
+
+    let listed = stack
+        .request(Method::GET, "/auth/verify")
+        .bearer_auth(&token)
+        .header("origin", ALLOWED)
+        .send()
+        .await
+        .unwrap();
+    let forwarded = stack
+        .request(Method::GET, "/auth/profile")
+        .bearer_auth(&token)
+        .header("origin", ALLOWED)
+        .send()
+        .await
+        .unwrap();
+    let unlisted = stack
+        .request(Method::GET, "/auth/verify")
+        .bearer_auth(&token)
+        .header("origin", "https://evil.example.net")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(listed.headers()["access-control-allow-origin"], ALLOWED);
+    assert_eq!(forwarded.headers()["access-control-allow-origin"], ALLOWED);
+    assert_eq!(forwarded.status(), StatusCode::OK);
+    assert!(
+        unlisted
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert!(
+        unlisted
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    assert!(
+        unlisted.headers()["vary"]
+            .to_str()
+            .unwrap()
+            .contains("Origin")
+    );
+}

@@ -1,0 +1,189 @@
+use gatehouse_shared::api::{EDGE_SECRET_HEADER, TokenResponse, UserProfile, VerifyResponse};
+use gatehouse_tests::edge::{Edge, bindings};
+use gatehouse_tests::{EDGE_SECRET, PASSWORD};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::{Stack, problem};
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn verify_is_answered_at_the_edge_and_the_rest_is_forwarded(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+
+    let registered = stack.register("ada@example.com").await;
+    let login = stack
+        .request(Method::POST, "/auth/login")
+        .json(&json!({ "email": "ada@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let token = login.json::<TokenResponse>().await.unwrap().access_token;
+    let verify = stack.verify(&token).await;
+    let verify_status = verify.status();
+    let verified: VerifyResponse = verify.json().await.unwrap();
+    let profile = stack
+        .request(Method::GET, "/auth/profile")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let profile_request_id = profile.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let profile: UserProfile = profile.json().await.unwrap();
+
+    assert_eq!(verify_status, StatusCode::OK);
+    assert_eq!(verified.user.id, registered.user.id);
+    assert_eq!(profile.id, registered.user.id);
+    assert_eq!(
+        stack.relay.count("GET /auth/verify"),
+        0,
+        "verify never reaches the origin"
+    );
+    assert_eq!(stack.relay.count("GET /auth/profile"), 1);
+    assert_eq!(stack.relay.count("POST /auth/register"), 1);
+    assert_eq!(stack.relay.count("POST /auth/login"), 1);
+    let forwarded = stack
+        .relay
+        .seen()
+        .into_iter()
+        .find(|seen| seen.route == "GET /auth/profile")
+        .unwrap();
+    assert_eq!(
+        forwarded.headers["x-request-id"], profile_request_id,
+        "one request id end to end"
+    );
+    assert_eq!(forwarded.headers[EDGE_SECRET_HEADER], EDGE_SECRET);
+    assert!(
+        forwarded.headers["authorization"].starts_with("Bearer "),
+        "headers intact"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn repeated_verifies_cost_the_origin_nothing(pool: PgPool) {
+    let stack = Stack::with(pool, gatehouse_tests::Options::default(), |bindings| {
+        bindings.insert("API_KEY_CACHE_TTL_SECS".into(), "30".into());
+    })
+    .await;
+    let token = stack.register("ada@example.com").await.access_token;
+    // The first verify learns the keys (one JWKS fetch); the API key is known from registering.
+    assert_eq!(stack.verify(&token).await.status(), StatusCode::OK);
+    let before = stack.relay.seen().len();
+
+    for _ in 0..20 {
+        assert_eq!(stack.verify(&token).await.status(), StatusCode::OK);
+    }
+
+    assert_eq!(
+        stack.relay.seen().len(),
+        before,
+        "no origin request at all: keys and API key are cached"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn forwarded_requests_keep_method_path_query_and_body(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let token = stack.register("ada@example.com").await.access_token;
+
+    let patched = stack
+        .request(Method::PATCH, "/auth/profile?source=edge-test")
+        .bearer_auth(&token)
+        .json(&json!({ "first_name": "Augusta" }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(patched.status(), StatusCode::OK);
+    assert_eq!(
+        patched
+            .json::<UserProfile>()
+            .await
+            .unwrap()
+            .first_name
+            .as_deref(),
+        Some("Augusta")
+    );
+    assert_eq!(stack.relay.count("PATCH /auth/profile"), 1);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn client_ip_reaches_the_origin_only_through_the_edge(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+
+    let through_edge = stack
+        .request(Method::POST, "/auth/register")
+        .header("cf-connecting-ip", "203.0.113.9")
+        .header("x-gatehouse-client-ip", "198.51.100.66")
+        .json(&json!({ "email": "edge@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    let origin = stack.relay.url.clone();
+    let around_edge = stack
+        .client
+        .post(format!("{origin}/auth/register"))
+        .header("x-api-key", &stack.app.api_key)
+        .header("x-gatehouse-client-ip", "198.51.100.66")
+        .header(
+            EDGE_SECRET_HEADER,
+            "a guess at the secret, long enough to be plausible",
+        )
+        .json(&json!({ "email": "direct@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(through_edge.status(), StatusCode::CREATED);
+    assert_eq!(around_edge.status(), StatusCode::CREATED);
+    let ip = |email: &'static str| {
+        sqlx::query_scalar::<_, Option<String>>(
+            "select s.ip from sessions s join users u on u.id = s.user_id where u.email = $1",
+        )
+        .bind(email)
+        .fetch_one(&stack.app.pool)
+    };
+    assert_eq!(
+        ip("edge@example.com").await.unwrap().as_deref(),
+        Some("203.0.113.9")
+    );
+    assert_eq!(
+        ip("direct@example.com").await.unwrap().as_deref(),
+        Some("127.0.0.1"),
+        "a client cannot choose its IP"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_origin_is_a_502_problem() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let edge = Edge::start(bindings(&format!("http://{closed}"))).await;
+    let key = gatehouse_shared::api_key::ApiKey::generate(&mut rand_core::OsRng);
+    let client = reqwest::Client::new();
+
+    let register = client
+        .post(format!("{}/auth/register", edge.url))
+        .header("x-api-key", key.expose())
+        .json(&json!({ "email": "ada@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    let health = client
+        .get(format!("{}/health", edge.url))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(register.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(register.headers()["retry-after"], "1");
+    assert_eq!(problem(register).await.0, "origin_unreachable");
+    assert_eq!(health.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(problem(health).await.0, "origin_unreachable");
+}

@@ -1,0 +1,104 @@
+use gatehouse_origin::api_keys;
+use gatehouse_shared::api_key::ApiKey;
+use reqwest::{Method, StatusCode};
+use sqlx::PgPool;
+
+use crate::{Stack, problem};
+
+/// Bound on waiting for a revocation to reach the edge: the test edge caches verdicts 1 s.
+const REVOCATION_POLLS: usize = 50;
+const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn missing_and_malformed_keys_are_refused_without_asking_the_origin(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let url = format!("{}/auth/login", stack.edge.url);
+
+    let missing = stack.client.post(&url).send().await.unwrap();
+    let malformed = stack
+        .client
+        .post(&url)
+        .header("x-api-key", "let-me-in")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(problem(missing).await.0, "invalid_api_key");
+    assert_eq!(malformed.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(problem(malformed).await.0, "invalid_api_key");
+    assert!(
+        stack.relay.seen().is_empty(),
+        "nothing reached the origin: {:?}",
+        stack.relay.seen()
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn unknown_key_is_refused_and_its_verdict_cached(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let stranger = ApiKey::generate(&mut rand_core::OsRng);
+
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = stack
+            .client
+            .get(format!("{}/auth/verify", stack.edge.url))
+            .header("x-api-key", stranger.expose())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status());
+    }
+
+    assert_eq!(statuses, [StatusCode::UNAUTHORIZED; 3]);
+    assert_eq!(
+        stack.relay.count("GET /auth/api-key"),
+        1,
+        "one lookup, then the cached verdict"
+    );
+    assert_eq!(stack.relay.seen().len(), 1);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn valid_key_is_looked_up_once_then_cached(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let token = stack.register("ada@example.com").await.access_token;
+
+    for _ in 0..5 {
+        assert_eq!(stack.verify(&token).await.status(), StatusCode::OK);
+    }
+
+    assert!(
+        stack.relay.count("GET /auth/api-key") <= 2,
+        "at most one lookup per cache period"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn revoked_key_stops_working_within_the_cache_ttl(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let token = stack.register("ada@example.com").await.access_token;
+    assert_eq!(stack.verify(&token).await.status(), StatusCode::OK);
+    let id = ApiKey::parse(&stack.app.api_key).unwrap().id().to_owned();
+
+    assert!(api_keys::revoke(&stack.app.pool, &id).await.unwrap());
+    let mut refused = None;
+    for attempt in 0..REVOCATION_POLLS {
+        let response = stack.verify(&token).await;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            refused = Some((attempt, problem(response).await.0));
+            break;
+        }
+        tokio::time::sleep(REVOCATION_POLL).await;
+    }
+
+    let (_, code) = refused.expect("the revoked key was refused within the bound");
+    assert_eq!(code, "invalid_api_key");
+    let after = stack
+        .request(Method::POST, "/auth/login")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+}
