@@ -130,6 +130,9 @@ pub fn kid_of(key: &VerifyingKey) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use ed25519_dalek::SigningKey;
 

@@ -95,6 +95,9 @@ pub fn public_key_from_pem(pem: &str) -> Result<VerifyingKey, KeyError> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use ed25519_dalek::pkcs8::EncodePublicKey;
     use rand_core::OsRng;
 

@@ -328,6 +328,9 @@ pub(crate) fn encode_jws(
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use ed25519_dalek::SigningKey;
     use serde_json::{Value, json};
 

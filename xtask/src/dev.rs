@@ -1,6 +1,7 @@
 //! `cargo xtask dev`: a local stack for trying Gatehouse by hand. Starts PostgreSQL (unless
-//! `DATABASE_URL` is given), migrates, creates an API key, starts the origin, prints how to use
-//! it and writes `target/gatehouse-dev.env`. Ctrl-C stops everything it started.
+//! `DATABASE_URL` is given), migrates, creates an API key, starts the origin and, in front of it,
+//! the edge worker under `wrangler dev`; prints how to use them and writes
+//! `target/gatehouse-dev.env`. Ctrl-C stops everything it started.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -11,8 +12,18 @@ use tokio::process::{Child, Command};
 
 use crate::pg::Postgres;
 
-/// Where the origin listens in development.
+/// Where the origin listens in development (and what `wrangler.toml`'s `local` environment
+/// points the edge at).
 pub const ORIGIN_ADDR: &str = "127.0.0.1:8007";
+
+/// Where the edge listens in development.
+pub const EDGE_PORT: u16 = 8787;
+
+/// The `EDGE_SECRET` of `wrangler.toml`'s `local` environment, given to the origin too.
+const LOCAL_EDGE_SECRET: &str = "local-development-edge-secret-not-for-production";
+
+/// How long `wrangler dev` may take to print "Ready on".
+const EDGE_STARTUP: Duration = Duration::from_secs(120);
 
 /// How long the origin may take to answer `/health` after starting.
 const STARTUP_ATTEMPTS: u32 = 300;
@@ -21,9 +32,16 @@ const STARTUP_POLL: Duration = Duration::from_millis(100);
 pub async fn run() -> anyhow::Result<ExitCode> {
     let mut stack = Stack::start(false, None).await?;
     stack.print_usage();
+    let edge_exit = async {
+        match stack.edge.as_mut() {
+            Some(edge) => edge.wait().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => eprintln!("\nxtask: stopping"),
         status = stack.origin.wait() => eprintln!("xtask: the origin exited ({})", status?),
+        status = edge_exit => eprintln!("xtask: wrangler dev exited ({})", status?),
     }
     stack.stop().await;
     Ok(ExitCode::SUCCESS)
@@ -34,6 +52,9 @@ pub struct Stack {
     pub postgres: Option<Postgres>,
     pub origin: Child,
     pub origin_url: String,
+    /// `wrangler dev` serving the edge, in its own process group.
+    pub edge: Option<Child>,
+    pub edge_url: String,
     pub api_key: String,
     pub database_url: String,
 }
@@ -80,6 +101,7 @@ impl Stack {
             .env("LISTEN_ADDR", ORIGIN_ADDR)
             .env("JWT_SIGNING_KEY_FILE", &key_file)
             .env("JWT_ISSUER", format!("http://{ORIGIN_ADDR}"))
+            .env("EDGE_SECRET", LOCAL_EDGE_SECRET)
             .stdin(Stdio::null())
             .stderr(match log {
                 Some(path) => Stdio::from(std::fs::File::create(path)?),
@@ -93,10 +115,18 @@ impl Stack {
             postgres,
             origin,
             origin_url,
+            edge: None,
+            edge_url: format!("http://127.0.0.1:{EDGE_PORT}"),
             api_key,
             database_url,
         };
-        if let Err(error) = stack.wait_until_healthy().await {
+        let started = async {
+            stack.wait_until_healthy().await?;
+            crate::edge::build()?;
+            stack.edge = Some(start_edge(log).await?);
+            anyhow::Ok(())
+        };
+        if let Err(error) = started.await {
             stack.stop().await;
             return Err(error);
         }
@@ -129,6 +159,12 @@ impl Stack {
 
     /// Stops the origin gracefully (SIGTERM, so requests in flight finish), then PostgreSQL.
     pub async fn stop(&mut self) {
+        if let Some(pid) = self.edge.as_ref().and_then(Child::id) {
+            // wrangler runs workerd as a child: end the whole group.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pid}")])
+                .status();
+        }
         if let Some(pid) = self.origin.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -147,12 +183,14 @@ impl Stack {
     fn print_usage(&self) {
         println!(
             "\nGatehouse is running.\n\
+             \n  edge        {edge}  (wrangler dev, workerd)\
              \n  origin      {url}\
              \n  API key     {key}\
              \n  database    {db}\
-             \n  env file    {env}  (ORIGIN_URL, API_KEY, DATABASE_URL)\
+             \n  env file    {env}  (EDGE_URL, ORIGIN_URL, API_KEY, DATABASE_URL)\
              \n\nTry it from the repository root:\n{curl}\nPress Ctrl-C to stop.",
             url = self.origin_url,
+            edge = self.edge_url,
             key = self.api_key,
             db = self.database_url,
             env = crate::target_dir().join("gatehouse-dev.env").display(),
@@ -164,14 +202,66 @@ impl Stack {
 /// The same lines as the README's "Try it" section.
 const CURL_EXAMPLES: &str = r#"
   set -a; . target/gatehouse-dev.env; set +a
-  curl -s -X POST "$ORIGIN_URL/auth/register" -H "X-API-Key: $API_KEY" -H 'Content-Type: application/json' \
+  curl -s -X POST "$EDGE_URL/auth/register" -H "X-API-Key: $API_KEY" -H 'Content-Type: application/json' \
        -d '{"email":"ada@example.com","password":"correct horse battery staple"}'
-  TOKEN=$(curl -s -X POST "$ORIGIN_URL/auth/login" -H "X-API-Key: $API_KEY" -H 'Content-Type: application/json' \
+  TOKEN=$(curl -s -X POST "$EDGE_URL/auth/login" -H "X-API-Key: $API_KEY" -H 'Content-Type: application/json' \
        -d '{"email":"ada@example.com","password":"correct horse battery staple"}' | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
-  curl -s "$ORIGIN_URL/auth/verify"  -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN"
-  curl -s "$ORIGIN_URL/auth/profile" -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN"
+  curl -s "$EDGE_URL/auth/verify"  -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN"
+  curl -s "$EDGE_URL/auth/profile" -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN"
   curl -s "$ORIGIN_URL/.well-known/jwks.json"
 "#;
+
+/// `wrangler dev --env local` on 127.0.0.1:8787, in its own process group; returns once it is
+/// ready. Its output goes to `log` when given, else to this terminal.
+async fn start_edge(log: Option<&Path>) -> anyhow::Result<Child> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let mut wrangler = Command::new(crate::edge::node_bin("wrangler"))
+        .current_dir(crate::root())
+        .args([
+            "dev",
+            "--config",
+            "wrangler.toml",
+            "--env",
+            "local",
+            "--ip",
+            "127.0.0.1",
+        ])
+        .args(["--port", &EDGE_PORT.to_string(), "--inspector-port", "0"])
+        .args(["--show-interactive-dev-session=false"])
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .context("starting wrangler dev")?;
+    let mut lines = BufReader::new(wrangler.stdout.take().expect("stdout is piped")).lines();
+    let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match log {
+        Some(path) => Box::new(tokio::fs::File::create(path).await?),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let ready = tokio::time::timeout(EDGE_STARTUP, async {
+        while let Some(line) = lines.next_line().await? {
+            sink.write_all(format!("{line}\n").as_bytes()).await?;
+            if line.contains("Ready on") {
+                return anyhow::Ok(());
+            }
+        }
+        bail!("wrangler dev exited before it was ready; is port {EDGE_PORT} in use?")
+    })
+    .await;
+    match ready {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(error),
+        Err(_) => bail!("wrangler dev was not ready within {EDGE_STARTUP:?}"),
+    }
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = sink.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
+    Ok(wrangler)
+}
 
 fn build_origin(release: bool) -> anyhow::Result<PathBuf> {
     let mut build = crate::cargo();
@@ -194,8 +284,8 @@ fn build_origin(release: bool) -> anyhow::Result<PathBuf> {
 
 fn write_env_file(path: &Path, stack: &Stack) -> anyhow::Result<()> {
     let contents = format!(
-        "ORIGIN_URL={}\nAPI_KEY={}\nDATABASE_URL={}\n",
-        stack.origin_url, stack.api_key, stack.database_url
+        "EDGE_URL={}\nORIGIN_URL={}\nAPI_KEY={}\nDATABASE_URL={}\n",
+        stack.edge_url, stack.origin_url, stack.api_key, stack.database_url
     );
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }

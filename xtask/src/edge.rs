@@ -135,7 +135,7 @@ fn install_if_missing(krate: &str, binary: &str, version: &str) -> anyhow::Resul
 }
 
 /// Where `cargo install` puts binaries.
-fn cargo_bin(name: &str) -> PathBuf {
+pub fn cargo_bin(name: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))

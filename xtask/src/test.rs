@@ -1,46 +1,74 @@
-//! `cargo xtask test`: a fresh PostgreSQL, every test of the workspace, and cleanup whatever
-//! the outcome.
+//! `cargo xtask test`: every test of the project, with whatever it needs installed and started,
+//! and cleanup whatever the outcome:
+//! - the edge worker built (installing its tools when missing) for the end-to-end tests;
+//! - a fresh PostgreSQL for the origin and end-to-end tests;
+//! - the workspace's tests natively, then `shared`'s tests again on wasm32 under Node.
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context as _;
 
 use crate::pg::Postgres;
 
 pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
-    // The end-to-end tests run the built worker; building it also installs its tools.
     crate::edge::build()?;
     let postgres = Postgres::start(&crate::target_dir().join("gatehouse-pg-test"), true)?;
     // Ctrl-C reaches cargo and the tests directly; xtask only has to outlive them to clean up.
     ignore_interrupts();
     let extra = extra.strip_prefix(&["--".to_owned()]).unwrap_or(extra);
-    let mut child = crate::cargo()
-        .args(["test", "--workspace", "--no-fail-fast"])
+    let mut totals = Totals::default();
+
+    let mut native = crate::cargo();
+    native
+        .args(["test", "--no-fail-fast"])
         .args(extra)
-        .env("DATABASE_URL", postgres.url("postgres"))
+        .env("DATABASE_URL", postgres.url("postgres"));
+    let native_ok = run_counted(&mut native, &mut totals)?;
+    drop(postgres);
+
+    // The edge compiles `shared` for wasm32; the same tests prove it validates identically there.
+    let mut wasm = crate::cargo();
+    wasm.args([
+        "test",
+        "-p",
+        "gatehouse-shared",
+        "--features",
+        "signing",
+        "--target",
+        "wasm32-unknown-unknown",
+    ])
+    .env(
+        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+        crate::edge::cargo_bin("wasm-bindgen-test-runner"),
+    );
+    // With a filter given (`cargo xtask test -- <args>`), only the native tests run.
+    let wasm_ok = !extra.is_empty() || run_counted(&mut wasm, &mut totals)?;
+
+    println!(
+        "\nxtask test: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    Ok(if native_ok && wasm_ok && totals.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs a `cargo test`, passing its output through and adding up each test binary's
+/// "test result" line, so the whole run ends with one total.
+fn run_counted(command: &mut Command, totals: &mut Totals) -> anyhow::Result<bool> {
+    let mut child = command
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
-    // Pass the output through, adding up each test binary's "test result" line, so the run ends
-    // with one total rather than with the last (often empty) binary's count.
-    let mut totals = Totals::default();
     for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
         let line = line?;
         println!("{line}");
         totals.add(&line);
     }
-    let status = child.wait()?;
-    drop(postgres);
-    println!(
-        "\nxtask test: {} passed, {} failed",
-        totals.passed, totals.failed
-    );
-    Ok(if status.success() && totals.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(child.wait()?.success())
 }
 
 #[derive(Default)]
