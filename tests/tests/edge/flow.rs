@@ -187,3 +187,24 @@ async fn unreachable_origin_is_a_502_problem() {
     assert_eq!(health.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(problem(health).await.0, "origin_unreachable");
 }
+
+#[tokio::test]
+async fn silent_origin_is_a_504_problem_after_the_timeout() {
+    // An origin that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut bindings = bindings(&format!("http://{addr}"));
+    bindings.insert("ORIGIN_TIMEOUT_MS".into(), "300".into());
+    let edge = Edge::start(bindings).await;
+
+    let health = reqwest::get(format!("{}/health", edge.url)).await.unwrap();
+
+    assert_eq!(health.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(problem(health).await.0, "origin_timeout");
+}
