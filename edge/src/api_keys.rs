@@ -17,9 +17,13 @@ use gatehouse_shared::api_key::ApiKey;
 use sha2::{Digest, Sha256};
 use worker::{Cache, Date, Headers, Method, Request, RequestInit, Response};
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, MAX_API_KEY_CACHE_SECS};
 use crate::error::AppError;
 use crate::proxy;
+
+/// The Cache API cache of the edge's entries: its own, not the zone's default cache that other
+/// workers share.
+pub const CACHE_NAME: &str = "gatehouse-edge";
 
 /// Entries kept in isolate memory before the map is cleared: bounds memory under a flood of
 /// distinct keys.
@@ -75,9 +79,15 @@ fn isolate_verdict(fingerprint: &[u8; 32], now: u64) -> Option<bool> {
 }
 
 fn remember(fingerprint: [u8; 32], valid: bool, expires: u64) {
+    let now = Date::now().as_millis();
     VERDICTS.with_borrow_mut(|verdicts| {
         if verdicts.len() >= MAX_ISOLATE_ENTRIES {
-            verdicts.clear();
+            // Expired entries go first; only a map full of live ones (a flood of distinct keys
+            // within one TTL) is dropped whole.
+            verdicts.retain(|_, (_, expires)| *expires > now);
+            if verdicts.len() >= MAX_ISOLATE_ENTRIES {
+                verdicts.clear();
+            }
         }
         verdicts.insert(fingerprint, (valid, expires));
     });
@@ -90,13 +100,15 @@ fn cache_url(fingerprint: &[u8; 32]) -> String {
 
 /// A verdict from the Cache API: body `"<0|1> <expiry ms>"`.
 async fn cached_verdict(fingerprint: &[u8; 32], now: u64) -> Option<(bool, u64)> {
-    let mut response = Cache::default()
-        .get(cache_url(fingerprint), false)
-        .await
-        .ok()??;
+    let cache = Cache::open(CACHE_NAME.into()).await;
+    let mut response = cache.get(cache_url(fingerprint), false).await.ok()??;
     let text = response.text().await.ok()?;
     let (valid, expires) = text.split_once(' ')?;
-    let expires: u64 = expires.parse().ok()?;
+    // A stored expiry is never trusted beyond the longest TTL the edge allows.
+    let expires = expires
+        .parse::<u64>()
+        .ok()?
+        .min(now + MAX_API_KEY_CACHE_SECS * 1000);
     (expires > now).then_some((valid == "1", expires))
 }
 
@@ -111,7 +123,8 @@ async fn store(fingerprint: &[u8; 32], valid: bool, expires: u64, ttl_secs: u64)
         .with_headers(headers)
         .fixed(body.into_bytes());
     // A failed cache write only costs a later origin lookup.
-    let _ = Cache::default().put(cache_url(fingerprint), response).await;
+    let cache = Cache::open(CACHE_NAME.into()).await;
+    let _ = cache.put(cache_url(fingerprint), response).await;
 }
 
 /// 204 from the origin means valid, 401 invalid; anything else is the origin failing.

@@ -1,27 +1,40 @@
 //! The worker's configuration: `vars` and secrets from `wrangler.toml` and the dashboard.
 
+use std::cell::Cell;
+
 use gatehouse_shared::token::Validation;
 use worker::Env;
 
 use crate::error::AppError;
 
-/// Longest a revoked API key may keep working at the edge; the issue's bound.
-const MAX_API_KEY_CACHE_SECS: u64 = 60;
+/// Longest a revoked API key may keep working at the edge.
+pub const MAX_API_KEY_CACHE_SECS: u64 = 60;
+
+/// Longest origin timeout accepted: a minute is past any client's patience, and keeps the value
+/// well inside the runtime timer's 32-bit range.
+const MAX_ORIGIN_TIMEOUT_MS: u64 = 60_000;
+
+/// Longest refetch cooldown accepted: an hour. 0 disables the cooldown (the tests use it).
+const MAX_REFETCH_COOLDOWN_SECS: u64 = 3_600;
+
+thread_local! {
+    static WARNED_NO_SECRET: Cell<bool> = const { Cell::new(false) };
+}
 
 /// Everything the edge reads from its environment.
 pub struct EdgeConfig {
     /// `ORIGIN_URL`, without a trailing slash.
     pub origin_url: String,
-    /// `JWT_ISSUER` and `JWT_AUDIENCE`, as the origin issues them.
+    /// `JWT_ISSUER` and `JWT_AUDIENCE`, as the origin issues them, and `JWT_LEEWAY_SECS`.
     pub validation: Validation,
     /// `ALLOWED_ORIGINS`, comma-separated; empty allows no cross-origin browser calls.
     pub allowed_origins: Vec<String>,
     /// `API_KEY_CACHE_TTL_SECS` (default 30, at most 60): how long a key's verdict is reused.
     pub api_key_cache_secs: u64,
-    /// `JWKS_REFETCH_COOLDOWN_SECS` (default 30): least time between two fetches of the key set
-    /// triggered by unknown key ids.
+    /// `JWKS_REFETCH_COOLDOWN_SECS` (default 30, at most 3600): least time between two fetches
+    /// of the key set triggered by unknown key ids.
     pub jwks_refetch_cooldown_secs: u64,
-    /// `ORIGIN_TIMEOUT_MS` (default 10000): how long to wait for the origin before a 504.
+    /// `ORIGIN_TIMEOUT_MS` (default 10000, 1 to 60000): how long to wait for the origin.
     pub origin_timeout_ms: u64,
     /// `EDGE_SECRET` (a secret): sent to the origin so it believes the client-IP header.
     pub edge_secret: Option<String>,
@@ -37,36 +50,49 @@ impl EdgeConfig {
                 .filter(|value| !value.trim().is_empty())
         };
         let required = |name: &'static str| text(name).ok_or(AppError::Config(name));
-        let number = |name: &'static str, default: u64| -> Result<u64, AppError> {
-            text(name).map_or(Ok(default), |value| {
+        let number = |name: &'static str, default: u64, max: u64| -> Result<u64, AppError> {
+            let value = text(name).map_or(Ok(default), |value| {
                 value.trim().parse().map_err(|_| AppError::Config(name))
-            })
+            })?;
+            if value > max {
+                return Err(AppError::Config(name));
+            }
+            Ok(value)
         };
-        let origin_url = required("ORIGIN_URL")?.trim_end_matches('/').to_owned();
-        let api_key_cache_secs = number("API_KEY_CACHE_TTL_SECS", 30)?;
-        if api_key_cache_secs > MAX_API_KEY_CACHE_SECS {
-            return Err(AppError::Config("API_KEY_CACHE_TTL_SECS"));
+        let origin_timeout_ms = number("ORIGIN_TIMEOUT_MS", 10_000, MAX_ORIGIN_TIMEOUT_MS)?;
+        if origin_timeout_ms == 0 {
+            return Err(AppError::Config("ORIGIN_TIMEOUT_MS"));
+        }
+        let edge_secret = env
+            .secret("EDGE_SECRET")
+            .ok()
+            .map(|secret| secret.to_string())
+            .or_else(|| text("EDGE_SECRET"));
+        if edge_secret.is_none() && !WARNED_NO_SECRET.replace(true) {
+            worker::console_warn!(
+                "EDGE_SECRET is not set: the origin will record the edge's address as every client's IP"
+            );
         }
         Ok(EdgeConfig {
+            origin_url: required("ORIGIN_URL")?.trim_end_matches('/').to_owned(),
             validation: Validation::new(required("JWT_ISSUER")?, required("JWT_AUDIENCE")?)
-                .with_leeway(number("JWT_LEEWAY_SECS", 5)?),
+                .with_leeway(number("JWT_LEEWAY_SECS", 5, 30)?),
             allowed_origins: text("ALLOWED_ORIGINS")
                 .map(|list| {
                     list.split(',')
-                        .map(|o| o.trim().to_owned())
-                        .filter(|o| !o.is_empty())
+                        .map(|origin| origin.trim().to_owned())
+                        .filter(|origin| !origin.is_empty())
                         .collect()
                 })
                 .unwrap_or_default(),
-            api_key_cache_secs,
-            jwks_refetch_cooldown_secs: number("JWKS_REFETCH_COOLDOWN_SECS", 30)?,
-            origin_timeout_ms: number("ORIGIN_TIMEOUT_MS", 10_000)?,
-            edge_secret: env
-                .secret("EDGE_SECRET")
-                .ok()
-                .map(|s| s.to_string())
-                .or_else(|| text("EDGE_SECRET")),
-            origin_url,
+            api_key_cache_secs: number("API_KEY_CACHE_TTL_SECS", 30, MAX_API_KEY_CACHE_SECS)?,
+            jwks_refetch_cooldown_secs: number(
+                "JWKS_REFETCH_COOLDOWN_SECS",
+                30,
+                MAX_REFETCH_COOLDOWN_SECS,
+            )?,
+            origin_timeout_ms,
+            edge_secret,
         })
     }
 }

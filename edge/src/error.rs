@@ -17,6 +17,10 @@ pub enum AppError {
     OriginNotAllowed,
     /// The request body is larger than the edge forwards (413).
     PayloadTooLarge,
+    /// The request body could not be read, e.g. the client aborted the upload (400).
+    UnreadableBody,
+    /// A method the API does not use (405).
+    MethodNotAllowed,
     /// The origin could not be reached or answered with a server error when asked (502).
     OriginUnreachable,
     /// The origin did not answer within `ORIGIN_TIMEOUT_MS` (504).
@@ -34,35 +38,35 @@ impl From<worker::Error> for AppError {
 }
 
 impl AppError {
-    fn parts(&self) -> (u16, &'static str, String) {
+    fn parts(&self) -> (u16, &'static str, &'static str) {
         match self {
             AppError::InvalidApiKey => (
                 401,
                 "invalid_api_key",
-                "a valid X-API-Key header is required".into(),
+                "a valid X-API-Key header is required",
             ),
-            AppError::MissingToken => (401, "missing_token", "a bearer token is required".into()),
-            AppError::InvalidToken(reason) => (401, "invalid_token", reason.to_string()),
+            AppError::MissingToken => (401, "missing_token", "a bearer token is required"),
+            AppError::InvalidToken(_) => (401, "invalid_token", ""),
             AppError::OriginNotAllowed => (
                 403,
                 "origin_not_allowed",
-                "this origin may not call the API".into(),
+                "this origin may not call the API",
             ),
-            AppError::PayloadTooLarge => {
-                (413, "payload_too_large", "request body is too large".into())
-            }
+            AppError::PayloadTooLarge => (413, "payload_too_large", "request body is too large"),
+            AppError::UnreadableBody => (400, "unreadable_body", "request body could not be read"),
+            AppError::MethodNotAllowed => (405, "method_not_allowed", "method not allowed"),
             AppError::OriginUnreachable => (
                 502,
                 "origin_unreachable",
-                "the authentication service could not be reached".into(),
+                "the authentication service could not be reached",
             ),
             AppError::OriginTimeout => (
                 504,
                 "origin_timeout",
-                "the authentication service did not answer in time".into(),
+                "the authentication service did not answer in time",
             ),
             AppError::Config(_) | AppError::Internal(_) => {
-                (500, "internal_error", "internal error".into())
+                (500, "internal_error", "internal error")
             }
         }
     }
@@ -77,9 +81,15 @@ impl AppError {
             _ => {}
         }
         let (status, code, detail) = self.parts();
+        let detail = match &self {
+            AppError::InvalidToken(reason) => reason.to_string(),
+            _ => detail.to_owned(),
+        };
         let title = match status {
+            400 => "Bad Request",
             401 => "Unauthorized",
             403 => "Forbidden",
+            405 => "Method Not Allowed",
             413 => "Payload Too Large",
             502 => "Bad Gateway",
             504 => "Gateway Timeout",

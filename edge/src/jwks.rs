@@ -1,18 +1,21 @@
 //! The origin's signing keys at the edge, and token validation against them.
 //!
-//! Keys live in this isolate's memory and in the Cache API (keyed by the origin's JWKS URL), for
-//! as long as the origin's `Cache-Control: max-age` allows. A token naming a `kid` the edge does
-//! not know triggers a fresh fetch, at most once per `JWKS_REFETCH_COOLDOWN_SECS` per isolate:
-//! a rotation at the origin is picked up without a redeploy, and a flood of tokens with random
-//! kids cannot become a flood of origin requests. When the origin cannot be reached, keys past
-//! their max-age are still used rather than failing every verification.
+//! Keys live in this isolate's memory and in the edge's Cache API cache, for the origin's
+//! `Cache-Control: max-age` counted from when they were fetched (the fetch time travels with the
+//! cached copy, so no layer extends another). A token naming a `kid` the edge does not know
+//! triggers a fresh fetch, at most once per `JWKS_REFETCH_COOLDOWN_SECS` per isolate: a rotation
+//! at the origin is picked up without a redeploy, and a flood of tokens with random kids cannot
+//! become a flood of origin requests. When the origin cannot be reached, keys past their max-age
+//! are still used for up to `MAX_STALE_SECS`, and the origin is asked again only after
+//! `RETRY_AFTER_FAILURE_SECS`, so an outage does not make every verification wait for it.
 
 use std::cell::RefCell;
 
 use gatehouse_shared::jwk::{JwkSet, KeySet};
 use gatehouse_shared::token::{AccessClaims, TokenError, key_id};
-use worker::{Cache, Date, Method, Request, RequestInit, Response};
+use worker::{Cache, Date, Headers, Method, Request, RequestInit, Response};
 
+use crate::api_keys::CACHE_NAME;
 use crate::config::EdgeConfig;
 use crate::error::AppError;
 use crate::proxy;
@@ -20,10 +23,23 @@ use crate::proxy;
 /// Used when the origin's JWKS response carries no usable max-age.
 const DEFAULT_MAX_AGE_SECS: u64 = 300;
 
+/// How long keys may be used past their max-age while the origin cannot be reached. Bounded, so
+/// a key the origin has withdrawn is not trusted forever during a long outage.
+const MAX_STALE_SECS: u64 = 3_600;
+
+/// After a failed refresh, how long stale keys are used before the origin is asked again.
+const RETRY_AFTER_FAILURE_SECS: u64 = 15;
+
+/// The header carrying the fetch time (ms since the epoch) on the cached copy.
+const FETCHED_AT_HEADER: &str = "x-gatehouse-fetched-at";
+
+#[derive(Clone)]
 struct CachedKeys {
     keys: KeySet,
-    /// When the keys should be fetched again, ms since the epoch.
+    /// Until when (ms since the epoch) the keys are used without asking again.
     fresh_until: u64,
+    /// Until when they may be used at all, should the origin be unreachable.
+    usable_until: u64,
 }
 
 thread_local! {
@@ -42,11 +58,14 @@ pub async fn validate(
     // Header rules first (alg, typ, embedded keys, size): a token refused by them costs no key
     // lookup at all.
     let kid = key_id(token).map_err(AppError::InvalidToken)?;
-    let mut keys = current_keys(config, request_id).await?;
-    if !keys.contains(&kid) && cooldown_over(config) {
-        keys = fetch_from_origin(config, request_id, true)
-            .await
-            .unwrap_or(keys);
+    let (mut keys, just_fetched) = current_keys(config, request_id).await?;
+    if !keys.contains(&kid) && !just_fetched {
+        if cooldown_over(config) {
+            keys = fetch_from_origin(config, request_id).await.unwrap_or(keys);
+        } else if let Some(cached) = from_cache(config).await.filter(|c| c.keys.contains(&kid)) {
+            // Another isolate may already have learnt the new key; asking the cache is free.
+            keys = cached.keys;
+        }
     }
     gatehouse_shared::token::validate(token, &keys, &config.validation, now).map_err(|error| {
         if error == TokenError::UnknownKeyId {
@@ -56,20 +75,32 @@ pub async fn validate(
     })
 }
 
-/// Fresh keys from memory, else from the Cache API, else from the origin; stale keys when the
-/// origin cannot be reached.
-async fn current_keys(config: &EdgeConfig, request_id: &str) -> Result<KeySet, AppError> {
+/// Fresh keys from memory, else from the Cache API, else from the origin (then `true`); usable
+/// stale keys when the origin cannot be reached.
+async fn current_keys(config: &EdgeConfig, request_id: &str) -> Result<(KeySet, bool), AppError> {
     let now = Date::now().as_millis();
-    let stale = KEYS.with_borrow(|cached| {
-        cached
-            .as_ref()
-            .map(|cached| (cached.keys.clone(), cached.fresh_until > now))
-    });
-    match stale {
-        Some((keys, true)) => Ok(keys),
-        stale => match fetch(config, request_id).await {
-            Ok(keys) => Ok(keys),
-            Err(error) => stale.map(|(keys, _)| keys).ok_or(error),
+    let held = KEYS.with_borrow(Clone::clone);
+    if let Some(held) = &held
+        && held.fresh_until > now
+    {
+        return Ok((held.keys.clone(), false));
+    }
+    if let Some(cached) = from_cache(config).await.filter(|c| c.fresh_until > now) {
+        return Ok((cached.keys, false));
+    }
+    match fetch_from_origin(config, request_id).await {
+        Ok(keys) => Ok((keys, true)),
+        Err(error) => match held.filter(|held| held.usable_until > now) {
+            Some(mut stale) => {
+                stale.fresh_until = now + RETRY_AFTER_FAILURE_SECS * 1000;
+                let keys = stale.keys.clone();
+                KEYS.with_borrow_mut(|slot| *slot = Some(stale));
+                worker::console_warn!(
+                    "request {request_id}: using stale keys; the origin's JWKS is unavailable"
+                );
+                Ok((keys, false))
+            }
+            None => Err(error),
         },
     }
 }
@@ -91,22 +122,24 @@ fn jwks_url(config: &EdgeConfig) -> String {
     format!("{}/.well-known/jwks.json", config.origin_url)
 }
 
-/// The Cache API's copy if it has one, else the origin's.
-async fn fetch(config: &EdgeConfig, request_id: &str) -> Result<KeySet, AppError> {
-    if let Ok(Some(response)) = Cache::default().get(jwks_url(config), false).await
-        && let Ok(keys) = remember(response).await
-    {
-        return Ok(keys);
-    }
-    fetch_from_origin(config, request_id, false).await
+/// The Cache API's copy, remembered in the isolate when it is still fresh.
+async fn from_cache(config: &EdgeConfig) -> Option<CachedKeys> {
+    let cache = Cache::open(CACHE_NAME.into()).await;
+    let mut response = cache.get(jwks_url(config), false).await.ok()??;
+    let fetched_at: u64 = response
+        .headers()
+        .get(FETCHED_AT_HEADER)
+        .ok()??
+        .parse()
+        .ok()?;
+    let max_age = max_age(&response);
+    let set: JwkSet = response.json().await.ok()?;
+    let cached = remember(&set, fetched_at, max_age);
+    Some(cached)
 }
 
-/// Asks the origin, bypassing every cache when `forced`, and stores what it says.
-async fn fetch_from_origin(
-    config: &EdgeConfig,
-    request_id: &str,
-    forced: bool,
-) -> Result<KeySet, AppError> {
+/// Asks the origin, bypassing every cache, and stores what it says in both.
+async fn fetch_from_origin(config: &EdgeConfig, request_id: &str) -> Result<KeySet, AppError> {
     let mut init = RequestInit::new();
     init.with_method(Method::Get);
     let request = Request::new_with_init(&jwks_url(config), &init)?;
@@ -118,18 +151,32 @@ async fn fetch_from_origin(
         );
         return Err(AppError::OriginUnreachable);
     }
-    worker::console_log!(
-        "request {request_id}: fetched the key set from the origin (forced: {forced})"
-    );
-    // The Cache API honours the origin's Cache-Control; a failed write costs a later fetch.
-    if let Ok(copy) = response.cloned() {
-        let _ = Cache::default().put(jwks_url(config), copy).await;
-    }
-    remember(response).await
+    let max_age = max_age(&response);
+    let body = proxy::within_deadline(response.text(), config)
+        .await
+        .ok_or(AppError::OriginTimeout)?
+        .map_err(|_| AppError::OriginUnreachable)?;
+    let set: JwkSet = serde_json::from_str(&body).map_err(|_| AppError::OriginUnreachable)?;
+    let fetched_at = Date::now().as_millis();
+    worker::console_log!("request {request_id}: fetched the key set from the origin");
+
+    let headers = Headers::new();
+    headers.set("cache-control", &format!("max-age={max_age}"))?;
+    headers.set("content-type", "application/json")?;
+    headers.set(FETCHED_AT_HEADER, &fetched_at.to_string())?;
+    let copy = Response::builder()
+        .with_headers(headers)
+        .fixed(body.into_bytes());
+    // A failed cache write only costs another isolate a fetch.
+    let _ = Cache::open(CACHE_NAME.into())
+        .await
+        .put(jwks_url(config), copy)
+        .await;
+    Ok(remember(&set, fetched_at, max_age).keys)
 }
 
-async fn remember(mut response: Response) -> Result<KeySet, AppError> {
-    let max_age = response
+fn max_age(response: &Response) -> u64 {
+    response
         .headers()
         .get("cache-control")
         .ok()
@@ -143,18 +190,16 @@ async fn remember(mut response: Response) -> Result<KeySet, AppError> {
                     .ok()
             })
         })
-        .unwrap_or(DEFAULT_MAX_AGE_SECS);
-    let set: JwkSet = response
-        .json()
-        .await
-        .map_err(|_| AppError::OriginUnreachable)?;
-    let keys = KeySet::from_jwks(&set);
-    let fresh_until = Date::now().as_millis() + max_age * 1000;
-    KEYS.with_borrow_mut(|cached| {
-        *cached = Some(CachedKeys {
-            keys: keys.clone(),
-            fresh_until,
-        });
-    });
-    Ok(keys)
+        .unwrap_or(DEFAULT_MAX_AGE_SECS)
+}
+
+fn remember(set: &JwkSet, fetched_at: u64, max_age: u64) -> CachedKeys {
+    let fresh_until = fetched_at + max_age * 1000;
+    let cached = CachedKeys {
+        keys: KeySet::from_jwks(set),
+        fresh_until,
+        usable_until: fresh_until + MAX_STALE_SECS * 1000,
+    };
+    KEYS.with_borrow_mut(|slot| *slot = Some(cached.clone()));
+    cached
 }

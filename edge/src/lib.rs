@@ -25,7 +25,12 @@ use worker::{Context, Date, Env, Method, Request, Response, event};
 use crate::config::EdgeConfig;
 use crate::error::AppError;
 
-/// Routes that act for a signed-in user: a request without a valid token stops here.
+/// Methods the API uses. The runtime's method type reads any other as GET, so the raw method is
+/// checked first: `FOO /auth/verify` must not be answered as a verify.
+const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Routes that act for a signed-in user: a request without a valid token stops here. The session
+/// routes are guarded ahead of the origin serving them.
 const USER_ROUTES: &[&str] = &[
     "/auth/profile",
     "/auth/sessions",
@@ -90,6 +95,9 @@ async fn handle(
     config: &EdgeConfig,
     request_id: &str,
 ) -> Result<Response, AppError> {
+    if !ALLOWED_METHODS.contains(&request.inner().method().as_str()) {
+        return Err(AppError::MethodNotAllowed);
+    }
     if request.method() == Method::Options
         && request.headers().has("access-control-request-method")?
     {

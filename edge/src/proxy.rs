@@ -3,6 +3,7 @@
 use std::pin::pin;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use futures_util::future::{Either, select};
 use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER, REQUEST_ID_HEADER};
 use worker::{
@@ -13,7 +14,7 @@ use crate::config::EdgeConfig;
 use crate::error::AppError;
 
 /// Largest body the edge forwards. The origin's own limit is 16 KiB by default; this stops
-/// oversized uploads here without buffering them.
+/// oversized uploads here, reading no more than this whether or not a length was declared.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Headers that describe one hop, not the message (RFC 9110 section 7.6.1), plus those the edge
@@ -70,10 +71,7 @@ pub async fn forward(
     let body = if matches!(method, Method::Get | Method::Head) {
         None
     } else {
-        let bytes = request.bytes().await?;
-        if bytes.len() > MAX_BODY_BYTES {
-            return Err(AppError::PayloadTooLarge);
-        }
+        let bytes = read_body(&mut request).await?;
         (!bytes.is_empty()).then(|| js_sys::Uint8Array::from(bytes.as_slice()).into())
     };
     let mut init = RequestInit::new();
@@ -92,6 +90,23 @@ pub async fn forward(
     Ok(response.with_headers(headers))
 }
 
+/// Reads a request body chunk by chunk, refusing it as soon as it passes `MAX_BODY_BYTES`, so
+/// an undeclared (chunked) upload cannot fill the isolate's memory.
+async fn read_body(request: &mut Request) -> Result<Vec<u8>, AppError> {
+    let Ok(mut stream) = request.stream() else {
+        return Ok(Vec::new());
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| AppError::UnreadableBody)?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(AppError::PayloadTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Sends a request to the origin, giving up after `ORIGIN_TIMEOUT_MS`.
 pub async fn send(
     request: Request,
@@ -101,18 +116,30 @@ pub async fn send(
     let controller = AbortController::default();
     let signal = controller.signal();
     let fetch = Fetch::Request(request);
-    let call = pin!(fetch.send_with_signal(&signal));
-    let deadline = pin!(Delay::from(Duration::from_millis(config.origin_timeout_ms)));
-    match select(call, deadline).await {
-        Either::Left((Ok(response), _)) => Ok(response),
-        Either::Left((Err(error), _)) => {
+    match within_deadline(fetch.send_with_signal(&signal), config).await {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(error)) => {
             worker::console_error!("request {request_id}: origin unreachable: {error}");
             Err(AppError::OriginUnreachable)
         }
-        Either::Right(_) => {
+        None => {
             controller.abort();
             worker::console_error!("request {request_id}: origin timed out");
             Err(AppError::OriginTimeout)
         }
+    }
+}
+
+/// `future`'s output, or `None` once `ORIGIN_TIMEOUT_MS` has passed. Also bounds reading a
+/// response body: an origin that sends headers and then stalls must not hold a request open.
+pub async fn within_deadline<T>(
+    future: impl std::future::Future<Output = T>,
+    config: &EdgeConfig,
+) -> Option<T> {
+    let call = pin!(future);
+    let deadline = pin!(Delay::from(Duration::from_millis(config.origin_timeout_ms)));
+    match select(call, deadline).await {
+        Either::Left((output, _)) => Some(output),
+        Either::Right(_) => None,
     }
 }

@@ -115,6 +115,7 @@ impl AppState {
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
+    let edge_secret = state.edge_secret.clone();
     // Token responses and profiles must not be stored by any cache (RFC 6749 section 5.1).
     let auth = routes::auth::router()
         .route_layer(middleware::from_fn_with_state(
@@ -133,7 +134,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.body_limit_bytes))
         .with_state(state);
-    telemetry::layer(router)
+    telemetry::layer(router, edge_secret)
 }
 
 /// Serves `app` on `listener` until SIGTERM or Ctrl-C, then lets requests in flight finish.

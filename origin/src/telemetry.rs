@@ -1,9 +1,15 @@
 //! Logs: one span per request carrying its request id, method and path (never the query string,
 //! headers or body, which may hold tokens, keys or passwords).
 
+use std::sync::Arc;
+
 use axum::Router;
+use axum::body::Body;
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
+use gatehouse_shared::api::EDGE_SECRET_HEADER;
+use subtle::ConstantTimeEq as _;
+use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -27,8 +33,29 @@ pub fn init() {
         .init();
 }
 
-/// Wraps the router with request ids, request spans and panic recovery.
-pub fn layer(router: Router) -> Router {
+/// Longest request id kept from the edge.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Wraps the router with request ids, request spans and panic recovery. An incoming
+/// `X-Request-Id` is kept only from the edge (proved by `edge_secret`), so a caller that reaches
+/// the origin directly cannot choose the ids in its logs.
+pub fn layer(router: Router, edge_secret: Option<Arc<str>>) -> Router {
+    let only_from_edge = move |mut request: Request<Body>| {
+        let headers = request.headers();
+        let from_edge = match (&edge_secret, headers.get(EDGE_SECRET_HEADER)) {
+            (Some(secret), Some(presented)) => {
+                bool::from(secret.as_bytes().ct_eq(presented.as_bytes()))
+            }
+            _ => false,
+        };
+        let acceptable = headers
+            .get(&REQUEST_ID_HEADER)
+            .is_some_and(|id| id.len() <= MAX_REQUEST_ID_BYTES);
+        if !(from_edge && acceptable) {
+            request.headers_mut().remove(&REQUEST_ID_HEADER);
+        }
+        request
+    };
     router
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
@@ -52,4 +79,5 @@ pub fn layer(router: Router) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+        .layer(MapRequestLayer::new(only_from_edge))
 }

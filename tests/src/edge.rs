@@ -17,6 +17,9 @@ use tokio::process::{Child, Command};
 
 use crate::{AUDIENCE, EDGE_SECRET, ISSUER};
 
+/// How long workerd may take to start; it takes about a second here.
+pub const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The edge crate's directory.
 pub fn edge_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../edge")
@@ -79,16 +82,21 @@ impl Edge {
         let group = KillGroup(process.id().expect("the harness is running"));
         let stdout = process.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            match lines.next_line().await.expect("harness output is readable") {
-                Some(line) => {
-                    if let Some(url) = line.strip_prefix("READY ") {
-                        break url.trim_end_matches('/').to_owned();
+        let ready = async {
+            loop {
+                match lines.next_line().await.expect("harness output is readable") {
+                    Some(line) => {
+                        if let Some(url) = line.strip_prefix("READY ") {
+                            break url.trim_end_matches('/').to_owned();
+                        }
                     }
+                    None => panic!("the Miniflare harness exited before it was ready"),
                 }
-                None => panic!("the Miniflare harness exited before it was ready"),
             }
         };
+        let url = tokio::time::timeout(STARTUP_TIMEOUT, ready)
+            .await
+            .expect("the Miniflare harness was not ready in time");
         // Keep draining the harness output so its pipe never fills.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Edge {

@@ -47,7 +47,10 @@ struct Target {
 
 pub async fn run(_args: &[String]) -> anyhow::Result<ExitCode> {
     let mut target = find_target().await?;
-    let outcome = measure(&target).await;
+    let outcome = tokio::select! {
+        outcome = measure(&target) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     if let Some(stack) = target.stack.as_mut() {
         stack.stop().await;
     }

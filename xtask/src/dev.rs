@@ -123,7 +123,8 @@ impl Stack {
         let started = async {
             stack.wait_until_healthy().await?;
             crate::edge::build()?;
-            stack.edge = Some(start_edge(log).await?);
+            let edge_log = log.map(|path| path.with_extension("edge.log"));
+            stack.edge = Some(start_edge(edge_log.as_deref()).await?);
             anyhow::Ok(())
         };
         if let Err(error) = started.await {
@@ -250,10 +251,20 @@ async fn start_edge(log: Option<&Path>) -> anyhow::Result<Child> {
         bail!("wrangler dev exited before it was ready; is port {EDGE_PORT} in use?")
     })
     .await;
-    match ready {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => return Err(error),
-        Err(_) => bail!("wrangler dev was not ready within {EDGE_STARTUP:?}"),
+    let failure = match ready {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error),
+        Err(_) => Some(anyhow::anyhow!(
+            "wrangler dev was not ready within {EDGE_STARTUP:?}"
+        )),
+    };
+    if let Some(error) = failure {
+        if let Some(pid) = wrangler.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pid}")])
+                .status();
+        }
+        return Err(error);
     }
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {

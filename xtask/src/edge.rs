@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use sha2::{Digest as _, Sha256};
 
 /// The worker-build release this project is built and tested with.
 const WORKER_BUILD_VERSION: &str = "0.8.7";
@@ -30,11 +31,18 @@ pub fn node_bin(name: &str) -> PathBuf {
 /// Installs whatever the edge build and tests need and is missing.
 pub fn ensure_tools() -> anyhow::Result<()> {
     run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
-    if !node_bin("wrangler").exists() || !node_bin("wasm-opt").exists() {
+    // npm ci again whenever package-lock.json changed since the last install.
+    let lock =
+        std::fs::read(dir().join("package-lock.json")).context("reading edge/package-lock.json")?;
+    let stamp_path = dir().join("node_modules").join(".gatehouse-lock");
+    let stamp = format!("{:x}", Sha256::digest(&lock));
+    let installed = std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp);
+    if !installed || !node_bin("wrangler").exists() || !node_bin("wasm-opt").exists() {
         eprintln!("xtask: installing the edge's npm tools (npm ci)");
         run(Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(dir()))?;
+        std::fs::write(&stamp_path, &stamp)?;
     }
     let wasm_bindgen = wasm_bindgen_version()?;
     install_if_missing("worker-build", "worker-build", WORKER_BUILD_VERSION)?;
@@ -117,7 +125,13 @@ fn install_if_missing(krate: &str, binary: &str, version: &str) -> anyhow::Resul
     let installed = Command::new(cargo_bin(binary))
         .arg("--version")
         .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(version));
+        .is_ok_and(|out| {
+            // "worker-build 0.8.7": the version is the last word, compared exactly.
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .last()
+                == Some(version)
+        });
     if installed {
         return Ok(());
     }

@@ -151,6 +151,20 @@ async fn client_ip_reaches_the_origin_only_through_the_edge(pool: PgPool) {
         ip("edge@example.com").await.unwrap().as_deref(),
         Some("203.0.113.9")
     );
+    let forwarded_ips: Vec<_> = stack
+        .relay
+        .seen()
+        .into_iter()
+        .filter(|seen| {
+            seen.headers.get(EDGE_SECRET_HEADER).map(String::as_str) == Some(EDGE_SECRET)
+        })
+        .filter_map(|seen| seen.headers.get("x-gatehouse-client-ip").cloned())
+        .collect();
+    assert_eq!(
+        forwarded_ips,
+        ["203.0.113.9"],
+        "the edge forwards CF-Connecting-IP, not the client's copy"
+    );
     assert_eq!(
         ip("direct@example.com").await.unwrap().as_deref(),
         Some("127.0.0.1"),
@@ -207,4 +221,70 @@ async fn silent_origin_is_a_504_problem_after_the_timeout() {
 
     assert_eq!(health.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(problem(health).await.0, "origin_timeout");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn headers_the_edge_owns_are_replaced_when_a_client_sends_them(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+
+    let response = stack
+        .request(Method::POST, "/auth/register")
+        .header("x-gatehouse-client-ip", "198.51.100.66")
+        .header("x-request-id", "chosen-by-a-client")
+        .json(&json!({ "email": "ada@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let forwarded = stack
+        .relay
+        .seen()
+        .into_iter()
+        .find(|seen| seen.route == "POST /auth/register")
+        .unwrap();
+    // workerd fills in CF-Connecting-IP from the TCP peer; the client's own copy never passes.
+    assert_eq!(
+        forwarded
+            .headers
+            .get("x-gatehouse-client-ip")
+            .map(String::as_str),
+        Some("127.0.0.1")
+    );
+    assert_ne!(forwarded.headers["x-request-id"], "chosen-by-a-client");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn unknown_methods_are_refused_not_treated_as_get(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let token = stack.register("ada@example.com").await.access_token;
+
+    let response = stack
+        .request(Method::from_bytes(b"PROPFIND").unwrap(), "/auth/verify")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(problem(response).await.0, "method_not_allowed");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn chunked_upload_over_the_limit_is_refused_at_the_edge(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let chunks =
+        futures_util::stream::iter((0..100).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
+
+    let response = stack
+        .request(Method::POST, "/auth/login")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(problem(response).await.0, "payload_too_large");
+    assert_eq!(stack.relay.count("POST /auth/login"), 0);
 }

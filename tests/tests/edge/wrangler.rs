@@ -54,16 +54,21 @@ async fn wrangler_dev_serves_the_worker_described_by_wrangler_toml(pool: PgPool)
         .expect("wrangler starts");
     let _stop = gatehouse_tests::edge::KillGroup(wrangler.id().unwrap());
     let mut lines = BufReader::new(wrangler.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("wrangler dev exited before it was ready");
-        if line.contains("Ready on") {
-            break;
+    let ready = async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("wrangler dev exited before it was ready");
+            if line.contains("Ready on") {
+                break;
+            }
         }
-    }
+    };
+    tokio::time::timeout(gatehouse_tests::edge::STARTUP_TIMEOUT, ready)
+        .await
+        .expect("wrangler dev was not ready in time");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let edge = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();

@@ -93,7 +93,7 @@ async fn published_jwks_verifies_issued_tokens(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
-async fn request_id_is_echoed_or_created(pool: PgPool) {
+async fn request_id_is_kept_from_the_edge_only(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let (addr, _server) = spawn_server(app.state.clone()).await;
     let client = reqwest::Client::new();
@@ -101,6 +101,13 @@ async fn request_id_is_echoed_or_created(pool: PgPool) {
     let given = client
         .get(format!("http://{addr}/health"))
         .header("x-request-id", "edge-1234")
+        .header("x-gatehouse-edge-secret", gatehouse_tests::EDGE_SECRET)
+        .send()
+        .await
+        .unwrap();
+    let forged = client
+        .get(format!("http://{addr}/health"))
+        .header("x-request-id", "chosen-by-a-client")
         .send()
         .await
         .unwrap();
@@ -110,7 +117,16 @@ async fn request_id_is_echoed_or_created(pool: PgPool) {
         .await
         .unwrap();
 
-    assert_eq!(given.headers()["x-request-id"], "edge-1234");
+    assert_eq!(
+        given.headers()["x-request-id"],
+        "edge-1234",
+        "the edge's id is kept"
+    );
+    assert_ne!(
+        forged.headers()["x-request-id"],
+        "chosen-by-a-client",
+        "a client's is replaced"
+    );
     assert_eq!(made.headers()["x-request-id"].len(), 36, "a UUID");
 }
 
