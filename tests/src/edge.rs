@@ -20,6 +20,16 @@ use crate::{AUDIENCE, EDGE_SECRET, ISSUER};
 /// How long workerd may take to start; it takes about a second here.
 pub const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// An HTTP client for talking to the edge. It opens a connection per request: workerd closes a
+/// connection whose request body it did not read (an upload refused early), and a pooled client
+/// would then send its next request into that closing connection.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a client builds")
+}
+
 /// The edge crate's directory.
 pub fn edge_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../edge")

@@ -180,7 +180,7 @@ async fn unreachable_origin_is_a_502_problem() {
         .unwrap();
     let edge = Edge::start(bindings(&format!("http://{closed}"))).await;
     let key = gatehouse_shared::api_key::ApiKey::generate(&mut rand_core::OsRng);
-    let client = reqwest::Client::new();
+    let client = gatehouse_tests::edge::client();
 
     let register = client
         .post(format!("{}/auth/register", edge.url))

@@ -46,7 +46,7 @@ impl Stack {
             app,
             relay,
             edge,
-            client: Client::new(),
+            client: gatehouse_tests::edge::client(),
             _server: server,
         }
     }

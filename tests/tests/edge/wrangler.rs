@@ -71,7 +71,7 @@ async fn wrangler_dev_serves_the_worker_described_by_wrangler_toml(pool: PgPool)
         .expect("wrangler dev was not ready in time");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let edge = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = gatehouse_tests::edge::client();
 
     let registered = client
         .request(Method::POST, format!("{edge}/auth/register"))
