@@ -55,6 +55,32 @@ impl Drop for KillGroup {
     }
 }
 
+/// Whether `edge/build` exists and is newer than every source file of the worker, so a test
+/// never runs yesterday's worker against today's code.
+fn build_is_current(dir: &std::path::Path) -> bool {
+    fn newest(path: &std::path::Path) -> std::time::SystemTime {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return std::time::SystemTime::UNIX_EPOCH;
+        };
+        if !meta.is_dir() {
+            return meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        }
+        std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| newest(&entry.path()))
+            .max()
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+    }
+    let Ok(built) = std::fs::metadata(dir.join("build/index.js")).and_then(|m| m.modified()) else {
+        return false;
+    };
+    [dir.join("src"), dir.join("../shared/src")]
+        .iter()
+        .all(|sources| newest(sources) < built)
+}
+
 /// Bindings for a test edge in front of `origin_url`; tests override single entries.
 pub fn bindings(origin_url: &str) -> serde_json::Map<String, Value> {
     json!({
@@ -78,8 +104,9 @@ impl Edge {
     pub async fn start(bindings: serde_json::Map<String, Value>) -> Edge {
         let dir = edge_dir();
         assert!(
-            dir.join("build/index.js").exists() && dir.join("node_modules/miniflare").exists(),
-            "the edge worker is not built: run `cargo xtask test` (or `cargo xtask build-edge`)"
+            dir.join("node_modules/miniflare").exists() && build_is_current(&dir),
+            "the edge worker is missing or older than its sources: run `cargo xtask test` \
+             (or `cargo xtask build-edge`)"
         );
         let mut process = Command::new("node")
             .arg(dir.join("test-harness.mjs"))
