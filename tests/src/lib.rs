@@ -212,6 +212,22 @@ impl TestApp {
         self.send(request.unwrap()).await
     }
 
+    /// `GET path` with a bearer token.
+    pub async fn get(&self, path: &str, token: &str) -> TestResponse {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    /// `DELETE path` with a bearer token.
+    pub async fn delete(&self, path: &str, token: &str) -> TestResponse {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// `PATCH path` with a bearer token and a JSON body.
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> TestResponse {
+        self.call(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
     /// Sends a request exactly as built.
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = self

@@ -49,14 +49,7 @@ async fn wrong_password_unknown_email_and_deactivated_account_look_the_same(pool
     let app = TestApp::new(pool).await;
     app.register("ada@example.com").await;
     let gone = app.register("gone@example.com").await;
-    let deleted = app
-        .call(
-            Method::DELETE,
-            "/auth/profile",
-            Some(&gone.access_token),
-            None,
-        )
-        .await;
+    let deleted = app.delete("/auth/profile", &gone.access_token).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
 
     let wrong_password = app.login("ada@example.com", "not the password").await;

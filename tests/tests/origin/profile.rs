@@ -9,14 +9,7 @@ async fn profile_shows_the_account(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
 
-    let response = app
-        .call(
-            Method::GET,
-            "/auth/profile",
-            Some(&registered.access_token),
-            None,
-        )
-        .await;
+    let response = app.get("/auth/profile", &registered.access_token).await;
 
     assert_eq!(response.status, StatusCode::OK);
     let profile: UserProfile = response.json();
@@ -32,20 +25,10 @@ async fn patch_sets_clears_and_keeps_names(pool: PgPool) {
     let token = app.register("ada@example.com").await.access_token;
 
     let renamed = app
-        .call(
-            Method::PATCH,
-            "/auth/profile",
-            Some(&token),
-            Some(json!({"first_name": "  Augusta "})),
-        )
+        .patch("/auth/profile", &token, json!({"first_name": "  Augusta "}))
         .await;
     let cleared = app
-        .call(
-            Method::PATCH,
-            "/auth/profile",
-            Some(&token),
-            Some(json!({"last_name": null})),
-        )
+        .patch("/auth/profile", &token, json!({"last_name": null}))
         .await;
 
     assert_eq!(renamed.status, StatusCode::OK);
@@ -59,10 +42,7 @@ async fn patch_sets_clears_and_keeps_names(pool: PgPool) {
     let cleared: UserProfile = cleared.json();
     assert_eq!(cleared.first_name.as_deref(), Some("Augusta"));
     assert_eq!(cleared.last_name, None);
-    let stored: UserProfile = app
-        .call(Method::GET, "/auth/profile", Some(&token), None)
-        .await
-        .json();
+    let stored: UserProfile = app.get("/auth/profile", &token).await.json();
     assert_eq!(stored, cleared);
 }
 
@@ -72,29 +52,24 @@ async fn patch_refuses_bad_names_and_unknown_members(pool: PgPool) {
     let token = app.register("ada@example.com").await.access_token;
 
     let too_long = app
-        .call(
-            Method::PATCH,
+        .patch(
             "/auth/profile",
-            Some(&token),
-            Some(json!({"first_name": "x".repeat(101)})),
+            &token,
+            json!({"first_name": "x".repeat(101)}),
         )
         .await;
     let unknown = app
-        .call(
-            Method::PATCH,
+        .patch(
             "/auth/profile",
-            Some(&token),
-            Some(json!({"email": "evil@example.com"})),
+            &token,
+            json!({"email": "evil@example.com"}),
         )
         .await;
 
     assert_eq!(too_long.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(too_long.problem().errors[0].field, "first_name");
     assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let profile: UserProfile = app
-        .call(Method::GET, "/auth/profile", Some(&token), None)
-        .await
-        .json();
+    let profile: UserProfile = app.get("/auth/profile", &token).await.json();
     assert_eq!(profile.email, "ada@example.com");
     assert_eq!(profile.first_name.as_deref(), Some("Ada"));
 }
@@ -106,9 +81,7 @@ async fn delete_deactivates_and_ends_every_session(pool: PgPool) {
     app.login("ada@example.com", gatehouse_tests::PASSWORD)
         .await;
 
-    let response = app
-        .call(Method::DELETE, "/auth/profile", Some(&token), None)
-        .await;
+    let response = app.delete("/auth/profile", &token).await;
 
     assert_eq!(response.status, StatusCode::NO_CONTENT);
     let active: bool = sqlx::query_scalar("select is_active from users")

@@ -12,14 +12,7 @@ async fn valid_token_verifies_with_its_user_and_expiry(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
 
-    let response = app
-        .call(
-            Method::GET,
-            "/auth/verify",
-            Some(&registered.access_token),
-            None,
-        )
-        .await;
+    let response = app.get("/auth/verify", &registered.access_token).await;
 
     assert_eq!(response.status, StatusCode::OK);
     let body: VerifyResponse = response.json();
@@ -88,14 +81,7 @@ async fn expired_token_is_rejected(pool: PgPool) {
     let registered = app.register("ada@example.com").await;
 
     app.clock.advance(Duration::from_secs(900 + 6));
-    let response = app
-        .call(
-            Method::GET,
-            "/auth/verify",
-            Some(&registered.access_token),
-            None,
-        )
-        .await;
+    let response = app.get("/auth/verify", &registered.access_token).await;
 
     assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     assert_eq!(response.problem().detail, "token has expired");
@@ -113,9 +99,7 @@ async fn token_signed_by_an_unknown_key_is_rejected(pool: PgPool) {
     let stranger = TokenSigner::generate(&mut rand_core::OsRng);
 
     let forged = stranger.sign(&claims);
-    let response = app
-        .call(Method::GET, "/auth/verify", Some(&forged), None)
-        .await;
+    let response = app.get("/auth/verify", &forged).await;
 
     assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     assert_eq!(response.problem().detail, "token names an unknown key");
@@ -131,9 +115,7 @@ async fn unsigned_token_is_rejected(pool: PgPool) {
     let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiYXQrand0In0";
 
     let forged = format!("{none_header}.{claims}.");
-    let response = app
-        .call(Method::GET, "/auth/verify", Some(&forged), None)
-        .await;
+    let response = app.get("/auth/verify", &forged).await;
 
     assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -163,9 +145,7 @@ async fn token_for_another_audience_is_rejected(pool: PgPool) {
     claims.aud = vec!["another-service".into()];
 
     let token = TokenSigner::from_pkcs8_pem(&pem).unwrap().sign(&claims);
-    let response = app
-        .call(Method::GET, "/auth/verify", Some(&token), None)
-        .await;
+    let response = app.get("/auth/verify", &token).await;
 
     assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     assert_eq!(response.problem().detail, "audience is not accepted");
@@ -193,26 +173,12 @@ async fn tokens_of_the_previous_key_stay_valid_after_a_rotation(pool: PgPool) {
         },
     )
     .await;
-    let old_token = after
-        .call(
-            Method::GET,
-            "/auth/verify",
-            Some(&registered.access_token),
-            None,
-        )
-        .await;
+    let old_token = after.get("/auth/verify", &registered.access_token).await;
     let new_token = after
         .login("ada@example.com", gatehouse_tests::PASSWORD)
         .await
         .json::<gatehouse_shared::api::TokenResponse>();
-    let new_verified = after
-        .call(
-            Method::GET,
-            "/auth/verify",
-            Some(&new_token.access_token),
-            None,
-        )
-        .await;
+    let new_verified = after.get("/auth/verify", &new_token.access_token).await;
 
     assert_eq!(old_token.status, StatusCode::OK);
     assert_eq!(new_verified.status, StatusCode::OK);
@@ -231,30 +197,9 @@ async fn deactivated_account_tokens_stop_working_at_once(pool: PgPool) {
         .await
         .json::<gatehouse_shared::api::TokenResponse>();
 
-    let deleted = app
-        .call(
-            Method::DELETE,
-            "/auth/profile",
-            Some(&registered.access_token),
-            None,
-        )
-        .await;
-    let first_after = app
-        .call(
-            Method::GET,
-            "/auth/verify",
-            Some(&registered.access_token),
-            None,
-        )
-        .await;
-    let second_after = app
-        .call(
-            Method::GET,
-            "/auth/profile",
-            Some(&second.access_token),
-            None,
-        )
-        .await;
+    let deleted = app.delete("/auth/profile", &registered.access_token).await;
+    let first_after = app.get("/auth/verify", &registered.access_token).await;
+    let second_after = app.get("/auth/profile", &second.access_token).await;
 
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     for response in [first_after, second_after] {
