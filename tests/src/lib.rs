@@ -212,6 +212,11 @@ impl TestApp {
         self.send(request.unwrap()).await
     }
 
+    /// `POST path` with a JSON body and no token.
+    pub async fn post(&self, path: &str, body: Value) -> TestResponse {
+        self.call(Method::POST, path, None, Some(body)).await
+    }
+
     /// `GET path` with a bearer token.
     pub async fn get(&self, path: &str, token: &str) -> TestResponse {
         self.call(Method::GET, path, Some(token), None).await

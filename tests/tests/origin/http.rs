@@ -44,26 +44,15 @@ async fn full_flow_over_http_with_the_shared_types(pool: PgPool) {
         .unwrap();
     assert_eq!(login.status(), StatusCode::OK);
     let token = login.json::<TokenResponse>().await.unwrap().access_token;
-    let verified: VerifyResponse = client
-        .get(format!("{base}/auth/verify"))
-        .header("x-api-key", key)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let profile: UserProfile = client
-        .get(format!("{base}/auth/profile"))
-        .header("x-api-key", key)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |path: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .header("x-api-key", key)
+            .bearer_auth(&token)
+            .send()
+    };
+    let verified: VerifyResponse = get("/auth/verify").await.unwrap().json().await.unwrap();
+    let profile: UserProfile = get("/auth/profile").await.unwrap().json().await.unwrap();
 
     assert_eq!(verified.user.id, registered.user.id);
     assert_eq!(profile.id, registered.user.id);

@@ -92,16 +92,7 @@ async fn unknown_email_still_pays_one_bcrypt_verification(pool: PgPool) {
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn login_rehashes_a_password_stored_at_another_cost(pool: PgPool) {
-    let old = TestApp::new(pool.clone()).await;
-    old.register("ada@example.com").await;
-    let stronger = TestApp::with(
-        pool,
-        Options {
-            hash_cost: TEST_HASH_COST + 1,
-            ..Options::default()
-        },
-    )
-    .await;
+    let stronger = registered_before_the_cost_was_raised(pool).await;
 
     let first = stronger.login("ada@example.com", PASSWORD).await;
     let stored: String = sqlx::query_scalar("select password_hash from users")
@@ -121,16 +112,7 @@ async fn login_rehashes_a_password_stored_at_another_cost(pool: PgPool) {
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn failed_login_does_not_rehash(pool: PgPool) {
-    let old = TestApp::new(pool.clone()).await;
-    old.register("ada@example.com").await;
-    let stronger = TestApp::with(
-        pool,
-        Options {
-            hash_cost: TEST_HASH_COST + 1,
-            ..Options::default()
-        },
-    )
-    .await;
+    let stronger = registered_before_the_cost_was_raised(pool).await;
 
     let response = stronger.login("ada@example.com", "wrong password").await;
 
@@ -166,4 +148,18 @@ async fn overlong_empty_or_malformed_login_fields_are_422(pool: PgPool) {
         StatusCode::UNPROCESSABLE_ENTITY,
         "not a 500 from PostgreSQL"
     );
+}
+
+/// An account registered at the test cost, and the origin restarted with the cost one higher.
+async fn registered_before_the_cost_was_raised(pool: PgPool) -> TestApp {
+    let old = TestApp::new(pool.clone()).await;
+    old.register("ada@example.com").await;
+    TestApp::with(
+        pool,
+        Options {
+            hash_cost: TEST_HASH_COST + 1,
+            ..Options::default()
+        },
+    )
+    .await
 }

@@ -11,12 +11,7 @@ async fn registration_returns_a_token_and_the_new_user(pool: PgPool) {
     let app = TestApp::new(pool).await;
 
     let response = app
-        .call(
-            Method::POST,
-            "/auth/register",
-            None,
-            Some(register_body("ada@example.com")),
-        )
+        .post("/auth/register", register_body("ada@example.com"))
         .await;
 
     assert_eq!(response.status, StatusCode::CREATED);
@@ -55,12 +50,7 @@ async fn duplicate_email_is_a_conflict_whatever_its_case_or_spacing(pool: PgPool
     app.register("ada@example.com").await;
 
     let response = app
-        .call(
-            Method::POST,
-            "/auth/register",
-            None,
-            Some(register_body("  ADA@Example.COM ")),
-        )
+        .post("/auth/register", register_body("  ADA@Example.COM "))
         .await;
 
     assert_eq!(response.status, StatusCode::CONFLICT);
@@ -72,14 +62,7 @@ async fn duplicate_email_is_a_conflict_whatever_its_case_or_spacing(pool: PgPool
 async fn concurrent_registrations_of_one_email_create_exactly_one_account(pool: PgPool) {
     let app = TestApp::new(pool).await;
 
-    let attempts = (0..20).map(|_| {
-        app.call(
-            Method::POST,
-            "/auth/register",
-            None,
-            Some(register_body("race@example.com")),
-        )
-    });
+    let attempts = (0..20).map(|_| app.post("/auth/register", register_body("race@example.com")));
     // Polled together, the twenty requests hash in parallel on the bcrypt pool and then race to
     // insert; only the unique index can pick the winner.
     let responses = join_all(attempts).await;
@@ -124,11 +107,9 @@ async fn password_of_exactly_72_bytes_registers_and_logs_in(pool: PgPool) {
     assert_eq!(password.len(), 72);
 
     let registered = app
-        .call(
-            Method::POST,
+        .post(
             "/auth/register",
-            None,
-            Some(json!({ "email": "ada@example.com", "password": password })),
+            json!({ "email": "ada@example.com", "password": password }),
         )
         .await;
     let login = app.login("ada@example.com", &password).await;
