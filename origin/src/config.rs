@@ -8,6 +8,8 @@ use std::time::Duration;
 use gatehouse_shared::signing::{TokenSigner, public_key_from_pem};
 use gatehouse_shared::token::MAX_LEEWAY_SECS;
 
+use crate::sessions::SessionPolicy;
+
 /// Whether the process may take shortcuts meant for a developer's machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
@@ -80,6 +82,8 @@ pub struct Config {
     pub jwks_max_age: Duration,
     /// `BODY_LIMIT_BYTES`.
     pub body_limit_bytes: usize,
+    /// `SESSION_IDLE_TIMEOUT_SECS`, `SESSION_MAX_LIFETIME_SECS`, `REFRESH_REUSE_WINDOW_SECS`.
+    pub sessions: SessionPolicy,
     /// `EDGE_SECRET` or `EDGE_SECRET_FILE`: proves a request came through the edge, whose
     /// client-IP header is then believed.
     pub edge_secret: Option<String>,
@@ -112,6 +116,17 @@ const MAX_HASH_ROUNDS: u32 = 18;
 /// Longest access-token lifetime accepted: a day. Access tokens are meant to be short-lived
 /// (RFC 9700 section 4.14); longer sessions are what refresh tokens are for.
 const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 86_400;
+
+/// Longest reuse window accepted: a minute. The window only has to cover two requests racing
+/// from one client; every second more is a second in which a stolen, spent token still works.
+const MAX_REFRESH_REUSE_WINDOW_SECS: u64 = 60;
+
+/// Default idle timeout of a session: a week without a refresh (OWASP ASVS 5.0 7.3.1 leaves the
+/// value to the application's risk assessment; a week suits a "stay signed in" consumer app).
+const DEFAULT_SESSION_IDLE_SECS: u64 = 7 * 86_400;
+
+/// Default absolute lifetime of a session: 30 days, then the user signs in again (ASVS 7.3.2).
+const DEFAULT_SESSION_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
 
 /// bcrypt accepts costs 4 to 31. Below this cost a warning is logged: fine for tests, too cheap for real passwords.
 const MIN_RECOMMENDED_HASH_ROUNDS: u32 = 10;
@@ -198,6 +213,16 @@ impl Config {
             previous_key,
             jwks_max_age: Duration::from_secs(env.parse("JWKS_MAX_AGE_SECS", 300)?),
             body_limit_bytes: env.positive("BODY_LIMIT_BYTES", 16 * 1024)?,
+            sessions: SessionPolicy {
+                idle_timeout: Duration::from_secs(
+                    env.positive("SESSION_IDLE_TIMEOUT_SECS", DEFAULT_SESSION_IDLE_SECS)?,
+                ),
+                max_lifetime: Duration::from_secs(env.positive(
+                    "SESSION_MAX_LIFETIME_SECS",
+                    DEFAULT_SESSION_MAX_LIFETIME_SECS,
+                )?),
+                reuse_window: Duration::from_secs(env.parse("REFRESH_REUSE_WINDOW_SECS", 10)?),
+            },
             edge_secret: env
                 .secret("EDGE_SECRET", "EDGE_SECRET_FILE")?
                 .map(|(secret, _)| secret.trim().to_owned()),
@@ -216,6 +241,12 @@ impl Config {
             return Err(ConfigError::new(
                 "ACCESS_TOKEN_TTL_SECS",
                 "must be at most 86400",
+            ));
+        }
+        if config.sessions.reuse_window.as_secs() > MAX_REFRESH_REUSE_WINDOW_SECS {
+            return Err(ConfigError::new(
+                "REFRESH_REUSE_WINDOW_SECS",
+                "must be at most 60",
             ));
         }
         if config.leeway_secs > MAX_LEEWAY_SECS {
@@ -323,6 +354,9 @@ mod tests {
         assert_eq!(config.database_acquire_timeout, Duration::from_secs(30));
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.environment, Environment::Production);
+        assert_eq!(config.sessions.idle_timeout, Duration::from_secs(604_800));
+        assert_eq!(config.sessions.max_lifetime, Duration::from_secs(2_592_000));
+        assert_eq!(config.sessions.reuse_window, Duration::from_secs(10));
         assert!(matches!(
             config.signing_key,
             SigningKeySource::Configured(_)
@@ -371,6 +405,8 @@ mod tests {
             ("DATABASE_MAX_CONNECTIONS", "0"),
             ("LISTEN_ADDR", "localhost"),
             ("JWT_LEEWAY_SECS", "31"),
+            ("REFRESH_REUSE_WINDOW_SECS", "61"),
+            ("SESSION_IDLE_TIMEOUT_SECS", "0"),
             ("GATEHOUSE_ENV", "staging"),
             ("JWT_SIGNING_KEY_FILE", "/nonexistent/key.pem"),
         ] {

@@ -1,6 +1,6 @@
 //! The one error type every handler returns, rendered as RFC 9457 problem details.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gatehouse_shared::api::{FieldError, PROBLEM_CONTENT_TYPE, Problem};
@@ -47,6 +47,27 @@ pub enum ApiError {
     /// The token verified but its session has ended or its user is deactivated (401).
     #[error("session has ended")]
     SessionEnded,
+    /// The refresh token is malformed, unknown, or belongs to an ended session (401).
+    #[error("refresh token is invalid")]
+    InvalidRefreshToken,
+    /// A spent refresh token came back outside the reuse rule; its session was ended (401).
+    #[error("refresh token was already used; the session has been ended")]
+    RefreshTokenReused,
+    /// The session passed its idle timeout or its absolute lifetime (401).
+    #[error("session has expired; sign in again")]
+    SessionExpired,
+    /// `current_password` of a password change is wrong (403: the bearer token itself is fine).
+    #[error("current password is incorrect")]
+    WrongPassword,
+    /// No live session with that id belongs to the user (404).
+    #[error("no such session")]
+    SessionNotFound,
+    /// A query parameter is missing or invalid (422).
+    #[error("query parameters are invalid")]
+    InvalidQuery,
+    /// An `/edge/*` request without the edge secret (401).
+    #[error("this route is for the Gatehouse edge only")]
+    NotFromEdge,
     /// Wrong email or password, or a deactivated account; deliberately indistinguishable (401).
     #[error("email or password is incorrect")]
     InvalidCredentials,
@@ -74,7 +95,9 @@ impl ApiError {
     /// The HTTP status for each kind of error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Validation(_) | ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::InvalidBody(_) | ApiError::InvalidQuery => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::MalformedJson(_) | ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,9 +105,14 @@ impl ApiError {
             | ApiError::MissingToken
             | ApiError::InvalidToken(_)
             | ApiError::SessionEnded
+            | ApiError::InvalidRefreshToken
+            | ApiError::RefreshTokenReused
+            | ApiError::SessionExpired
+            | ApiError::NotFromEdge
             | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::WrongPassword => StatusCode::FORBIDDEN,
             ApiError::EmailTaken => StatusCode::CONFLICT,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::SessionNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded | ApiError::DatabaseUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -105,6 +133,13 @@ impl ApiError {
             ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::MissingToken => "missing_token",
             ApiError::InvalidToken(_) | ApiError::SessionEnded => "invalid_token",
+            ApiError::InvalidRefreshToken => "invalid_refresh_token",
+            ApiError::RefreshTokenReused => "refresh_token_reused",
+            ApiError::SessionExpired => "session_expired",
+            ApiError::WrongPassword => "wrong_password",
+            ApiError::SessionNotFound => "session_not_found",
+            ApiError::InvalidQuery => "invalid_query",
+            ApiError::NotFromEdge => "not_from_edge",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::EmailTaken => "email_taken",
             ApiError::NotFound => "not_found",
@@ -170,7 +205,11 @@ impl IntoResponse for ApiError {
             "missing_token" => Some(r#"Bearer realm="gatehouse""#),
             "invalid_token" => Some(r#"Bearer realm="gatehouse", error="invalid_token""#),
             "invalid_api_key" => Some(r#"ApiKey realm="gatehouse", header="X-API-Key""#),
-            "invalid_credentials" => Some(r#"Bearer realm="gatehouse""#),
+            "invalid_credentials"
+            | "invalid_refresh_token"
+            | "refresh_token_reused"
+            | "session_expired" => Some(r#"Bearer realm="gatehouse""#),
+            "not_from_edge" => Some(r#"EdgeSecret realm="gatehouse""#),
             _ => None,
         };
         if let Some(challenge) = challenge {
@@ -233,6 +272,19 @@ impl From<JsonRejection> for ApiError {
             }
             _ => ApiError::UnreadableBody,
         }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(_: QueryRejection) -> Self {
+        ApiError::InvalidQuery
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    /// Path parameters are resource names: one that does not parse names no resource.
+    fn from(_: PathRejection) -> Self {
+        ApiError::NotFound
     }
 }
 

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER};
@@ -16,6 +17,16 @@ use crate::error::ApiError;
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Query`, with rejections as problem details (422).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// `axum::extract::Path`, with rejections as problem details (404).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
 
 /// The user behind a valid bearer token whose session is live and whose account is active.
 #[derive(Debug, Clone)]
@@ -33,19 +44,24 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(parts)?;
+        let now = state.clock.now();
         let claims = state
             .tokens
-            .verify(token, state.clock.now())
+            .verify(token, now)
             .map_err(ApiError::InvalidToken)?;
+        let (created_after, used_after) = state.sessions.live_bounds(now);
         // The signature proves who issued the token; only the database knows whether the session
         // was ended or the account deactivated since.
         let mut connection = state.db.acquire().await?;
         let live: bool = sqlx::query_scalar(
             "select exists (select 1 from sessions s join users u on u.id = s.user_id
-              where s.id = $1 and s.user_id = $2 and s.revoked_at is null and u.is_active)",
+              where s.id = $1 and s.user_id = $2 and s.revoked_at is null and u.is_active
+                and s.created_at > $3 and s.last_used_at > $4)",
         )
         .bind(claims.sid)
         .bind(claims.sub)
+        .bind(created_after)
+        .bind(used_after)
         .fetch_one(&mut *connection)
         .await?;
         if !live {
@@ -109,12 +125,7 @@ impl FromRequestParts<AppState> for ClientMeta {
         };
         let user_agent = header(USER_AGENT.as_str())
             .map(|agent| agent.chars().take(MAX_USER_AGENT_CHARS).collect());
-        let from_edge = match (&state.edge_secret, header(EDGE_SECRET_HEADER)) {
-            (Some(secret), Some(presented)) => {
-                subtle::ConstantTimeEq::ct_eq(secret.as_bytes(), presented.as_bytes()).into()
-            }
-            _ => false,
-        };
+        let from_edge = is_from_edge(&parts.headers, state.edge_secret.as_deref());
         let forwarded = header(CLIENT_IP_HEADER).and_then(|ip| ip.trim().parse().ok());
         let peer = parts
             .extensions
@@ -122,5 +133,32 @@ impl FromRequestParts<AppState> for ClientMeta {
             .map(|ConnectInfo(addr)| addr.ip());
         let ip = if from_edge { forwarded.or(peer) } else { peer };
         Ok(ClientMeta { user_agent, ip })
+    }
+}
+
+/// Whether `headers` carry the edge secret, compared in constant time. With no secret
+/// configured nothing comes from the edge.
+pub fn is_from_edge(headers: &HeaderMap, edge_secret: Option<&str>) -> bool {
+    match (edge_secret, headers.get(EDGE_SECRET_HEADER)) {
+        (Some(secret), Some(presented)) => {
+            subtle::ConstantTimeEq::ct_eq(secret.as_bytes(), presented.as_bytes()).into()
+        }
+        _ => false,
+    }
+}
+
+/// A request proved to come from the Gatehouse edge; refused with 401 otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct FromEdge;
+
+impl FromRequestParts<AppState> for FromEdge {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if is_from_edge(&parts.headers, state.edge_secret.as_deref()) {
+            Ok(FromEdge)
+        } else {
+            Err(ApiError::NotFromEdge)
+        }
     }
 }

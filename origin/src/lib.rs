@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod password;
 pub mod routes;
+pub mod sessions;
 pub mod telemetry;
 pub mod tokens;
 
@@ -72,6 +73,8 @@ pub struct AppState {
     pub jwks_max_age: Duration,
     /// Largest request body accepted.
     pub body_limit_bytes: usize,
+    /// Session lifetimes and the refresh-token reuse window.
+    pub sessions: sessions::SessionPolicy,
     /// The secret the edge adds to forwarded requests; see [`extract::ClientMeta`].
     pub edge_secret: Option<Arc<str>>,
 }
@@ -108,6 +111,7 @@ impl AppState {
             clock: Clock::system(),
             jwks_max_age: config.jwks_max_age,
             body_limit_bytes: config.body_limit_bytes,
+            sessions: config.sessions,
             edge_secret: config.edge_secret.map(Arc::from),
         }
     }
@@ -128,6 +132,7 @@ pub fn app(state: AppState) -> Router {
         ));
     let router = Router::new()
         .merge(auth)
+        .merge(routes::edge::router())
         .merge(routes::jwks::router())
         .merge(routes::health::router())
         .fallback(|| async { ApiError::NotFound })

@@ -7,8 +7,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
-use gatehouse_shared::api::EDGE_SECRET_HEADER;
-use subtle::ConstantTimeEq as _;
 use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -42,12 +40,7 @@ const MAX_REQUEST_ID_BYTES: usize = 128;
 pub fn layer(router: Router, edge_secret: Option<Arc<str>>) -> Router {
     let only_from_edge = move |mut request: Request<Body>| {
         let headers = request.headers();
-        let from_edge = match (&edge_secret, headers.get(EDGE_SECRET_HEADER)) {
-            (Some(secret), Some(presented)) => {
-                bool::from(secret.as_bytes().ct_eq(presented.as_bytes()))
-            }
-            _ => false,
-        };
+        let from_edge = crate::extract::is_from_edge(headers, edge_secret.as_deref());
         let acceptable = headers
             .get(&REQUEST_ID_HEADER)
             .is_some_and(|id| id.len() <= MAX_REQUEST_ID_BYTES);

@@ -61,16 +61,25 @@ impl Tokens {
         self.ttl
     }
 
-    /// Issues a token for `user` in `session` at `now`.
+    /// How long after its session ends a token of it can still pass validation: the lifetime
+    /// plus the leeway. The revocation list sent to the edge covers this span.
+    pub fn longest_validity(&self) -> Duration {
+        self.ttl + Duration::from_secs(self.validation.leeway_secs())
+    }
+
+    /// Issues a token for `user` in `session` at `now`, expiring after the configured lifetime
+    /// or at `not_after` (the session's end), whichever comes first.
     pub fn issue(
         &self,
         user: Uuid,
         email: &str,
         session: Uuid,
         now: OffsetDateTime,
+        not_after: OffsetDateTime,
     ) -> IssuedToken {
         let iat = now.unix_timestamp();
-        let expires_in = self.ttl.as_secs();
+        let until_session_end = (not_after.unix_timestamp() - iat).max(1) as u64;
+        let expires_in = self.ttl.as_secs().min(until_session_end);
         let claims = AccessClaims {
             sub: user,
             sid: session,

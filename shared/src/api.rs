@@ -77,6 +77,11 @@ pub struct TokenResponse {
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
+    /// The session's refresh token (`gtr_...`): exchange it at `POST /auth/refresh` for a new
+    /// pair. Each one works once; see the README for the rule on concurrent refreshes.
+    pub refresh_token: String,
+    /// The session the tokens belong to (the access token's `sid`).
+    pub session_id: Uuid,
     /// The signed-in user.
     pub user: UserProfile,
 }
@@ -87,6 +92,8 @@ impl std::fmt::Debug for TokenResponse {
             .field("access_token", &"***")
             .field("token_type", &self.token_type)
             .field("expires_in", &self.expires_in)
+            .field("refresh_token", &"***")
+            .field("session_id", &self.session_id)
             .field("user", &self.user)
             .finish()
     }
@@ -133,6 +140,98 @@ pub struct UpdateProfileRequest {
 /// Tells a member given as `null` (`Some(None)`) from one left out (`None`, via `default`).
 fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(deserializer).map(Some)
+}
+
+/// `POST /auth/refresh`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The refresh token of the last token response.
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshRequest { refresh_token: *** }")
+    }
+}
+
+/// `PUT /auth/password`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    /// The password in use now (OWASP ASVS 5.0 6.2.3: changing it requires it).
+    pub current_password: String,
+    /// The new password, under the same rules as at registration.
+    pub new_password: String,
+}
+
+impl std::fmt::Debug for ChangePasswordRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangePasswordRequest { current_password: ***, new_password: *** }")
+    }
+}
+
+/// Which sessions `POST /auth/logout` ends (`?scope=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogoutScope {
+    /// The session of the presented token (the default).
+    #[default]
+    Current,
+    /// Every session of the user.
+    All,
+    /// Every session of the user but the current one.
+    Others,
+}
+
+/// One live session in `GET /auth/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session id, the `sid` of its access tokens.
+    pub id: Uuid,
+    /// When it began (register or login).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it was last used to sign in or refresh.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_used_at: OffsetDateTime,
+    /// When it ends unless refreshed again: the earlier of the idle and the absolute limit.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// The user agent that began it.
+    pub user_agent: Option<String>,
+    /// The address that began it.
+    pub ip: Option<String>,
+    /// Whether this is the session of the token that asked.
+    pub current: bool,
+}
+
+/// `GET /auth/sessions`: the user's live sessions, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    /// The sessions.
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// A session ended recently enough that access tokens issued for it may still be unexpired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedSession {
+    /// The session id (`sid`).
+    pub sid: Uuid,
+    /// Unix time after which no token of this session can pass validation any more, leeway
+    /// included: the entry can be forgotten then.
+    pub until: i64,
+}
+
+/// `GET /edge/revocations`: what the edge needs to refuse tokens of ended sessions. It lists only
+/// sessions whose tokens could still be unexpired, so it stays small and every entry expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationList {
+    /// The origin's time when the list was made (Unix seconds).
+    pub generated_at: i64,
+    /// The sessions.
+    pub revoked: Vec<RevokedSession>,
 }
 
 /// `GET /auth/verify`.

@@ -51,7 +51,11 @@ impl ApiKey {
         rng.fill_bytes(&mut id);
         rng.fill_bytes(&mut secret);
         ApiKey {
-            text: format!("{PREFIX}{}_{}", hex(&id), hex(&secret)),
+            text: format!(
+                "{PREFIX}{}_{}",
+                crate::hex::encode(&id),
+                crate::hex::encode(&secret)
+            ),
         }
     }
 
@@ -89,10 +93,6 @@ impl ApiKey {
     pub fn matches(&self, stored: &[u8]) -> bool {
         self.secret_hash().ct_eq(stored).into()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The parts of Gatehouse that every side must agree on, in one crate that compiles natively and
 //! for `wasm32-unknown-unknown`: access-token claims and their validation rules ([`token`]), the
-//! public key set ([`jwk`]), the API-key format ([`api_key`]), input rules ([`input`]) and the
-//! HTTP request and response types ([`api`]).
+//! public key set ([`jwk`]), the API-key and refresh-token formats ([`api_key`], [`refresh`]),
+//! input rules ([`input`]) and the HTTP request and response types ([`api`]).
 //!
 //! The crate has no I/O, no clock and no environment: the current time, keys, issuer and audience
 //! are arguments, so the edge worker, the origin and the tests run the very same checks.
@@ -12,6 +12,7 @@ pub mod api;
 pub mod api_key;
 pub mod input;
 pub mod jwk;
+pub mod refresh;
 #[cfg(feature = "signing")]
 pub mod signing;
 pub mod token;
@@ -27,5 +28,29 @@ pub(crate) mod b64 {
 
     pub fn decode(text: &str) -> Option<Vec<u8>> {
         URL_SAFE_NO_PAD.decode(text).ok()
+    }
+}
+
+pub(crate) mod hex {
+    //! Lowercase hexadecimal, the text form of API keys and refresh tokens.
+
+    pub fn encode(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Decodes lowercase hex only, so every secret has exactly one text form.
+    pub fn decode_lower(text: &str) -> Option<Vec<u8>> {
+        let digit = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        if !text.len().is_multiple_of(2) {
+            return None;
+        }
+        text.as_bytes()
+            .chunks_exact(2)
+            .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+            .collect()
     }
 }

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use gatehouse_origin::db::Database;
 use gatehouse_origin::password::PasswordHasher;
+use gatehouse_origin::sessions::SessionPolicy;
 use gatehouse_origin::tokens::Tokens;
 use gatehouse_origin::{AppState, Clock, api_keys, app};
 use gatehouse_shared::api::{API_KEY_HEADER, Problem, RegisterRequest, TokenResponse};
@@ -70,7 +71,16 @@ pub struct Options {
     pub previous: Option<ed25519_dalek::VerifyingKey>,
     /// The clock.
     pub clock: ManualClock,
+    /// Session lifetimes and the refresh reuse window.
+    pub sessions: SessionPolicy,
 }
+
+/// The session policy of test apps: the production defaults.
+pub const TEST_SESSIONS: SessionPolicy = SessionPolicy {
+    idle_timeout: Duration::from_secs(7 * 86_400),
+    max_lifetime: Duration::from_secs(30 * 86_400),
+    reuse_window: Duration::from_secs(10),
+};
 
 impl Default for Options {
     fn default() -> Self {
@@ -79,6 +89,7 @@ impl Default for Options {
             signer: TokenSigner::generate(&mut rand_core::OsRng),
             previous: None,
             clock: ManualClock::new(),
+            sessions: TEST_SESSIONS,
         }
     }
 }
@@ -151,6 +162,7 @@ pub fn test_state(db: Database, options: Options) -> AppState {
         clock: options.clock.clock(),
         jwks_max_age: Duration::from_secs(300),
         body_limit_bytes: 16 * 1024,
+        sessions: options.sessions,
         edge_secret: Some(EDGE_SECRET.into()),
     }
 }
@@ -231,6 +243,25 @@ impl TestApp {
     pub async fn patch(&self, path: &str, token: &str, body: Value) -> TestResponse {
         self.call(Method::PATCH, path, Some(token), Some(body))
             .await
+    }
+
+    /// `PUT path` with a bearer token and a JSON body.
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> TestResponse {
+        self.call(Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    /// `POST /auth/refresh` with `refresh_token`.
+    pub async fn refresh(&self, refresh_token: &str) -> TestResponse {
+        self.post(
+            "/auth/refresh",
+            serde_json::json!({ "refresh_token": refresh_token }),
+        )
+        .await
+    }
+
+    /// `POST path` with a bearer token and no body.
+    pub async fn post_empty(&self, path: &str, token: &str) -> TestResponse {
+        self.call(Method::POST, path, Some(token), None).await
     }
 
     /// Sends a request exactly as built.

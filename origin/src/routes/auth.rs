@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::{ApiError, Result, invalid_field, on_constraint};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
+use crate::sessions::{self, EndReason, Grant, Which};
 
 /// The `/auth/*` routes; the API-key gate is layered on in [`crate::app`].
 pub fn router() -> Router<AppState> {
@@ -29,10 +30,11 @@ pub fn router() -> Router<AppState> {
                 .patch(update_profile)
                 .delete(deactivate_profile),
         )
+        .merge(super::sessions::router())
 }
 
 #[derive(sqlx::FromRow)]
-struct UserRow {
+pub(crate) struct UserRow {
     id: Uuid,
     email: String,
     password_hash: String,
@@ -55,7 +57,8 @@ impl From<UserRow> for UserProfile {
     }
 }
 
-const USER_COLUMNS: &str = "id, email, password_hash, first_name, last_name, is_active, created_at";
+pub(crate) const USER_COLUMNS: &str =
+    "id, email, password_hash, first_name, last_name, is_active, created_at";
 
 /// `POST /auth/register`: creates the account and its first session.
 async fn register_user(
@@ -82,6 +85,7 @@ async fn register_user(
     let password_hash = state.hasher.hash(request.password).await?;
 
     let user_id = Uuid::now_v7();
+    let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     let user: UserRow = sqlx::query_as(&format!(
         "insert into users (id, email, password_hash, first_name, last_name)
@@ -99,13 +103,13 @@ async fn register_user(
             (name == "users_email_key").then_some(ApiError::EmailTaken)
         })
     })?;
-    let session_id = insert_session(&mut tx, user.id, &meta).await?;
+    let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
     tx.commit().await?;
 
     tracing::info!(user_id = %user.id, "user registered");
     Ok((
         StatusCode::CREATED,
-        Json(token_response(&state, user, session_id)),
+        Json(token_response(&state, user, grant, now)),
     ))
 }
 
@@ -159,12 +163,13 @@ async fn login_user(
         }
     }
 
+    let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    let session_id = insert_session(&mut tx, user.id, &meta).await?;
+    let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
     tx.commit().await?;
 
     tracing::info!(user_id = %user.id, "login succeeded");
-    Ok(Json(token_response(&state, user, session_id)))
+    Ok(Json(token_response(&state, user, grant, now)))
 }
 
 async fn rehash(state: &AppState, user_id: Uuid, old_hash: &str, password: String) -> Result<()> {
@@ -247,46 +252,47 @@ async fn update_profile(
 }
 
 /// `DELETE /auth/profile`: deactivates the account and ends all its sessions in one
-/// transaction, so its tokens stop working at the origin at once.
+/// transaction, so its tokens stop working at the origin at once and reach the edge's
+/// revocation list.
 async fn deactivate_profile(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
     let mut tx = state.db.begin().await?;
     sqlx::query("update users set is_active = false, updated_at = now() where id = $1")
         .bind(user.user_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("update sessions set revoked_at = now() where user_id = $1 and revoked_at is null")
-        .bind(user.user_id)
-        .execute(&mut *tx)
-        .await?;
+    sessions::end(
+        &mut tx,
+        user.user_id,
+        Which::All,
+        EndReason::Deactivated,
+        state.clock.now(),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, "account deactivated");
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn insert_session(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    user_id: Uuid,
-    meta: &ClientMeta,
-) -> Result<Uuid> {
-    let session_id = Uuid::now_v7();
-    sqlx::query("insert into sessions (id, user_id, user_agent, ip) values ($1, $2, $3, $4)")
-        .bind(session_id)
-        .bind(user_id)
-        .bind(&meta.user_agent)
-        .bind(meta.ip.map(|ip| ip.to_string()))
-        .execute(&mut **tx)
-        .await?;
-    Ok(session_id)
-}
-
-fn token_response(state: &AppState, user: UserRow, session_id: Uuid) -> TokenResponse {
-    let issued = state
-        .tokens
-        .issue(user.id, &user.email, session_id, state.clock.now());
+/// The token response for `user` in the session `grant` describes, at `now`.
+pub(crate) fn token_response(
+    state: &AppState,
+    user: UserRow,
+    grant: Grant,
+    now: OffsetDateTime,
+) -> TokenResponse {
+    let issued = state.tokens.issue(
+        user.id,
+        &user.email,
+        grant.session_id,
+        now,
+        grant.expires_at,
+    );
     TokenResponse {
         access_token: issued.token,
         token_type: TOKEN_TYPE.into(),
         expires_in: issued.expires_in,
+        refresh_token: grant.refresh_token.expose().to_owned(),
+        session_id: grant.session_id,
         user: user.into(),
     }
 }
@@ -296,7 +302,11 @@ fn normalize_name(name: Option<String>) -> Option<String> {
     name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty())
 }
 
-fn push_error(errors: &mut Vec<FieldError>, field: &str, outcome: std::result::Result<(), &str>) {
+pub(crate) fn push_error(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    outcome: std::result::Result<(), &str>,
+) {
     if let Err(message) = outcome {
         errors.push(FieldError {
             field: field.into(),

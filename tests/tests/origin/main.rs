@@ -8,4 +8,5 @@ mod login;
 mod profile;
 mod register;
 mod resilience;
+mod sessions;
 mod verify;

@@ -1,0 +1,42 @@
+//! Routes only the Gatehouse edge calls, authenticated by the edge secret.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use gatehouse_shared::api::RevocationList;
+
+use crate::AppState;
+use crate::error::Result;
+use crate::extract::FromEdge;
+use crate::sessions;
+
+/// `GET /edge/revocations`.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/edge/revocations", get(list_revocations))
+}
+
+/// The sessions ended recently enough that one of their access tokens may still be unexpired.
+/// The edge refuses tokens of these sessions; older ones need no entry, their tokens have
+/// expired. Every revocation is here whatever caused it and whichever way its request came.
+async fn list_revocations(
+    State(state): State<AppState>,
+    _edge: FromEdge,
+) -> Result<impl IntoResponse> {
+    let now = state.clock.now();
+    let mut connection = state.db.acquire().await?;
+    let revoked = sessions::revoked_since(
+        &mut connection,
+        now - state.tokens.longest_validity(),
+        state.tokens.longest_validity(),
+    )
+    .await?;
+    Ok((
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(RevocationList {
+            generated_at: now.unix_timestamp(),
+            revoked,
+        }),
+    ))
+}

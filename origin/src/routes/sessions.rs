@@ -1,0 +1,210 @@
+//! The session routes: refresh, logout, password change, and listing and ending sessions. The
+//! rules they follow are in [`crate::sessions`].
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use gatehouse_shared::api::{
+    ChangePasswordRequest, LogoutScope, RefreshRequest, SessionInfo, SessionList, TokenResponse,
+};
+use gatehouse_shared::input::check_password;
+use gatehouse_shared::refresh::RefreshToken;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, Result};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser};
+use crate::routes::auth::{USER_COLUMNS, UserRow, push_error, token_response};
+use crate::sessions::{self, EndReason, Which};
+
+/// The session routes; under `/auth`, so the API-key gate applies.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/refresh", post(refresh_session))
+        .route("/auth/logout", post(logout_user))
+        .route("/auth/password", put(change_password))
+        .route("/auth/sessions", get(list_sessions))
+        .route("/auth/sessions/{id}", delete(end_session))
+}
+
+/// `POST /auth/refresh`: a new access token and the next refresh token of the session.
+async fn refresh_session(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RefreshRequest>,
+) -> Result<Json<TokenResponse>> {
+    let presented =
+        RefreshToken::parse(&request.refresh_token).map_err(|_| ApiError::InvalidRefreshToken)?;
+    let now = state.clock.now();
+    let refreshed = sessions::refresh(&state.db, &state.sessions, &presented, now).await?;
+    let user: UserRow = {
+        let mut connection = state.db.acquire().await?;
+        sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1"))
+            .bind(refreshed.user_id)
+            .fetch_one(&mut *connection)
+            .await?
+    };
+    Ok(Json(token_response(&state, user, refreshed.grant, now)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogoutParams {
+    #[serde(default)]
+    scope: LogoutScope,
+}
+
+/// `POST /auth/logout[?scope=current|all|others]`.
+async fn logout_user(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(params): ApiQuery<LogoutParams>,
+) -> Result<StatusCode> {
+    let (which, reason) = match params.scope {
+        LogoutScope::Current => (Which::One(user.session_id), EndReason::Logout),
+        LogoutScope::All => (Which::All, EndReason::LogoutAll),
+        LogoutScope::Others => (Which::AllExcept(user.session_id), EndReason::LogoutOthers),
+    };
+    let mut connection = state.db.acquire().await?;
+    let ended = sessions::end(
+        &mut connection,
+        user.user_id,
+        which,
+        reason,
+        state.clock.now(),
+    )
+    .await?;
+    tracing::info!(user_id = %user.user_id, ended, scope = ?params.scope, "logged out");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /auth/password`: needs the current password; ends every other session of the user
+/// (OWASP ASVS 5.0 7.4.3: a password change offers to end other sessions; here it always does,
+/// since a change is the usual answer to a suspected compromise).
+async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(request): ApiJson<ChangePasswordRequest>,
+) -> Result<StatusCode> {
+    let mut errors = Vec::new();
+    push_error(
+        &mut errors,
+        "new_password",
+        check_password(&request.new_password),
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    if request.current_password.len() > gatehouse_shared::input::MAX_PASSWORD_BYTES {
+        return Err(ApiError::WrongPassword);
+    }
+
+    let stored: String = {
+        let mut connection = state.db.acquire().await?;
+        sqlx::query_scalar("select password_hash from users where id = $1")
+            .bind(user.user_id)
+            .fetch_one(&mut *connection)
+            .await?
+    };
+    if !state
+        .hasher
+        .verify(request.current_password, Some(stored.clone()))
+        .await?
+    {
+        tracing::info!(user_id = %user.user_id, "password change refused");
+        return Err(ApiError::WrongPassword);
+    }
+    let new_hash = state.hasher.hash(request.new_password).await?;
+
+    let mut tx = state.db.begin().await?;
+    // Compare-and-set on the old hash: of two concurrent changes, the second finds the hash it
+    // verified against gone and is refused rather than silently overwriting the first.
+    let changed = sqlx::query(
+        "update users set password_hash = $2, updated_at = now()
+         where id = $1 and password_hash = $3",
+    )
+    .bind(user.user_id)
+    .bind(&new_hash)
+    .bind(&stored)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Err(ApiError::WrongPassword);
+    }
+    let ended = sessions::end(
+        &mut tx,
+        user.user_id,
+        Which::AllExcept(user.session_id),
+        EndReason::PasswordChanged,
+        state.clock.now(),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %user.user_id, ended, "password changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: Uuid,
+    created_at: OffsetDateTime,
+    last_used_at: OffsetDateTime,
+    user_agent: Option<String>,
+    ip: Option<String>,
+}
+
+/// `GET /auth/sessions`: the user's live sessions, newest first.
+async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<Json<SessionList>> {
+    let now = state.clock.now();
+    let (created_after, used_after) = state.sessions.live_bounds(now);
+    let mut connection = state.db.acquire().await?;
+    let rows: Vec<SessionRow> = sqlx::query_as(
+        "select id, created_at, last_used_at, user_agent, ip from sessions
+         where user_id = $1 and revoked_at is null and created_at > $2 and last_used_at > $3
+         order by created_at desc",
+    )
+    .bind(user.user_id)
+    .bind(created_after)
+    .bind(used_after)
+    .fetch_all(&mut *connection)
+    .await?;
+    let sessions = rows
+        .into_iter()
+        .map(|row| SessionInfo {
+            expires_at: state.sessions.expires_at(row.created_at, row.last_used_at),
+            current: row.id == user.session_id,
+            id: row.id,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            user_agent: row.user_agent,
+            ip: row.ip,
+        })
+        .collect();
+    Ok(Json(SessionList { sessions }))
+}
+
+/// `DELETE /auth/sessions/{id}`: ends one of the user's sessions (the current one included).
+/// Another user's session id is answered exactly like an unknown one.
+async fn end_session(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(session_id): ApiPath<Uuid>,
+) -> Result<StatusCode> {
+    let mut connection = state.db.acquire().await?;
+    let ended = sessions::end(
+        &mut connection,
+        user.user_id,
+        Which::One(session_id),
+        EndReason::EndedByUser,
+        state.clock.now(),
+    )
+    .await?;
+    if ended == 0 {
+        return Err(ApiError::SessionNotFound);
+    }
+    tracing::info!(user_id = %user.user_id, %session_id, "session ended by its user");
+    Ok(StatusCode::NO_CONTENT)
+}

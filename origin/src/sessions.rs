@@ -1,0 +1,405 @@
+//! Sessions and their refresh tokens: creation, rotation with reuse detection, expiry and ending.
+//!
+//! A session begins at register or login with one refresh token. `POST /auth/refresh` spends the
+//! token and hands out its successor (RFC 9700 section 4.14.2, refresh token rotation). The rule
+//! for a token presented again after it was spent, which is what two browser tabs refreshing at
+//! the same moment look like:
+//!
+//! - All refreshes of one session take the session's row lock first, so they run one at a time.
+//! - A spent token is accepted again only while its successor is still unspent and only within
+//!   `REFRESH_REUSE_WINDOW_SECS` (default 10) of being spent. The answer then carries the *same*
+//!   successor (opened from its seal; see `gatehouse_shared::refresh`) and a new access token, so
+//!   a race of any size leaves the session with exactly one live successor.
+//! - Any other reuse (an older token, or the window passed) is treated as theft: the whole session
+//!   ends (RFC 9700 section 4.14.2; OWASP ASVS 5.0 10.4.5) and every token of it stops working.
+//!
+//! A session also ends by itself: after `SESSION_IDLE_TIMEOUT_SECS` without a refresh, and
+//! `SESSION_MAX_LIFETIME_SECS` after it began whatever happens (OWASP ASVS 5.0 7.3.1, 7.3.2).
+//! Access tokens never outlive their session's end: their `exp` is capped at it.
+//!
+//! Every timestamp comes from the application's [`Clock`](crate::Clock), never from `now()` in
+//! SQL, so tests move time instead of sleeping.
+
+use std::time::Duration;
+
+use gatehouse_shared::api::RevokedSession;
+use gatehouse_shared::refresh::RefreshToken;
+use sqlx::{PgConnection, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{ApiError, Result};
+use crate::extract::ClientMeta;
+
+/// How long sessions last; from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    /// A session not refreshed for this long has ended.
+    pub idle_timeout: Duration,
+    /// A session this old has ended, however active.
+    pub max_lifetime: Duration,
+    /// How long after a refresh token is spent a racing request with it still gets its successor.
+    pub reuse_window: Duration,
+}
+
+impl SessionPolicy {
+    /// When a session created at `created_at` and last used at `last_used_at` ends.
+    pub fn expires_at(
+        &self,
+        created_at: OffsetDateTime,
+        last_used_at: OffsetDateTime,
+    ) -> OffsetDateTime {
+        (last_used_at + self.idle_timeout).min(created_at + self.max_lifetime)
+    }
+
+    /// The oldest `created_at` and `last_used_at` a live session can have at `now`.
+    pub fn live_bounds(&self, now: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
+        (now - self.max_lifetime, now - self.idle_timeout)
+    }
+}
+
+/// Why a session ended; stored in `sessions.end_reason` for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// `POST /auth/logout`.
+    Logout,
+    /// `POST /auth/logout?scope=all`.
+    LogoutAll,
+    /// `POST /auth/logout?scope=others`.
+    LogoutOthers,
+    /// `PUT /auth/password` ended the user's other sessions.
+    PasswordChanged,
+    /// A spent refresh token came back outside the reuse rule.
+    RefreshTokenReused,
+    /// `DELETE /auth/profile`.
+    Deactivated,
+    /// The idle timeout or the absolute lifetime passed.
+    Expired,
+    /// `DELETE /auth/sessions/{id}`.
+    EndedByUser,
+}
+
+impl EndReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Logout => "logout",
+            EndReason::LogoutAll => "logout_all",
+            EndReason::LogoutOthers => "logout_others",
+            EndReason::PasswordChanged => "password_changed",
+            EndReason::RefreshTokenReused => "refresh_token_reused",
+            EndReason::Deactivated => "deactivated",
+            EndReason::Expired => "expired",
+            EndReason::EndedByUser => "ended_by_user",
+        }
+    }
+}
+
+/// Which of a user's sessions to end.
+#[derive(Debug, Clone, Copy)]
+pub enum Which {
+    /// This one.
+    One(Uuid),
+    /// All of them.
+    All,
+    /// All but this one.
+    AllExcept(Uuid),
+}
+
+/// A session just begun or refreshed: what a token response needs.
+pub struct Grant {
+    /// The session id.
+    pub session_id: Uuid,
+    /// The refresh token to hand out.
+    pub refresh_token: RefreshToken,
+    /// When the session ends unless refreshed; access tokens expire no later.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Begins a session for `user_id` inside `tx`, with its first refresh token.
+pub async fn begin(
+    tx: &mut Transaction<'static, Postgres>,
+    policy: &SessionPolicy,
+    user_id: Uuid,
+    meta: &ClientMeta,
+    now: OffsetDateTime,
+) -> Result<Grant> {
+    let session_id = Uuid::now_v7();
+    sqlx::query(
+        "insert into sessions (id, user_id, created_at, last_used_at, user_agent, ip)
+         values ($1, $2, $3, $3, $4, $5)",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .bind(now)
+    .bind(&meta.user_agent)
+    .bind(meta.ip.map(|ip| ip.to_string()))
+    .execute(&mut **tx)
+    .await?;
+    let refresh_token = RefreshToken::generate(&mut rand_core::OsRng);
+    sqlx::query(
+        "insert into refresh_tokens (session_id, token_hash, created_at) values ($1, $2, $3)",
+    )
+    .bind(session_id)
+    .bind(refresh_token.lookup_hash().as_slice())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Grant {
+        session_id,
+        refresh_token,
+        expires_at: policy.expires_at(now, now),
+    })
+}
+
+/// The session a refresh was granted on, with its user.
+pub struct Refreshed {
+    /// The new refresh token and the session's end.
+    pub grant: Grant,
+    /// The session's user.
+    pub user_id: Uuid,
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedSession {
+    user_id: Uuid,
+    created_at: OffsetDateTime,
+    last_used_at: OffsetDateTime,
+    revoked_at: Option<OffsetDateTime>,
+    is_active: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    id: i64,
+    spent_at: Option<OffsetDateTime>,
+    successor_sealed: Option<Vec<u8>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SuccessorRow {
+    token_hash: Vec<u8>,
+    spent_at: Option<OffsetDateTime>,
+}
+
+/// Exchanges `presented` for its successor under the rule in the module docs.
+pub async fn refresh(
+    db: &crate::db::Database,
+    policy: &SessionPolicy,
+    presented: &RefreshToken,
+    now: OffsetDateTime,
+) -> Result<Refreshed> {
+    let hash = presented.lookup_hash();
+    let mut tx = db.begin().await?;
+    let session_id: Option<Uuid> =
+        sqlx::query_scalar("select session_id from refresh_tokens where token_hash = $1")
+            .bind(hash.as_slice())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let session_id = session_id.ok_or(ApiError::InvalidRefreshToken)?;
+
+    // The lock that serializes every refresh of this session. Rows read after it are current:
+    // each statement in a read-committed transaction sees what committed before it began.
+    let session: LockedSession = sqlx::query_as(
+        "select s.user_id, s.created_at, s.last_used_at, s.revoked_at, u.is_active
+         from sessions s join users u on u.id = s.user_id
+         where s.id = $1 for update of s",
+    )
+    .bind(session_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if session.revoked_at.is_some() || !session.is_active {
+        return Err(ApiError::InvalidRefreshToken);
+    }
+    if policy.expires_at(session.created_at, session.last_used_at) <= now {
+        end_locked(&mut tx, session_id, EndReason::Expired, now).await?;
+        tx.commit().await?;
+        return Err(ApiError::SessionExpired);
+    }
+
+    let token: Option<TokenRow> = sqlx::query_as(
+        "select id, spent_at, successor_sealed from refresh_tokens where token_hash = $1",
+    )
+    .bind(hash.as_slice())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let token = token.ok_or(ApiError::InvalidRefreshToken)?;
+
+    let refresh_token = match token.spent_at {
+        None => rotate(&mut tx, session_id, presented, token.id, now).await?,
+        Some(spent_at) => {
+            match successor_in_grace(&mut tx, policy, presented, &token, spent_at, now).await? {
+                Some(successor) => successor,
+                None => {
+                    end_locked(&mut tx, session_id, EndReason::RefreshTokenReused, now).await?;
+                    tx.commit().await?;
+                    tracing::warn!(
+                        %session_id,
+                        "spent refresh token presented again: session ended"
+                    );
+                    return Err(ApiError::RefreshTokenReused);
+                }
+            }
+        }
+    };
+
+    sqlx::query("update sessions set last_used_at = $2 where id = $1")
+        .bind(session_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Refreshed {
+        grant: Grant {
+            session_id,
+            refresh_token,
+            expires_at: policy.expires_at(session.created_at, now),
+        },
+        user_id: session.user_id,
+    })
+}
+
+/// Spends the token `token_id` (whose text is `presented`) and stores its successor.
+async fn rotate(
+    tx: &mut Transaction<'static, Postgres>,
+    session_id: Uuid,
+    presented: &RefreshToken,
+    token_id: i64,
+    now: OffsetDateTime,
+) -> Result<RefreshToken> {
+    let successor = RefreshToken::generate(&mut rand_core::OsRng);
+    sqlx::query(
+        "insert into refresh_tokens (session_id, token_hash, parent_id, created_at)
+         values ($1, $2, $3, $4)",
+    )
+    .bind(session_id)
+    .bind(successor.lookup_hash().as_slice())
+    .bind(token_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("update refresh_tokens set spent_at = $2, successor_sealed = $3 where id = $1")
+        .bind(token_id)
+        .bind(now)
+        .bind(presented.seal_successor(&successor).as_slice())
+        .execute(&mut **tx)
+        .await?;
+    // The grandparent's seal is of no further use: its successor (the presented token) is spent
+    // now, so the reuse rule can never accept it again.
+    sqlx::query(
+        "update refresh_tokens set successor_sealed = null
+         where id = (select parent_id from refresh_tokens where id = $1)",
+    )
+    .bind(token_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(successor)
+}
+
+/// The successor of the spent `token` when the reuse rule accepts it: within the window, and
+/// the successor still unspent.
+async fn successor_in_grace(
+    tx: &mut Transaction<'static, Postgres>,
+    policy: &SessionPolicy,
+    presented: &RefreshToken,
+    token: &TokenRow,
+    spent_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<Option<RefreshToken>> {
+    if now - spent_at > policy.reuse_window {
+        return Ok(None);
+    }
+    let Some(sealed) = &token.successor_sealed else {
+        return Ok(None);
+    };
+    let successor: Option<SuccessorRow> =
+        sqlx::query_as("select token_hash, spent_at from refresh_tokens where parent_id = $1")
+            .bind(token.id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(successor
+        .filter(|row| row.spent_at.is_none())
+        .and_then(|row| {
+            presented
+                .open_successor(sealed)
+                .filter(|successor| successor.matches(&row.token_hash))
+        }))
+}
+
+async fn end_locked(
+    tx: &mut Transaction<'static, Postgres>,
+    session_id: Uuid,
+    reason: EndReason,
+    now: OffsetDateTime,
+) -> Result<()> {
+    sqlx::query(
+        "update sessions set revoked_at = $2, end_reason = $3 where id = $1 and revoked_at is null",
+    )
+    .bind(session_id)
+    .bind(now)
+    .bind(reason.as_str())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("delete from refresh_tokens where session_id = $1")
+        .bind(session_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Ends `which` of `user_id`'s live sessions and deletes their refresh tokens; returns how many
+/// ended. The access tokens of an ended session are refused by the origin at once and by the edge
+/// once its revocation list catches up (see [`revoked_since`]).
+pub async fn end(
+    connection: &mut PgConnection,
+    user_id: Uuid,
+    which: Which,
+    reason: EndReason,
+    now: OffsetDateTime,
+) -> Result<u64> {
+    let (only, except) = match which {
+        Which::One(id) => (Some(id), None),
+        Which::All => (None, None),
+        Which::AllExcept(id) => (None, Some(id)),
+    };
+    let ended: Vec<Uuid> = sqlx::query_scalar(
+        "with ended as (
+           update sessions set revoked_at = $4, end_reason = $5
+           where user_id = $1 and revoked_at is null
+             and ($2::uuid is null or id = $2) and ($3::uuid is null or id <> $3)
+           returning id
+         ), spent as (
+           delete from refresh_tokens where session_id in (select id from ended)
+         )
+         select id from ended",
+    )
+    .bind(user_id)
+    .bind(only)
+    .bind(except)
+    .bind(now)
+    .bind(reason.as_str())
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(ended.len() as u64)
+}
+
+/// Sessions ended after `since`, each with the time after which no token of it can validate:
+/// its end plus the access-token lifetime plus the leeway.
+pub async fn revoked_since(
+    connection: &mut PgConnection,
+    since: OffsetDateTime,
+    token_lifetime: Duration,
+) -> Result<Vec<RevokedSession>> {
+    let rows: Vec<(Uuid, OffsetDateTime)> = sqlx::query_as(
+        "select id, revoked_at from sessions where revoked_at > $1 order by revoked_at",
+    )
+    .bind(since)
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sid, revoked_at)| RevokedSession {
+            sid,
+            until: (revoked_at + token_lifetime).unix_timestamp(),
+        })
+        .collect())
+}
