@@ -17,6 +17,12 @@ const MAX_ORIGIN_TIMEOUT_MS: u64 = 60_000;
 /// Longest refetch cooldown accepted: an hour. 0 disables the cooldown (the tests use it).
 const MAX_REFETCH_COOLDOWN_SECS: u64 = 3_600;
 
+/// Longest revocation refresh interval accepted: a minute, which is then the revocation bound.
+const MAX_REVOCATION_REFRESH_SECS: u64 = 60;
+
+/// Longest a stale revocation list may be used while the origin is unreachable: an hour.
+const MAX_REVOCATION_STALE_SECS: u64 = 3_600;
+
 thread_local! {
     static WARNED_NO_SECRET: Cell<bool> = const { Cell::new(false) };
 }
@@ -36,6 +42,12 @@ pub struct EdgeConfig {
     pub jwks_refetch_cooldown_secs: u64,
     /// `ORIGIN_TIMEOUT_MS` (default 10000, 1 to 60000): how long to wait for the origin.
     pub origin_timeout_ms: u64,
+    /// `REVOCATION_REFRESH_SECS` (default 5, at most 60): how long the revocation list is used
+    /// before the origin is asked again; the bound on revocations reaching this edge.
+    pub revocation_refresh_secs: u64,
+    /// `REVOCATION_MAX_STALE_SECS` (default 300, at most 3600): how long the last revocation list
+    /// is used while the origin cannot be reached, before verification answers 503.
+    pub revocation_max_stale_secs: u64,
     /// `EDGE_SECRET` (a secret): sent to the origin so it believes the client-IP header.
     pub edge_secret: Option<String>,
 }
@@ -92,6 +104,16 @@ impl EdgeConfig {
                 MAX_REFETCH_COOLDOWN_SECS,
             )?,
             origin_timeout_ms,
+            revocation_refresh_secs: number(
+                "REVOCATION_REFRESH_SECS",
+                5,
+                MAX_REVOCATION_REFRESH_SECS,
+            )?,
+            revocation_max_stale_secs: number(
+                "REVOCATION_MAX_STALE_SECS",
+                300,
+                MAX_REVOCATION_STALE_SECS,
+            )?,
             edge_secret,
         })
     }

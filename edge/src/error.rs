@@ -13,6 +13,10 @@ pub enum AppError {
     MissingToken,
     /// The bearer token failed validation (401).
     InvalidToken(TokenError),
+    /// The token is valid but the origin has ended its session (401).
+    SessionEnded,
+    /// The revocation list is too old and the origin cannot be reached to renew it (503).
+    RevocationsUnavailable,
     /// A CORS preflight from an origin not in `ALLOWED_ORIGINS` (403).
     OriginNotAllowed,
     /// The request body is larger than the edge forwards (413).
@@ -47,6 +51,12 @@ impl AppError {
             ),
             AppError::MissingToken => (401, "missing_token", "a bearer token is required"),
             AppError::InvalidToken(_) => (401, "invalid_token", ""),
+            AppError::SessionEnded => (401, "invalid_token", "session has ended"),
+            AppError::RevocationsUnavailable => (
+                503,
+                "revocations_unavailable",
+                "token revocations cannot be checked right now; retry after the Retry-After delay",
+            ),
             AppError::OriginNotAllowed => (
                 403,
                 "origin_not_allowed",
@@ -92,6 +102,7 @@ impl AppError {
             405 => "Method Not Allowed",
             413 => "Payload Too Large",
             502 => "Bad Gateway",
+            503 => "Service Unavailable",
             504 => "Gateway Timeout",
             _ => "Internal Server Error",
         };
@@ -110,7 +121,7 @@ impl AppError {
         if let Some(challenge) = challenge {
             let _ = headers.set("www-authenticate", challenge);
         }
-        if status == 502 || status == 504 {
+        if matches!(status, 502..=504) {
             let _ = headers.set("retry-after", "1");
         }
         Response::builder()

@@ -4,6 +4,7 @@
 //! - every `/auth/*` request must carry a valid `X-API-Key`, checked here ([`api_keys`]);
 //! - `GET /auth/verify` is answered here from the token alone, with `gatehouse_shared`'s
 //!   validation against the origin's published keys ([`jwks`]): no origin round trip;
+//! - tokens of sessions the origin has ended are refused here too ([`revocations`]);
 //! - routes that need a user are refused here when the token is missing or invalid;
 //! - everything else is forwarded to `ORIGIN_URL` ([`proxy`]) with the client IP and a request id;
 //! - CORS preflights are answered here ([`cors`]).
@@ -16,6 +17,7 @@ mod cors;
 mod error;
 mod jwks;
 mod proxy;
+mod revocations;
 
 use gatehouse_shared::api::{API_KEY_HEADER, REQUEST_ID_HEADER, VerifiedUser, VerifyResponse};
 use gatehouse_shared::token::{AccessClaims, TokenError};
@@ -115,13 +117,46 @@ async fn handle(
         let claims = authenticate(&request, config, request_id).await?;
         return verify_response(claims);
     }
-    if USER_ROUTES
+    let claims = if USER_ROUTES
         .iter()
         .any(|route| path == *route || path.starts_with(&format!("{route}/")))
     {
-        authenticate(&request, config, request_id).await?;
+        Some(authenticate(&request, config, request_id).await?)
+    } else {
+        None
+    };
+    let method = request.method();
+    let ends_only_others = request
+        .url()?
+        .query_pairs()
+        .any(|(name, value)| name == "scope" && value == "others");
+    let response = proxy::forward(request, config, request_id).await?;
+    if ends_sessions(&method, &path, response.status_code()) {
+        // Known at once here; `own` is the caller's session when this request surely ended it.
+        let logout_of_own = path == "/auth/logout" && !ends_only_others;
+        let own = claims
+            .filter(|_| logout_of_own || path == "/auth/profile")
+            .map(|claims| {
+                (
+                    claims.sid,
+                    claims.exp + config.validation.leeway_secs() as i64,
+                )
+            });
+        revocations::ended_here(own, config).await;
     }
-    proxy::forward(request, config, request_id).await
+    Ok(response)
+}
+
+/// Whether a forwarded request with this outcome may have ended sessions at the origin.
+fn ends_sessions(method: &Method, path: &str, status: u16) -> bool {
+    match (method, path) {
+        (Method::Post, "/auth/logout") | (Method::Put, "/auth/password") => status == 204,
+        (Method::Delete, "/auth/profile") => status == 204,
+        (Method::Delete, _) if path.starts_with("/auth/sessions/") => status == 204,
+        // A refused reuse ends the session it belonged to.
+        (Method::Post, "/auth/refresh") => status == 401,
+        _ => false,
+    }
 }
 
 /// Validates the bearer token against the origin's keys with the shared rules.
@@ -143,7 +178,9 @@ async fn authenticate(
         _ => return Err(AppError::InvalidToken(TokenError::Malformed)),
     };
     let now = (Date::now().as_millis() / 1000) as i64;
-    jwks::validate(token, config, now, request_id).await
+    let claims = jwks::validate(token, config, now, request_id).await?;
+    revocations::check(claims.sid, now, config, request_id).await?;
+    Ok(claims)
 }
 
 fn verify_response(claims: AccessClaims) -> Result<Response, AppError> {

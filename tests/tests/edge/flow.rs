@@ -67,10 +67,12 @@ async fn verify_is_answered_at_the_edge_and_the_rest_is_forwarded(pool: PgPool) 
 async fn repeated_verifies_cost_the_origin_nothing(pool: PgPool) {
     let stack = Stack::with(pool, gatehouse_tests::Options::default(), |bindings| {
         bindings.insert("API_KEY_CACHE_TTL_SECS".into(), "30".into());
+        bindings.insert("REVOCATION_REFRESH_SECS".into(), "60".into());
     })
     .await;
     let token = stack.register("ada@example.com").await.access_token;
-    // The first verify learns the keys (one JWKS fetch); the API key is known from registering.
+    // The first verify learns the keys and the revocation list; the API key is known from
+    // registering.
     assert_eq!(stack.verify(&token).await.status(), StatusCode::OK);
     let before = stack.relay.seen().len();
 

@@ -6,6 +6,7 @@
 mod cors;
 mod flow;
 mod keys;
+mod sessions;
 mod tokens;
 mod wrangler;
 

@@ -1,0 +1,214 @@
+//! Sessions the origin has ended, known at the edge, so their access tokens are refused here too.
+//!
+//! The origin publishes every session ended recently enough that one of its access tokens may
+//! still be unexpired (`GET /edge/revocations`, behind the edge secret), whatever ended it and
+//! whichever way the request came: logout, password change, `DELETE /auth/sessions/{id}`,
+//! deactivation, refresh-token reuse. Each entry carries the time after which it is moot, so the
+//! list stays small (sessions ended in the last `ACCESS_TOKEN_TTL_SECS` plus leeway) and every
+//! entry expires by itself.
+//!
+//! The edge keeps the list in isolate memory and in the Cache API (shared by a data centre's
+//! isolates) for `REVOCATION_REFRESH_SECS`, then asks again: **a session ended anywhere is refused
+//! at every edge within `REVOCATION_REFRESH_SECS`**. When the ending request itself passes through
+//! the edge, its isolate refuses the session at once and drops the data centre's cached copy, so
+//! the next isolate to look fetches afresh. If the origin cannot be reached, the last list is used
+//! for at most `REVOCATION_MAX_STALE_SECS`; after that the edge answers 503 rather than vouch for
+//! tokens it can no longer check.
+//!
+//! Why not Workers KV: a pull needs nothing but the origin, works the same under Miniflare, and
+//! its bound (seconds) is tighter than KV's global propagation (about 60 s). A push into KV would
+//! also need the origin to hold a Cloudflare API token and to retry failed pushes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use gatehouse_shared::api::{EDGE_SECRET_HEADER, RevocationList};
+use uuid::Uuid;
+use worker::{Cache, Date, Headers, Method, Request, RequestInit, Response};
+
+use crate::api_keys::CACHE_NAME;
+use crate::config::EdgeConfig;
+use crate::error::AppError;
+use crate::proxy;
+
+/// After a failed fetch, how long the held list is used before the origin is asked again, so an
+/// outage does not make every verification wait for it.
+const RETRY_AFTER_FAILURE_MS: u64 = 2_000;
+
+/// The header carrying the fetch time (ms since the epoch) on the cached copy.
+const FETCHED_AT_HEADER: &str = "x-gatehouse-fetched-at";
+
+#[derive(Clone, Default)]
+struct Held {
+    /// Session id → Unix second after which its tokens are all expired anyway.
+    revoked: HashMap<Uuid, i64>,
+    /// When the list was fetched from the origin (ms since the epoch).
+    fetched_at: u64,
+    /// Until when (ms) the list is used without asking again.
+    fresh_until: u64,
+}
+
+thread_local! {
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+/// Refuses `sid` when the origin has ended that session; `now` in Unix seconds.
+pub async fn check(
+    sid: Uuid,
+    now: i64,
+    config: &EdgeConfig,
+    request_id: &str,
+) -> Result<(), AppError> {
+    let held = current(config, request_id).await?;
+    if held.revoked.get(&sid).is_some_and(|until| *until >= now) {
+        return Err(AppError::SessionEnded);
+    }
+    Ok(())
+}
+
+/// After a request that ended sessions went through: refuse `sid` (when it is known to have
+/// ended) in this isolate at once, and make the next check anywhere in this data centre fetch a
+/// fresh list.
+pub async fn ended_here(sid: Option<(Uuid, i64)>, config: &EdgeConfig) {
+    HELD.with_borrow_mut(|slot| {
+        let held = slot.get_or_insert_with(Held::default);
+        if let Some((sid, until)) = sid {
+            held.revoked.insert(sid, until);
+        }
+        held.fresh_until = 0;
+    });
+    // A failed delete leaves other isolates on the cached copy for at most one refresh interval.
+    let _ = Cache::open(CACHE_NAME.into())
+        .await
+        .delete(list_url(config), false)
+        .await;
+}
+
+/// A fresh list from memory, else from the Cache API, else from the origin; the held list while
+/// the origin is unreachable, up to `REVOCATION_MAX_STALE_SECS` old.
+async fn current(config: &EdgeConfig, request_id: &str) -> Result<Held, AppError> {
+    let now = Date::now().as_millis();
+    let held = HELD.with_borrow(Clone::clone);
+    if let Some(held) = &held
+        && held.fresh_until > now
+    {
+        return Ok(held.clone());
+    }
+    if let Some(cached) = from_cache(config, now).await {
+        return Ok(remember(cached, held.as_ref()));
+    }
+    match fetch_from_origin(config, request_id).await {
+        Ok(fetched) => Ok(remember(fetched, held.as_ref())),
+        Err(error) => {
+            let max_stale = config.revocation_max_stale_secs * 1000;
+            match held.filter(|held| now.saturating_sub(held.fetched_at) <= max_stale) {
+                Some(mut stale) => {
+                    worker::console_warn!(
+                        "request {request_id}: using a stale revocation list; the origin is unavailable"
+                    );
+                    stale.fresh_until = now + RETRY_AFTER_FAILURE_MS;
+                    HELD.with_borrow_mut(|slot| *slot = Some(stale.clone()));
+                    Ok(stale)
+                }
+                None => {
+                    worker::console_error!(
+                        "request {request_id}: no usable revocation list; refusing to vouch for tokens"
+                    );
+                    Err(match error {
+                        AppError::OriginTimeout => AppError::OriginTimeout,
+                        _ => AppError::RevocationsUnavailable,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Stores `fresh` in the isolate, keeping entries learnt locally since (`ended_here`) that the
+/// fetched list does not have yet.
+fn remember(mut fresh: Held, previous: Option<&Held>) -> Held {
+    if let Some(previous) = previous {
+        for (sid, until) in &previous.revoked {
+            fresh.revoked.entry(*sid).or_insert(*until);
+        }
+    }
+    let now_secs = (Date::now().as_millis() / 1000) as i64;
+    fresh.revoked.retain(|_, until| *until >= now_secs);
+    HELD.with_borrow_mut(|slot| *slot = Some(fresh.clone()));
+    fresh
+}
+
+fn list_url(config: &EdgeConfig) -> String {
+    format!("{}/edge/revocations", config.origin_url)
+}
+
+fn parse(list: RevocationList, fetched_at: u64, config: &EdgeConfig) -> Held {
+    Held {
+        revoked: list
+            .revoked
+            .into_iter()
+            .map(|entry| (entry.sid, entry.until))
+            .collect(),
+        fetched_at,
+        fresh_until: fetched_at + config.revocation_refresh_secs * 1000,
+    }
+}
+
+/// The Cache API's copy, when it is younger than the refresh interval.
+async fn from_cache(config: &EdgeConfig, now: u64) -> Option<Held> {
+    let cache = Cache::open(CACHE_NAME.into()).await;
+    let mut response = cache.get(list_url(config), false).await.ok()??;
+    let fetched_at: u64 = response
+        .headers()
+        .get(FETCHED_AT_HEADER)
+        .ok()??
+        .parse()
+        .ok()?;
+    let list: RevocationList = response.json().await.ok()?;
+    Some(parse(list, fetched_at, config)).filter(|held| held.fresh_until > now)
+}
+
+/// Asks the origin, with the edge secret, and stores the answer in the Cache API.
+async fn fetch_from_origin(config: &EdgeConfig, request_id: &str) -> Result<Held, AppError> {
+    let headers = Headers::new();
+    if let Some(secret) = &config.edge_secret {
+        headers.set(EDGE_SECRET_HEADER, secret)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let request = Request::new_with_init(&list_url(config), &init)?;
+    let mut response = proxy::send(request, config, request_id).await?;
+    if response.status_code() != 200 {
+        worker::console_error!(
+            "request {request_id}: origin answered {} for the revocation list",
+            response.status_code()
+        );
+        return Err(AppError::RevocationsUnavailable);
+    }
+    let body = proxy::within_deadline(response.text(), config)
+        .await
+        .ok_or(AppError::OriginTimeout)?
+        .map_err(|_| AppError::RevocationsUnavailable)?;
+    let list: RevocationList =
+        serde_json::from_str(&body).map_err(|_| AppError::RevocationsUnavailable)?;
+    let fetched_at = Date::now().as_millis();
+
+    if config.revocation_refresh_secs > 0 {
+        let headers = Headers::new();
+        headers.set(
+            "cache-control",
+            &format!("max-age={}", config.revocation_refresh_secs),
+        )?;
+        headers.set("content-type", "application/json")?;
+        headers.set(FETCHED_AT_HEADER, &fetched_at.to_string())?;
+        let copy = Response::builder()
+            .with_headers(headers)
+            .fixed(body.into_bytes());
+        // A failed cache write only costs another isolate a fetch.
+        let _ = Cache::open(CACHE_NAME.into())
+            .await
+            .put(list_url(config), copy)
+            .await;
+    }
+    Ok(parse(list, fetched_at, config))
+}

@@ -1,0 +1,232 @@
+//! Sessions through the edge: refresh, logout, password change and session routes forwarded, and
+//! ended sessions refused by the edge's own verification, whether they ended through the edge
+//! or directly at the origin.
+
+use std::time::Duration;
+
+use gatehouse_shared::api::{SessionList, TokenResponse};
+use gatehouse_tests::{Options, PASSWORD};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::{Stack, problem};
+
+/// A stack whose edge refreshes its revocation list every `secs` seconds (0: on every check).
+async fn stack_refreshing_every(pool: PgPool, secs: u64) -> Stack {
+    Stack::with(pool, Options::default(), |bindings| {
+        bindings.insert(
+            "REVOCATION_REFRESH_SECS".into(),
+            Value::from(secs.to_string()),
+        );
+    })
+    .await
+}
+
+async fn assert_session_ended_at_edge(stack: &Stack, access_token: &str) {
+    let verify = stack.verify(access_token).await;
+    assert_eq!(verify.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        problem(verify).await,
+        ("invalid_token".to_owned(), "session has ended".to_owned())
+    );
+}
+
+async fn login(stack: &Stack, email: &str) -> TokenResponse {
+    let response = stack
+        .request(Method::POST, "/auth/login")
+        .json(&json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn logout_through_the_edge_is_refused_there_at_once(pool: PgPool) {
+    // A minute between list refreshes: only the edge's own knowledge can refuse the token.
+    let stack = stack_refreshing_every(pool, 60).await;
+    let registered = stack.register("ada@example.com").await;
+    assert_eq!(
+        stack.verify(&registered.access_token).await.status(),
+        StatusCode::OK
+    );
+
+    let logout = stack
+        .request(Method::POST, "/auth/logout")
+        .bearer_auth(&registered.access_token)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    assert_session_ended_at_edge(&stack, &registered.access_token).await;
+    let profile = stack
+        .request(Method::GET, "/auth/profile")
+        .bearer_auth(&registered.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(profile.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        stack.relay.count("GET /auth/profile"),
+        0,
+        "refused before the origin"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_session_ended_directly_at_the_origin_is_refused_by_the_edge(pool: PgPool) {
+    // Refreshing on every check makes the bound zero, so the test needs no waiting.
+    let stack = stack_refreshing_every(pool, 0).await;
+    let registered = stack.register("ada@example.com").await;
+    let other = login(&stack, "ada@example.com").await;
+    assert_eq!(
+        stack.verify(&registered.access_token).await.status(),
+        StatusCode::OK
+    );
+
+    // The origin ends the session with no request through the edge.
+    let logout = stack
+        .app
+        .post_empty("/auth/logout", &registered.access_token)
+        .await;
+
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    assert_session_ended_at_edge(&stack, &registered.access_token).await;
+    assert_eq!(
+        stack.verify(&other.access_token).await.status(),
+        StatusCode::OK,
+        "other sessions are unaffected"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn the_revocation_list_is_fetched_once_per_interval(pool: PgPool) {
+    let stack = stack_refreshing_every(pool, 60).await;
+    let registered = stack.register("ada@example.com").await;
+
+    for _ in 0..10 {
+        assert_eq!(
+            stack.verify(&registered.access_token).await.status(),
+            StatusCode::OK
+        );
+    }
+
+    assert_eq!(stack.relay.count("GET /edge/revocations"), 1);
+    let fetch = stack
+        .relay
+        .seen()
+        .into_iter()
+        .find(|seen| seen.route == "GET /edge/revocations")
+        .unwrap();
+    assert_eq!(
+        fetch.headers[gatehouse_shared::api::EDGE_SECRET_HEADER],
+        gatehouse_tests::EDGE_SECRET
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn refresh_reuse_through_the_edge_ends_the_session_there(pool: PgPool) {
+    let stack = stack_refreshing_every(pool, 60).await;
+    let registered = stack.register("ada@example.com").await;
+    let refresh = |token: String| {
+        stack
+            .request(Method::POST, "/auth/refresh")
+            .json(&json!({ "refresh_token": token }))
+            .send()
+    };
+
+    let rotated = refresh(registered.refresh_token.clone()).await.unwrap();
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let rotated: TokenResponse = rotated.json().await.unwrap();
+    assert_eq!(
+        stack.verify(&rotated.access_token).await.status(),
+        StatusCode::OK
+    );
+    stack.app.clock.advance(Duration::from_secs(11));
+    let reuse = refresh(registered.refresh_token.clone()).await.unwrap();
+
+    assert_eq!(reuse.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(problem(reuse).await.0, "refresh_token_reused");
+    assert_session_ended_at_edge(&stack, &rotated.access_token).await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn password_change_and_session_routes_work_through_the_edge(pool: PgPool) {
+    let stack = stack_refreshing_every(pool, 60).await;
+    let first = stack.register("ada@example.com").await;
+    let second = login(&stack, "ada@example.com").await;
+    let third = login(&stack, "ada@example.com").await;
+    for session in [&first, &second, &third] {
+        assert_eq!(
+            stack.verify(&session.access_token).await.status(),
+            StatusCode::OK
+        );
+    }
+
+    let listed = stack
+        .request(Method::GET, "/auth/sessions")
+        .bearer_auth(&first.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(
+        listed.json::<SessionList>().await.unwrap().sessions.len(),
+        3
+    );
+
+    let ended = stack
+        .request(
+            Method::DELETE,
+            &format!("/auth/sessions/{}", third.session_id),
+        )
+        .bearer_auth(&first.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), StatusCode::NO_CONTENT);
+    assert_session_ended_at_edge(&stack, &third.access_token).await;
+
+    let wrong = stack
+        .request(Method::PUT, "/auth/password")
+        .bearer_auth(&first.access_token)
+        .json(&json!({ "current_password": "not it at all", "new_password": "a new passphrase" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    assert_eq!(problem(wrong).await.0, "wrong_password");
+
+    let changed = stack
+        .request(Method::PUT, "/auth/password")
+        .bearer_auth(&first.access_token)
+        .json(&json!({ "current_password": PASSWORD, "new_password": "a new passphrase" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::NO_CONTENT);
+    assert_session_ended_at_edge(&stack, &second.access_token).await;
+    assert_eq!(
+        stack.verify(&first.access_token).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_edge_that_cannot_read_revocations_refuses_to_vouch(pool: PgPool) {
+    // Without the edge secret the origin will not hand out its revocation list.
+    let stack = Stack::with(pool, Options::default(), |bindings| {
+        bindings.remove("EDGE_SECRET");
+    })
+    .await;
+    let registered = stack.register("ada@example.com").await;
+
+    let verify = stack.verify(&registered.access_token).await;
+
+    assert_eq!(verify.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(verify.headers()["retry-after"], "1");
+    assert_eq!(problem(verify).await.0, "revocations_unavailable");
+}
