@@ -9,13 +9,15 @@
 //! - concurrent: 20 such flows started at once, while one client keeps verifying a token;
 //! - verify alone: sequential verifications on idle services, and throughput with
 //!   `THROUGHPUT_CLIENTS` concurrent clients, at the origin and through the edge (workerd);
+//! - refresh: `THROUGHPUT_CLIENTS` sessions rotating their refresh tokens concurrently, at the
+//!   origin and through the edge;
 //! - the built worker's gzipped size against the free plan's 3 MiB.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use gatehouse_shared::api::{LoginRequest, RegisterRequest, TokenResponse};
+use gatehouse_shared::api::{LoginRequest, RefreshRequest, RegisterRequest, TokenResponse};
 use reqwest::{Client, StatusCode};
 
 use crate::dev::Stack;
@@ -28,6 +30,9 @@ const IDLE_VERIFIES: usize = 500;
 const THROUGHPUT_CLIENTS: usize = 16;
 const THROUGHPUT_PER_CLIENT: usize = 200;
 const THROUGHPUT_REQUESTS: usize = THROUGHPUT_CLIENTS * THROUGHPUT_PER_CLIENT;
+/// Refresh-token rotations each throughput client performs in a row.
+const REFRESHES_PER_CLIENT: usize = 50;
+const REFRESH_REQUESTS: usize = THROUGHPUT_CLIENTS * REFRESHES_PER_CLIENT;
 /// bcrypt hashes timed to estimate the cost of one.
 const HASH_SAMPLES: usize = 5;
 /// What a flow may cost beyond its two bcrypt operations.
@@ -134,6 +139,8 @@ async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
     let edge_idle = edge.verify_loop(IDLE_VERIFIES, None).await?;
     let origin_rate = origin.verify_throughput().await?;
     let edge_rate = edge.verify_throughput().await?;
+    let origin_refresh = origin.refresh_throughput().await?;
+    let edge_refresh = edge.refresh_throughput().await?;
     let worker_gz = worker_gzipped_size()?;
 
     let succeeded = |flows: &[Flow]| flows.iter().filter(|f| f.outcome.is_ok()).count();
@@ -224,6 +231,16 @@ async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
         String::new(),
     );
     row(
+        &format!("origin: refresh throughput, {THROUGHPUT_CLIENTS} sessions"),
+        format!("{:.0} req/s", origin_refresh.per_second),
+        format!("{}/{REFRESH_REQUESTS} ok", origin_refresh.ok),
+    );
+    row(
+        "origin: refresh under that load, p50 / p99",
+        pair(origin_refresh.p50, origin_refresh.p99),
+        String::new(),
+    );
+    row(
         "edge: sequential flows succeeded",
         format!("{edge_ok}/{FLOWS}"),
         format!("{FLOWS}/{FLOWS}"),
@@ -252,6 +269,16 @@ async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
         String::new(),
     );
     row(
+        &format!("edge: refresh throughput, {THROUGHPUT_CLIENTS} sessions"),
+        format!("{:.0} req/s", edge_refresh.per_second),
+        format!("{}/{REFRESH_REQUESTS} ok", edge_refresh.ok),
+    );
+    row(
+        "edge: refresh under that load, p50 / p99",
+        pair(edge_refresh.p50, edge_refresh.p99),
+        String::new(),
+    );
+    row(
         "edge: worker gzipped (wasm + js)",
         format!("{:.0} KiB", worker_gz as f64 / 1024.0),
         "<= 3072 KiB".into(),
@@ -265,6 +292,8 @@ async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
         && percentile(&during.latencies, 99.0) < VERIFY_P99_BUDGET
         && origin_rate.ok == THROUGHPUT_REQUESTS
         && edge_rate.ok == THROUGHPUT_REQUESTS
+        && origin_refresh.ok == REFRESH_REQUESTS
+        && edge_refresh.ok == REFRESH_REQUESTS
         && worker_gz <= WORKER_SIZE_LIMIT;
     println!(
         "\n{}",
@@ -470,6 +499,90 @@ impl Bench {
                 })
             })
             .collect();
+        Throughput::gather(clients, started).await
+    }
+
+    /// `THROUGHPUT_CLIENTS` concurrent clients, each with its own session, each rotating its
+    /// refresh token `REFRESHES_PER_CLIENT` times in a row (every refresh spends the token the
+    /// previous one returned).
+    async fn refresh_throughput(&self) -> anyhow::Result<Throughput> {
+        let mut sessions = Vec::with_capacity(THROUGHPUT_CLIENTS);
+        for _ in 0..THROUGHPUT_CLIENTS {
+            sessions.push(self.session().await?.refresh_token);
+        }
+        let started = Instant::now();
+        let clients: Vec<_> = sessions
+            .into_iter()
+            .map(|mut refresh_token| {
+                let bench = self.clone();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(REFRESHES_PER_CLIENT);
+                    let mut ok = 0;
+                    for _ in 0..REFRESHES_PER_CLIENT {
+                        let sent = Instant::now();
+                        let response = bench
+                            .client
+                            .post(format!("{}/auth/refresh", bench.url))
+                            .header("x-api-key", &bench.api_key)
+                            .json(&RefreshRequest {
+                                refresh_token: refresh_token.clone(),
+                            })
+                            .send()
+                            .await;
+                        latencies.push(sent.elapsed());
+                        let Ok(response) = response else { break };
+                        if response.status() != StatusCode::OK {
+                            break;
+                        }
+                        let Ok(next) = response.json::<TokenResponse>().await else {
+                            break;
+                        };
+                        refresh_token = next.refresh_token;
+                        ok += 1;
+                    }
+                    (latencies, ok)
+                })
+            })
+            .collect();
+        Throughput::gather(clients, started).await
+    }
+
+    async fn token(&self) -> anyhow::Result<String> {
+        Ok(self.session().await?.access_token)
+    }
+
+    /// A new account and its first session.
+    async fn session(&self) -> anyhow::Result<TokenResponse> {
+        let email = format!("bench-verify-{}@example.com", uuid::Uuid::new_v4());
+        let response = self
+            .client
+            .post(format!("{}/auth/register", self.url))
+            .header("x-api-key", &self.api_key)
+            .json(&RegisterRequest {
+                email,
+                password: PASSWORD.into(),
+                first_name: None,
+                last_name: None,
+            })
+            .send()
+            .await?;
+        expect(response.status(), StatusCode::CREATED, "register")?;
+        Ok(response.json::<TokenResponse>().await?)
+    }
+}
+
+struct Throughput {
+    per_second: f64,
+    ok: usize,
+    p50: Duration,
+    p99: Duration,
+}
+
+type ClientRun = tokio::task::JoinHandle<(Vec<Duration>, usize)>;
+
+impl Throughput {
+    /// Waits for `clients` (each returning its latencies and successes) and sums them up.
+    async fn gather(clients: Vec<ClientRun>, started: Instant) -> anyhow::Result<Throughput> {
         let mut latencies = Vec::new();
         let mut ok = 0;
         for client in clients {
@@ -485,31 +598,6 @@ impl Bench {
             p99: percentile(&latencies, 99.0),
         })
     }
-
-    async fn token(&self) -> anyhow::Result<String> {
-        let email = format!("bench-verify-{}@example.com", uuid::Uuid::new_v4());
-        let response = self
-            .client
-            .post(format!("{}/auth/register", self.url))
-            .header("x-api-key", &self.api_key)
-            .json(&RegisterRequest {
-                email,
-                password: PASSWORD.into(),
-                first_name: None,
-                last_name: None,
-            })
-            .send()
-            .await?;
-        expect(response.status(), StatusCode::CREATED, "register")?;
-        Ok(response.json::<TokenResponse>().await?.access_token)
-    }
-}
-
-struct Throughput {
-    per_second: f64,
-    ok: usize,
-    p50: Duration,
-    p99: Duration,
 }
 
 /// gzip -9 of the worker's wasm module and JavaScript glue, the size Cloudflare limits.
