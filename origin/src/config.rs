@@ -9,6 +9,7 @@ use gatehouse_shared::signing::{TokenSigner, public_key_from_pem};
 use gatehouse_shared::token::MAX_LEEWAY_SECS;
 
 use crate::sessions::SessionPolicy;
+use crate::throttle::LoginLimits;
 
 /// Whether the process may take shortcuts meant for a developer's machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,9 @@ pub struct Config {
     pub jwks_max_age: Duration,
     /// `BODY_LIMIT_BYTES`.
     pub body_limit_bytes: usize,
+    /// `LOGIN_LIMIT_WINDOW_SECS`, `LOGIN_LIMIT_PER_ACCOUNT`, `LOGIN_LIMIT_PER_ACCOUNT_AND_IP`,
+    /// `LOGIN_LIMIT_PER_IP`.
+    pub login_limits: LoginLimits,
     /// `SESSION_IDLE_TIMEOUT_SECS`, `SESSION_MAX_LIFETIME_SECS`, `REFRESH_REUSE_WINDOW_SECS`.
     pub sessions: SessionPolicy,
     /// `EDGE_SECRET` or `EDGE_SECRET_FILE`: proves a request came through the edge, whose
@@ -127,6 +131,9 @@ const DEFAULT_SESSION_IDLE_SECS: u64 = 7 * 86_400;
 
 /// Default absolute lifetime of a session: 30 days, then the user signs in again (ASVS 7.3.2).
 const DEFAULT_SESSION_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
+
+/// OWASP ASVS 5.0 6.3.1's ceiling on failed attempts per account and hour; more logs a warning.
+const MAX_FAILED_LOGINS_PER_HOUR: u64 = 100;
 
 /// bcrypt accepts costs 4 to 31. Below this cost a warning is logged: fine for tests, too cheap for real passwords.
 const MIN_RECOMMENDED_HASH_ROUNDS: u32 = 10;
@@ -213,6 +220,12 @@ impl Config {
             previous_key,
             jwks_max_age: Duration::from_secs(env.parse("JWKS_MAX_AGE_SECS", 300)?),
             body_limit_bytes: env.positive("BODY_LIMIT_BYTES", 16 * 1024)?,
+            login_limits: LoginLimits {
+                window: Duration::from_secs(env.positive("LOGIN_LIMIT_WINDOW_SECS", 900)?),
+                per_account: env.positive("LOGIN_LIMIT_PER_ACCOUNT", 25)?,
+                per_account_and_ip: env.positive("LOGIN_LIMIT_PER_ACCOUNT_AND_IP", 10)?,
+                per_ip: env.positive("LOGIN_LIMIT_PER_IP", 100)?,
+            },
             sessions: SessionPolicy {
                 idle_timeout: Duration::from_secs(
                     env.positive("SESSION_IDLE_TIMEOUT_SECS", DEFAULT_SESSION_IDLE_SECS)?,
@@ -248,6 +261,15 @@ impl Config {
                 "REFRESH_REUSE_WINDOW_SECS",
                 "must be at most 60",
             ));
+        }
+        let limits = &config.login_limits;
+        let per_hour = u64::from(limits.per_account) * 3600_u64.div_ceil(limits.window.as_secs());
+        if per_hour > MAX_FAILED_LOGINS_PER_HOUR {
+            tracing::warn!(
+                per_hour,
+                "LOGIN_LIMIT_PER_ACCOUNT and LOGIN_LIMIT_WINDOW_SECS allow more than 100 failed \
+                 logins per account per hour (OWASP ASVS 5.0 6.3.1)"
+            );
         }
         if config.leeway_secs > MAX_LEEWAY_SECS {
             return Err(ConfigError::new("JWT_LEEWAY_SECS", "must be at most 30"));
@@ -357,6 +379,13 @@ mod tests {
         assert_eq!(config.sessions.idle_timeout, Duration::from_secs(604_800));
         assert_eq!(config.sessions.max_lifetime, Duration::from_secs(2_592_000));
         assert_eq!(config.sessions.reuse_window, Duration::from_secs(10));
+        let limits = config.login_limits;
+        assert_eq!(limits.window, Duration::from_secs(900));
+        assert_eq!(
+            (limits.per_account, limits.per_account_and_ip, limits.per_ip),
+            (25, 10, 100)
+        );
+        assert!(limits.per_account * 4 <= 100, "within ASVS 6.3.1 per hour");
         assert!(matches!(
             config.signing_key,
             SigningKeySource::Configured(_)

@@ -80,6 +80,12 @@ pub enum ApiError {
     /// The route exists but not for this method (405).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Too many failed password checks for this account or address; retry after the delay (429).
+    #[error("too many failed attempts; try again later")]
+    RateLimited {
+        /// Seconds until the limiting window ends.
+        retry_after_secs: u64,
+    },
     /// The hashing queue is full; the request was shed (503).
     #[error("too many password operations in progress")]
     Overloaded,
@@ -113,6 +119,7 @@ impl ApiError {
             ApiError::WrongPassword => StatusCode::FORBIDDEN,
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::NotFound | ApiError::SessionNotFound => StatusCode::NOT_FOUND,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Overloaded | ApiError::DatabaseUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -144,6 +151,7 @@ impl ApiError {
             ApiError::EmailTaken => "email_taken",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::RateLimited { .. } => "too_many_attempts",
             ApiError::Overloaded => "overloaded",
             ApiError::DatabaseUnavailable(_) => "database_unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -175,6 +183,10 @@ pub fn invalid_field(field: &str, message: &str) -> ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let self_retry = match &self {
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
         match &self {
             ApiError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
             ApiError::DatabaseUnavailable(Some(cause)) => {
@@ -223,6 +235,9 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        if let Some(retry_after_secs) = self_retry {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }

@@ -9,10 +9,12 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod janitor;
 pub mod password;
 pub mod routes;
 pub mod sessions;
 pub mod telemetry;
+pub mod throttle;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -75,6 +77,8 @@ pub struct AppState {
     pub body_limit_bytes: usize,
     /// Session lifetimes and the refresh-token reuse window.
     pub sessions: sessions::SessionPolicy,
+    /// Brute-force limits on password checks.
+    pub login_limits: throttle::LoginLimits,
     /// The secret the edge adds to forwarded requests; see [`extract::ClientMeta`].
     pub edge_secret: Option<Arc<str>>,
 }
@@ -112,6 +116,7 @@ impl AppState {
             jwks_max_age: config.jwks_max_age,
             body_limit_bytes: config.body_limit_bytes,
             sessions: config.sessions,
+            login_limits: config.login_limits,
             edge_secret: config.edge_secret.map(Arc::from),
         }
     }

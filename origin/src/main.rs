@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use gatehouse_origin::config::Config;
 use gatehouse_origin::db::{Database, MIGRATOR, PoolSettings};
-use gatehouse_origin::{AppState, api_keys, app, serve, telemetry};
+use gatehouse_origin::{AppState, api_keys, app, janitor, serve, telemetry};
 use gatehouse_shared::signing::TokenSigner;
 
 const USAGE: &str = "\
@@ -79,7 +79,9 @@ async fn run_server() -> anyhow::Result<()> {
     let (rounds, workers) = (config.password_hash_rounds, config.hash_workers);
     let state = AppState::from_config(config, db);
     tracing::info!(%addr, bcrypt_cost = rounds, hash_workers = workers, "listening");
+    let janitor = tokio::spawn(janitor::run(state.clone()));
     serve(listener, app(state)).await?;
+    janitor.abort();
     Ok(())
 }
 

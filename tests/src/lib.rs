@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use gatehouse_origin::db::Database;
 use gatehouse_origin::password::PasswordHasher;
 use gatehouse_origin::sessions::SessionPolicy;
+use gatehouse_origin::throttle::LoginLimits;
 use gatehouse_origin::tokens::Tokens;
 use gatehouse_origin::{AppState, Clock, api_keys, app};
 use gatehouse_shared::api::{API_KEY_HEADER, Problem, RegisterRequest, TokenResponse};
@@ -73,7 +74,17 @@ pub struct Options {
     pub clock: ManualClock,
     /// Session lifetimes and the refresh reuse window.
     pub sessions: SessionPolicy,
+    /// Brute-force limits.
+    pub login_limits: LoginLimits,
 }
+
+/// The login limits of test apps: the production defaults.
+pub const TEST_LOGIN_LIMITS: LoginLimits = LoginLimits {
+    window: Duration::from_secs(900),
+    per_account: 25,
+    per_account_and_ip: 10,
+    per_ip: 100,
+};
 
 /// The session policy of test apps: the production defaults.
 pub const TEST_SESSIONS: SessionPolicy = SessionPolicy {
@@ -90,6 +101,7 @@ impl Default for Options {
             previous: None,
             clock: ManualClock::new(),
             sessions: TEST_SESSIONS,
+            login_limits: TEST_LOGIN_LIMITS,
         }
     }
 }
@@ -163,6 +175,7 @@ pub fn test_state(db: Database, options: Options) -> AppState {
         jwks_max_age: Duration::from_secs(300),
         body_limit_bytes: 16 * 1024,
         sessions: options.sessions,
+        login_limits: options.login_limits,
         edge_secret: Some(EDGE_SECRET.into()),
     }
 }

@@ -16,6 +16,7 @@ use crate::AppState;
 use crate::error::{ApiError, Result, invalid_field, on_constraint};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
 use crate::sessions::{self, EndReason, Grant, Which};
+use crate::throttle::{self, Counters};
 
 /// The `/auth/*` routes; the API-key gate is layered on in [`crate::app`].
 pub fn router() -> Router<AppState> {
@@ -132,8 +133,13 @@ async fn login_user(
         return Err(invalid_field("password", "must be at most 72 bytes"));
     }
 
+    let counters = Counters::new(&state.login_limits, email, meta.ip);
+    let now = state.clock.now();
     let user: Option<UserRow> = {
         let mut connection = state.db.acquire().await?;
+        throttle::check(&mut connection, &state.login_limits, &counters, now).await?;
+        // Counted before the check, not after: concurrent guesses cannot all pass one check.
+        throttle::reserve(&mut connection, &state.login_limits, &counters, now).await?;
         sqlx::query_as(&format!(
             "select {USER_COLUMNS} from users where lower(email) = lower($1)"
         ))
@@ -163,8 +169,8 @@ async fn login_user(
         }
     }
 
-    let now = state.clock.now();
     let mut tx = state.db.begin().await?;
+    throttle::release(&mut tx, &counters).await?;
     let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
     tx.commit().await?;
 

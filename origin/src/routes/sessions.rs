@@ -16,9 +16,10 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, Result};
-use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, ClientMeta};
 use crate::routes::auth::{USER_COLUMNS, UserRow, push_error, token_response};
 use crate::sessions::{self, EndReason, Which};
+use crate::throttle::{self, Counters};
 
 /// The session routes; under `/auth`, so the API-key gate applies.
 pub fn router() -> Router<AppState> {
@@ -86,6 +87,7 @@ async fn logout_user(
 async fn change_password(
     State(state): State<AppState>,
     user: AuthUser,
+    meta: ClientMeta,
     ApiJson(request): ApiJson<ChangePasswordRequest>,
 ) -> Result<StatusCode> {
     let mut errors = Vec::new();
@@ -101,8 +103,14 @@ async fn change_password(
         return Err(ApiError::WrongPassword);
     }
 
+    // A stolen access token must not become a way to guess the password: the same limits as
+    // login apply, on the same counters.
+    let now = state.clock.now();
+    let counters = Counters::new(&state.login_limits, &user.claims.email, meta.ip);
     let stored: String = {
         let mut connection = state.db.acquire().await?;
+        throttle::check(&mut connection, &state.login_limits, &counters, now).await?;
+        throttle::reserve(&mut connection, &state.login_limits, &counters, now).await?;
         sqlx::query_scalar("select password_hash from users where id = $1")
             .bind(user.user_id)
             .fetch_one(&mut *connection)
@@ -134,12 +142,13 @@ async fn change_password(
     if changed == 0 {
         return Err(ApiError::WrongPassword);
     }
+    throttle::release(&mut tx, &counters).await?;
     let ended = sessions::end(
         &mut tx,
         user.user_id,
         Which::AllExcept(user.session_id),
         EndReason::PasswordChanged,
-        state.clock.now(),
+        now,
     )
     .await?;
     tx.commit().await?;

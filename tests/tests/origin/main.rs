@@ -9,4 +9,5 @@ mod profile;
 mod register;
 mod resilience;
 mod sessions;
+mod throttle;
 mod verify;

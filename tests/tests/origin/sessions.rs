@@ -550,3 +550,23 @@ async fn session_routes_need_a_token_and_an_api_key(pool: PgPool) {
     assert_refused(&no_token, "missing_token");
     assert_refused(&no_key, "invalid_api_key");
 }
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn the_janitor_deletes_only_what_has_long_expired(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let ended = app.register("ada@example.com").await;
+    app.post_empty("/auth/logout", &ended.access_token).await;
+    app.login("ghost@example.com", "wrong guess").await;
+    app.clock
+        .advance(gatehouse_origin::janitor::RETENTION + Duration::from_secs(1));
+    let live = login(&app, "ada@example.com").await;
+
+    let purged = gatehouse_origin::janitor::purge(&app.state, app.clock.clock().now())
+        .await
+        .unwrap();
+
+    assert_eq!(purged.sessions, 1);
+    assert_eq!(purged.counters, 1, "the stale failure counter");
+    assert!(session_live(&app, live.session_id).await);
+    refreshed(&app, &live.refresh_token).await;
+}

@@ -1,0 +1,57 @@
+//! Periodic deletion of rows nothing needs any more, so tables do not grow without bound:
+//! brute-force counters whose window has passed, and sessions (with their refresh tokens) that
+//! ended more than `RETENTION` ago.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::AppState;
+use crate::error::Result;
+use crate::throttle;
+
+/// How long an ended session stays listed in the database for audit, after its end.
+pub const RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
+/// How often [`run`] purges.
+const INTERVAL: Duration = Duration::from_secs(300);
+
+/// What one purge deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Brute-force counters.
+    pub counters: u64,
+    /// Sessions (their refresh tokens go with them).
+    pub sessions: u64,
+}
+
+/// Deletes what has expired at `now`.
+pub async fn purge(state: &AppState, now: OffsetDateTime) -> Result<Purged> {
+    let mut connection = state.db.acquire().await?;
+    let counters = throttle::purge(&mut connection, &state.login_limits, now).await?;
+    let policy = &state.sessions;
+    let sessions = sqlx::query(
+        "delete from sessions
+         where coalesce(revoked_at, least(last_used_at + $2, created_at + $3)) < $1",
+    )
+    .bind(now - RETENTION)
+    .bind(policy.idle_timeout)
+    .bind(policy.max_lifetime)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    Ok(Purged { counters, sessions })
+}
+
+/// Purges every few minutes, for as long as the process runs. Failures are logged and retried
+/// at the next tick: a purge is housekeeping, never urgent.
+pub async fn run(state: AppState) {
+    let mut ticks = tokio::time::interval(INTERVAL);
+    loop {
+        ticks.tick().await;
+        match purge(&state, state.clock.now()).await {
+            Ok(purged) => tracing::debug!(?purged, "purged expired rows"),
+            Err(error) => tracing::warn!(%error, "purge postponed"),
+        }
+    }
+}
