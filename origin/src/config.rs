@@ -53,6 +53,8 @@ pub struct Config {
     pub environment: Environment,
     /// `LISTEN_ADDR`.
     pub listen_addr: SocketAddr,
+    /// `METRICS_LISTEN_ADDR` (`off` disables): where `/metrics` is served, apart from the API.
+    pub metrics_listen_addr: Option<SocketAddr>,
     /// `DATABASE_URL`.
     pub database_url: String,
     /// `DATABASE_MAX_CONNECTIONS`.
@@ -198,6 +200,13 @@ impl Config {
         let config = Config {
             environment,
             listen_addr: env.parse("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 8007)))?,
+            metrics_listen_addr: match env.get("METRICS_LISTEN_ADDR").as_deref().map(str::trim) {
+                Some("off") => None,
+                _ => Some(env.parse(
+                    "METRICS_LISTEN_ADDR",
+                    SocketAddr::from(([0, 0, 0, 0], 9007)),
+                )?),
+            },
             database_url: env.get("DATABASE_URL").ok_or_else(|| {
                 ConfigError::new(
                     "DATABASE_URL",
@@ -371,6 +380,7 @@ mod tests {
         .unwrap();
 
         assert_eq!(config.listen_addr.port(), 8007);
+        assert_eq!(config.metrics_listen_addr.map(|a| a.port()), Some(9007));
         assert_eq!(config.password_hash_rounds, 12);
         assert_eq!(config.database_max_connections, 15);
         assert_eq!(config.database_acquire_timeout, Duration::from_secs(30));

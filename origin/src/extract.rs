@@ -45,10 +45,10 @@ impl FromRequestParts<AppState> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(parts)?;
         let now = state.clock.now();
-        let claims = state
-            .tokens
-            .verify(token, now)
-            .map_err(ApiError::InvalidToken)?;
+        let claims = state.tokens.verify(token, now).map_err(|error| {
+            state.metrics.verification(error.code());
+            ApiError::InvalidToken(error)
+        })?;
         let (created_after, used_after) = state.sessions.live_bounds(now);
         // The signature proves who issued the token; only the database knows whether the session
         // was ended or the account deactivated since.
@@ -65,8 +65,10 @@ impl FromRequestParts<AppState> for AuthUser {
         .fetch_one(&mut *connection)
         .await?;
         if !live {
+            state.metrics.verification("session_ended");
             return Err(ApiError::SessionEnded);
         }
+        state.metrics.verification("valid");
         Ok(AuthUser {
             user_id: claims.sub,
             session_id: claims.sid,

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod janitor;
+pub mod metrics;
 pub mod password;
 pub mod routes;
 pub mod sessions;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub sessions: sessions::SessionPolicy,
     /// Brute-force limits on password checks.
     pub login_limits: throttle::LoginLimits,
+    /// Prometheus metrics.
+    pub metrics: Arc<metrics::Metrics>,
     /// The secret the edge adds to forwarded requests; see [`extract::ClientMeta`].
     pub edge_secret: Option<Arc<str>>,
 }
@@ -99,13 +102,15 @@ impl AppState {
         };
         let validation =
             Validation::new(config.issuer, config.audience).with_leeway(config.leeway_secs);
+        let hasher = PasswordHasher::new(
+            config.hash_workers,
+            config.hash_queue_limit,
+            config.password_hash_rounds,
+        );
         AppState {
             db,
-            hasher: PasswordHasher::new(
-                config.hash_workers,
-                config.hash_queue_limit,
-                config.password_hash_rounds,
-            ),
+            metrics: Arc::new(metrics::Metrics::new(&hasher)),
+            hasher,
             tokens: Arc::new(Tokens::new(
                 signer,
                 config.previous_key,
@@ -140,6 +145,10 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::edge::router())
         .merge(routes::jwks::router())
         .merge(routes::health::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.body_limit_bytes))

@@ -77,7 +77,20 @@ async fn run_server() -> anyhow::Result<()> {
         .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
     let addr = listener.local_addr()?;
     let (rounds, workers) = (config.password_hash_rounds, config.hash_workers);
+    let metrics_listener = match config.metrics_listen_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding METRICS_LISTEN_ADDR {addr}"))?,
+        ),
+        None => None,
+    };
     let state = AppState::from_config(config, db);
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
+        let router = gatehouse_origin::metrics::router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
     tracing::info!(%addr, bcrypt_cost = rounds, hash_workers = workers, "listening");
     let janitor = tokio::spawn(janitor::run(state.clone()));
     serve(listener, app(state)).await?;

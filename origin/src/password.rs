@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::oneshot;
 
 /// Niceness of hashing threads (Linux `setpriority`, 0 is normal, 19 lowest). Ten steps gives
@@ -41,6 +45,10 @@ pub struct PasswordHasher {
 
 struct Inner {
     jobs: SyncSender<Job>,
+    /// Seconds each job waited for a worker.
+    wait: Histogram,
+    /// Jobs refused because the queue was full.
+    shed: Counter,
     queued: Arc<AtomicUsize>,
     verifications: Arc<AtomicUsize>,
     cost: u32,
@@ -68,6 +76,8 @@ impl PasswordHasher {
         PasswordHasher {
             inner: Arc::new(Inner {
                 jobs,
+                wait: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+                shed: Counter::default(),
                 queued: Arc::new(AtomicUsize::new(0)),
                 verifications: Arc::new(AtomicUsize::new(0)),
                 cost,
@@ -84,6 +94,16 @@ impl PasswordHasher {
     /// Jobs waiting for a worker right now.
     pub fn queue_depth(&self) -> usize {
         self.inner.queued.load(Ordering::Relaxed)
+    }
+
+    /// How long jobs waited for a worker, in seconds (shared handle, for `/metrics`).
+    pub fn wait_histogram(&self) -> Histogram {
+        self.inner.wait.clone()
+    }
+
+    /// Jobs refused with `Overloaded` since start (shared handle, for `/metrics`).
+    pub fn shed_counter(&self) -> Counter {
+        self.inner.shed.clone()
     }
 
     /// bcrypt verifications completed since start, real and dummy alike.
@@ -134,8 +154,11 @@ impl PasswordHasher {
     ) -> Result<T, HashError> {
         let (reply, answer) = oneshot::channel();
         let queued = Arc::clone(&self.inner.queued);
+        let wait = self.inner.wait.clone();
+        let enqueued = Instant::now();
         let job: Job = Box::new(move || {
             queued.fetch_sub(1, Ordering::Relaxed);
+            wait.observe(enqueued.elapsed().as_secs_f64());
             // A requester that went away (its client disconnected) needs no answer: skip the
             // hash rather than spend a quarter second of CPU on it.
             if reply.is_closed() {
@@ -148,6 +171,7 @@ impl PasswordHasher {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+                self.inner.shed.inc();
                 return Err(HashError::Overloaded);
             }
             Err(TrySendError::Disconnected(_)) => {

@@ -162,9 +162,11 @@ impl TestResponse {
 
 /// The state a test app runs on.
 pub fn test_state(db: Database, options: Options) -> AppState {
+    let hasher = PasswordHasher::new(2, 64, options.hash_cost);
     AppState {
         db,
-        hasher: PasswordHasher::new(2, 64, options.hash_cost),
+        metrics: Arc::new(gatehouse_origin::metrics::Metrics::new(&hasher)),
+        hasher,
         tokens: Arc::new(Tokens::new(
             options.signer,
             options.previous,

@@ -122,6 +122,24 @@ async fn login_user(
     meta: ClientMeta,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>> {
+    let outcome = check_login(&state, meta, request).await;
+    state.metrics.login(match &outcome {
+        Ok(_) => "success",
+        Err(ApiError::InvalidCredentials) => "invalid_credentials",
+        Err(ApiError::RateLimited { .. }) => "rate_limited",
+        Err(ApiError::Overloaded) => "shed",
+        Err(ApiError::Validation(_)) => "invalid_request",
+        Err(ApiError::DatabaseUnavailable(_)) => "database_unavailable",
+        Err(_) => "error",
+    });
+    outcome
+}
+
+async fn check_login(
+    state: &AppState,
+    meta: ClientMeta,
+    request: LoginRequest,
+) -> Result<Json<TokenResponse>> {
     let email = normalize_email(&request.email);
     // Registration applied the same rule, so an address failing it has no account; refusing it
     // here reveals nothing and keeps bytes PostgreSQL rejects (NUL) away from the query.
@@ -161,7 +179,7 @@ async fn login_user(
         // Cheat Sheet, "Upgrading the work factor".
         // Best effort: the password is verified, so a busy hashing pool or database must not fail
         // the login; the next login tries again.
-        match rehash(&state, user.id, &user.password_hash, password).await {
+        match rehash(state, user.id, &user.password_hash, password).await {
             Ok(()) => {
                 tracing::info!(user_id = %user.id, cost = state.hasher.cost(), "password rehashed")
             }
@@ -175,7 +193,7 @@ async fn login_user(
     tx.commit().await?;
 
     tracing::info!(user_id = %user.id, "login succeeded");
-    Ok(Json(token_response(&state, user, grant, now)))
+    Ok(Json(token_response(state, user, grant, now)))
 }
 
 async fn rehash(state: &AppState, user_id: Uuid, old_hash: &str, password: String) -> Result<()> {

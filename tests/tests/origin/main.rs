@@ -5,6 +5,7 @@
 mod api_key;
 mod http;
 mod login;
+mod metrics;
 mod profile;
 mod register;
 mod resilience;

@@ -1,0 +1,113 @@
+//! `/metrics`: Prometheus text with requests per route and status, login outcomes, token checks,
+//! the hashing queue and the pool.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use gatehouse_tests::{PASSWORD, TestApp};
+use sqlx::PgPool;
+use tower::ServiceExt as _;
+
+async fn scrape(app: &TestApp) -> String {
+    let response = gatehouse_origin::metrics::router(app.state.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The value of the sample whose name and labels start with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn metrics_count_requests_logins_and_token_checks(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let token = app.register("ada@example.com").await.access_token;
+    app.login("ada@example.com", PASSWORD).await;
+    app.login("ada@example.com", "wrong guess").await;
+    app.login("ghost@example.com", "wrong guess").await;
+    app.get("/auth/verify", &token).await;
+    app.get("/auth/verify", "not.a.token").await;
+    app.delete(
+        "/auth/sessions/0190a0b0-0000-7000-8000-000000000000",
+        &token,
+    )
+    .await;
+
+    let text = scrape(&app).await;
+
+    assert_eq!(
+        sample(&text, r#"gatehouse_logins_total{outcome="success"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_logins_total{outcome="invalid_credentials"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_http_requests_total{method="POST",route="/auth/login",status="401"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_http_requests_total{method="DELETE",route="/auth/sessions/{id}",status="404"}"#
+        ),
+        1.0,
+        "labelled by route template, not by path"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_http_request_duration_seconds_count{method="GET",route="/auth/verify",status="200"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_token_verifications_total{outcome="valid"}"#
+        ),
+        2.0,
+        "the verify and the session delete"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_token_verifications_total{outcome="malformed"}"#
+        ),
+        1.0
+    );
+    assert_eq!(sample(&text, "gatehouse_hash_queue_depth "), 0.0);
+    assert_eq!(
+        sample(&text, "gatehouse_hash_queue_wait_seconds_count "),
+        4.0,
+        "one hash and three verifications"
+    );
+    assert_eq!(sample(&text, "gatehouse_db_up "), 1.0);
+    assert!(sample(&text, r#"gatehouse_db_connections{state="idle"}"#) >= 0.0);
+    assert!(sample(&text, r#"gatehouse_db_connections{state="in_use"}"#) >= 0.0);
+    assert!(sample(&text, "gatehouse_process_peak_resident_memory_bytes ") > 1e6);
+    assert!(!text.contains("ada@example.com"), "no user data in labels");
+}
