@@ -11,7 +11,8 @@ alter table sessions
     add constraint sessions_end_reason_with_revoked_at check ((revoked_at is null) = (end_reason is null));
 
 update sessions set last_used_at = created_at;
-update sessions set end_reason = 'logout' where revoked_at is not null;
+update sessions s set end_reason = case when u.is_active then 'logout' else 'deactivated' end
+from users u where u.id = s.user_id and s.revoked_at is not null;
 alter table sessions alter column last_used_at set not null;
 
 -- The edge's revocation feed reads the sessions ended in the last few minutes.

@@ -132,9 +132,7 @@ async fn ask_origin(key: &ApiKey, config: &EdgeConfig, request_id: &str) -> Resu
     let headers = Headers::new();
     headers.set(API_KEY_HEADER, key.expose())?;
     headers.set(REQUEST_ID_HEADER, request_id)?;
-    if let Some(secret) = &config.edge_secret {
-        headers.set(EDGE_SECRET_HEADER, secret)?;
-    }
+    headers.set(EDGE_SECRET_HEADER, &config.edge_secret)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
     let request = Request::new_with_init(&format!("{}/auth/api-key", config.origin_url), &init)?;

@@ -1,7 +1,5 @@
 //! The worker's configuration: `vars` and secrets from `wrangler.toml` and the dashboard.
 
-use std::cell::Cell;
-
 use gatehouse_shared::token::Validation;
 use worker::Env;
 
@@ -22,10 +20,6 @@ const MAX_REVOCATION_REFRESH_SECS: u64 = 60;
 
 /// Longest a stale revocation list may be used while the origin is unreachable: an hour.
 const MAX_REVOCATION_STALE_SECS: u64 = 3_600;
-
-thread_local! {
-    static WARNED_NO_SECRET: Cell<bool> = const { Cell::new(false) };
-}
 
 /// Everything the edge reads from its environment.
 pub struct EdgeConfig {
@@ -48,8 +42,9 @@ pub struct EdgeConfig {
     /// `REVOCATION_MAX_STALE_SECS` (default 300, at most 3600): how long the last revocation list
     /// is used while the origin cannot be reached, before verification answers 503.
     pub revocation_max_stale_secs: u64,
-    /// `EDGE_SECRET` (a secret): sent to the origin so it believes the client-IP header.
-    pub edge_secret: Option<String>,
+    /// `EDGE_SECRET` (a secret, required): sent to the origin, which then believes the client-IP
+    /// header and hands out its revocation list.
+    pub edge_secret: String,
 }
 
 impl EdgeConfig {
@@ -75,16 +70,14 @@ impl EdgeConfig {
         if origin_timeout_ms == 0 {
             return Err(AppError::Config("ORIGIN_TIMEOUT_MS"));
         }
+        // Required: without it the origin refuses the revocation list, so the edge could not
+        // vouch for any token, and would record its own address as every client's.
         let edge_secret = env
             .secret("EDGE_SECRET")
             .ok()
             .map(|secret| secret.to_string())
-            .or_else(|| text("EDGE_SECRET"));
-        if edge_secret.is_none() && !WARNED_NO_SECRET.replace(true) {
-            worker::console_warn!(
-                "EDGE_SECRET is not set: the origin will record the edge's address as every client's IP"
-            );
-        }
+            .or_else(|| text("EDGE_SECRET"))
+            .ok_or(AppError::Config("EDGE_SECRET"))?;
         Ok(EdgeConfig {
             origin_url: required("ORIGIN_URL")?.trim_end_matches('/').to_owned(),
             validation: Validation::new(required("JWT_ISSUER")?, required("JWT_AUDIENCE")?)

@@ -23,6 +23,8 @@ pub enum AppError {
     PayloadTooLarge,
     /// The request body could not be read, e.g. the client aborted the upload (400).
     UnreadableBody,
+    /// A path the edge does not serve (404).
+    NotFound,
     /// A method the API does not use (405).
     MethodNotAllowed,
     /// The origin could not be reached or answered with a server error when asked (502).
@@ -64,6 +66,7 @@ impl AppError {
             ),
             AppError::PayloadTooLarge => (413, "payload_too_large", "request body is too large"),
             AppError::UnreadableBody => (400, "unreadable_body", "request body could not be read"),
+            AppError::NotFound => (404, "not_found", "no such resource"),
             AppError::MethodNotAllowed => (405, "method_not_allowed", "method not allowed"),
             AppError::OriginUnreachable => (
                 502,
@@ -99,6 +102,7 @@ impl AppError {
             400 => "Bad Request",
             401 => "Unauthorized",
             403 => "Forbidden",
+            404 => "Not Found",
             405 => "Method Not Allowed",
             413 => "Payload Too Large",
             502 => "Bad Gateway",

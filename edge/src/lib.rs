@@ -106,8 +106,15 @@ async fn handle(
         return cors::preflight(&request, config);
     }
     let path = request.path();
+    // The origin's routes for the edge itself: the edge secret it adds to what it forwards must
+    // never open them to a client.
+    if path == "/edge" || path.starts_with("/edge/") {
+        return Err(AppError::NotFound);
+    }
     if !path.starts_with("/auth/") {
-        return proxy::forward(request, config, request_id).await;
+        let mut response = proxy::forward(request, config, request_id).await?;
+        revocations::learn_from(&mut response)?;
+        return Ok(response);
     }
 
     let key = request.headers().get(API_KEY_HEADER)?;
@@ -117,46 +124,16 @@ async fn handle(
         let claims = authenticate(&request, config, request_id).await?;
         return verify_response(claims);
     }
-    let claims = if USER_ROUTES
+    if USER_ROUTES
         .iter()
         .any(|route| path == *route || path.starts_with(&format!("{route}/")))
     {
-        Some(authenticate(&request, config, request_id).await?)
-    } else {
-        None
-    };
-    let method = request.method();
-    let ends_only_others = request
-        .url()?
-        .query_pairs()
-        .any(|(name, value)| name == "scope" && value == "others");
-    let response = proxy::forward(request, config, request_id).await?;
-    if ends_sessions(&method, &path, response.status_code()) {
-        // Known at once here; `own` is the caller's session when this request surely ended it.
-        let logout_of_own = path == "/auth/logout" && !ends_only_others;
-        let own = claims
-            .filter(|_| logout_of_own || path == "/auth/profile")
-            .map(|claims| {
-                (
-                    claims.sid,
-                    claims.exp + config.validation.leeway_secs() as i64,
-                )
-            });
-        revocations::ended_here(own, config).await;
+        authenticate(&request, config, request_id).await?;
     }
+    let mut response = proxy::forward(request, config, request_id).await?;
+    // The origin names the sessions a request ended; refused here from now on.
+    revocations::learn_from(&mut response)?;
     Ok(response)
-}
-
-/// Whether a forwarded request with this outcome may have ended sessions at the origin.
-fn ends_sessions(method: &Method, path: &str, status: u16) -> bool {
-    match (method, path) {
-        (Method::Post, "/auth/logout") | (Method::Put, "/auth/password") => status == 204,
-        (Method::Delete, "/auth/profile") => status == 204,
-        (Method::Delete, _) if path.starts_with("/auth/sessions/") => status == 204,
-        // A refused reuse ends the session it belonged to.
-        (Method::Post, "/auth/refresh") => status == 401,
-        _ => false,
-    }
 }
 
 /// Validates the bearer token against the origin's keys with the shared rules.

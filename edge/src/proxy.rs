@@ -64,9 +64,7 @@ pub async fn forward(
     if let Some(ip) = request.headers().get("cf-connecting-ip")? {
         headers.set(CLIENT_IP_HEADER, &ip)?;
     }
-    if let Some(secret) = &config.edge_secret {
-        headers.set(EDGE_SECRET_HEADER, secret)?;
-    }
+    headers.set(EDGE_SECRET_HEADER, &config.edge_secret)?;
     let method = request.method();
     let body = if matches!(method, Method::Get | Method::Head) {
         None

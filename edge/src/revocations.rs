@@ -8,12 +8,13 @@
 //! entry expires by itself.
 //!
 //! The edge keeps the list in isolate memory and in the Cache API (shared by a data centre's
-//! isolates) for `REVOCATION_REFRESH_SECS`, then asks again: **a session ended anywhere is refused
-//! at every edge within `REVOCATION_REFRESH_SECS`**. When the ending request itself passes through
-//! the edge, its isolate refuses the session at once and drops the data centre's cached copy, so
-//! the next isolate to look fetches afresh. If the origin cannot be reached, the last list is used
-//! for at most `REVOCATION_MAX_STALE_SECS`; after that the edge answers 503 rather than vouch for
-//! tokens it can no longer check.
+//! isolates) for `REVOCATION_REFRESH_SECS`, counted from when the fetch was sent, then asks again:
+//! **a session ended anywhere is refused at every edge within `REVOCATION_REFRESH_SECS`**. When
+//! the ending request itself passes through the edge, the origin names the sessions it ended in
+//! the `X-Gatehouse-Ended-Sessions` response header; the isolate refuses them from then on, and
+//! the header is removed before the response leaves. If the origin cannot be reached, the last
+//! list is used for at most `REVOCATION_MAX_STALE_SECS`; after that the edge answers 503 rather
+//! than vouch for tokens it can no longer check.
 //!
 //! Why not Workers KV: a pull needs nothing but the origin, works the same under Miniflare, and
 //! its bound (seconds) is tighter than KV's global propagation (about 60 s). A push into KV would
@@ -21,8 +22,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
-use gatehouse_shared::api::{EDGE_SECRET_HEADER, RevocationList};
+use gatehouse_shared::api::{
+    EDGE_SECRET_HEADER, ENDED_SESSIONS_HEADER, RevocationList, RevokedSession,
+};
 use uuid::Uuid;
 use worker::{Cache, Date, Headers, Method, Request, RequestInit, Response};
 
@@ -38,18 +42,21 @@ const RETRY_AFTER_FAILURE_MS: u64 = 2_000;
 /// The header carrying the fetch time (ms since the epoch) on the cached copy.
 const FETCHED_AT_HEADER: &str = "x-gatehouse-fetched-at";
 
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Held {
     /// Session id → Unix second after which its tokens are all expired anyway.
     revoked: HashMap<Uuid, i64>,
-    /// When the list was fetched from the origin (ms since the epoch).
+    /// When the fetch of this list was sent (ms since the epoch).
     fetched_at: u64,
     /// Until when (ms) the list is used without asking again.
     fresh_until: u64,
 }
 
 thread_local! {
-    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+    static HELD: RefCell<Option<Rc<Held>>> = const { RefCell::new(None) };
+    /// Sessions this isolate saw end (from the origin's header), kept until their `until` even
+    /// when a list fetched before the end replaces the held one.
+    static LEARNT: RefCell<HashMap<Uuid, i64>> = RefCell::new(HashMap::new());
 }
 
 /// Refuses `sid` when the origin has ended that session; `now` in Unix seconds.
@@ -59,6 +66,10 @@ pub async fn check(
     config: &EdgeConfig,
     request_id: &str,
 ) -> Result<(), AppError> {
+    let learnt = LEARNT.with_borrow(|learnt| learnt.get(&sid).copied());
+    if learnt.is_some_and(|until| until >= now) {
+        return Err(AppError::SessionEnded);
+    }
     let held = current(config, request_id).await?;
     if held.revoked.get(&sid).is_some_and(|until| *until >= now) {
         return Err(AppError::SessionEnded);
@@ -66,49 +77,51 @@ pub async fn check(
     Ok(())
 }
 
-/// After a request that ended sessions went through: refuse `sid` (when it is known to have
-/// ended) in this isolate at once, and make the next check anywhere in this data centre fetch a
-/// fresh list.
-pub async fn ended_here(sid: Option<(Uuid, i64)>, config: &EdgeConfig) {
-    HELD.with_borrow_mut(|slot| {
-        let held = slot.get_or_insert_with(Held::default);
-        if let Some((sid, until)) = sid {
-            held.revoked.insert(sid, until);
+/// Takes the origin's ended-sessions header off `response` and refuses those sessions in this
+/// isolate from now on.
+pub fn learn_from(response: &mut Response) -> Result<(), AppError> {
+    let headers = response.headers_mut();
+    let Some(value) = headers.get(ENDED_SESSIONS_HEADER)? else {
+        return Ok(());
+    };
+    headers.delete(ENDED_SESSIONS_HEADER)?;
+    let now = (Date::now().as_millis() / 1000) as i64;
+    LEARNT.with_borrow_mut(|learnt| {
+        learnt.retain(|_, until| *until >= now);
+        for RevokedSession { sid, until } in RevokedSession::from_header(&value) {
+            learnt.insert(sid, until);
         }
-        held.fresh_until = 0;
     });
-    // A failed delete leaves other isolates on the cached copy for at most one refresh interval.
-    let _ = Cache::open(CACHE_NAME.into())
-        .await
-        .delete(list_url(config), false)
-        .await;
+    Ok(())
 }
 
 /// A fresh list from memory, else from the Cache API, else from the origin; the held list while
 /// the origin is unreachable, up to `REVOCATION_MAX_STALE_SECS` old.
-async fn current(config: &EdgeConfig, request_id: &str) -> Result<Held, AppError> {
+async fn current(config: &EdgeConfig, request_id: &str) -> Result<Rc<Held>, AppError> {
     let now = Date::now().as_millis();
     let held = HELD.with_borrow(Clone::clone);
     if let Some(held) = &held
         && held.fresh_until > now
     {
-        return Ok(held.clone());
+        return Ok(Rc::clone(held));
     }
     if let Some(cached) = from_cache(config, now).await {
-        return Ok(remember(cached, held.as_ref()));
+        return Ok(remember(cached));
     }
     match fetch_from_origin(config, request_id).await {
-        Ok(fetched) => Ok(remember(fetched, held.as_ref())),
+        Ok(fetched) => Ok(remember(fetched)),
         Err(error) => {
             let max_stale = config.revocation_max_stale_secs * 1000;
             match held.filter(|held| now.saturating_sub(held.fetched_at) <= max_stale) {
-                Some(mut stale) => {
+                Some(stale) => {
                     worker::console_warn!(
                         "request {request_id}: using a stale revocation list; the origin is unavailable"
                     );
-                    stale.fresh_until = now + RETRY_AFTER_FAILURE_MS;
-                    HELD.with_borrow_mut(|slot| *slot = Some(stale.clone()));
-                    Ok(stale)
+                    Ok(remember(Held {
+                        revoked: stale.revoked.clone(),
+                        fetched_at: stale.fetched_at,
+                        fresh_until: now + RETRY_AFTER_FAILURE_MS,
+                    }))
                 }
                 None => {
                     worker::console_error!(
@@ -124,18 +137,10 @@ async fn current(config: &EdgeConfig, request_id: &str) -> Result<Held, AppError
     }
 }
 
-/// Stores `fresh` in the isolate, keeping entries learnt locally since (`ended_here`) that the
-/// fetched list does not have yet.
-fn remember(mut fresh: Held, previous: Option<&Held>) -> Held {
-    if let Some(previous) = previous {
-        for (sid, until) in &previous.revoked {
-            fresh.revoked.entry(*sid).or_insert(*until);
-        }
-    }
-    let now_secs = (Date::now().as_millis() / 1000) as i64;
-    fresh.revoked.retain(|_, until| *until >= now_secs);
-    HELD.with_borrow_mut(|slot| *slot = Some(fresh.clone()));
-    fresh
+fn remember(held: Held) -> Rc<Held> {
+    let held = Rc::new(held);
+    HELD.with_borrow_mut(|slot| *slot = Some(Rc::clone(&held)));
+    held
 }
 
 fn list_url(config: &EdgeConfig) -> String {
@@ -164,16 +169,19 @@ async fn from_cache(config: &EdgeConfig, now: u64) -> Option<Held> {
         .ok()??
         .parse()
         .ok()?;
+    if fetched_at + config.revocation_refresh_secs * 1000 <= now {
+        return None;
+    }
     let list: RevocationList = response.json().await.ok()?;
-    Some(parse(list, fetched_at, config)).filter(|held| held.fresh_until > now)
+    Some(parse(list, fetched_at, config))
 }
 
 /// Asks the origin, with the edge secret, and stores the answer in the Cache API.
 async fn fetch_from_origin(config: &EdgeConfig, request_id: &str) -> Result<Held, AppError> {
+    // Freshness counts from the moment the request leaves: the list cannot be newer than that.
+    let fetched_at = Date::now().as_millis();
     let headers = Headers::new();
-    if let Some(secret) = &config.edge_secret {
-        headers.set(EDGE_SECRET_HEADER, secret)?;
-    }
+    headers.set(EDGE_SECRET_HEADER, &config.edge_secret)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
     let request = Request::new_with_init(&list_url(config), &init)?;
@@ -191,7 +199,6 @@ async fn fetch_from_origin(config: &EdgeConfig, request_id: &str) -> Result<Held
         .map_err(|_| AppError::RevocationsUnavailable)?;
     let list: RevocationList =
         serde_json::from_str(&body).map_err(|_| AppError::RevocationsUnavailable)?;
-    let fetched_at = Date::now().as_millis();
 
     if config.revocation_refresh_secs > 0 {
         let headers = Headers::new();

@@ -127,6 +127,10 @@ const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 86_400;
 /// from one client; every second more is a second in which a stolen, spent token still works.
 const MAX_REFRESH_REUSE_WINDOW_SECS: u64 = 60;
 
+/// Longest session limits accepted: a year. Beyond it a session is no longer a session, and
+/// the time arithmetic stays far from overflow.
+const MAX_SESSION_SECS: u64 = 365 * 86_400;
+
 /// Default idle timeout of a session: a week without a refresh (OWASP ASVS 5.0 7.3.1 leaves the
 /// value to the application's risk assessment; a week suits a "stay signed in" consumer app).
 const DEFAULT_SESSION_IDLE_SECS: u64 = 7 * 86_400;
@@ -263,6 +267,21 @@ impl Config {
             return Err(ConfigError::new(
                 "ACCESS_TOKEN_TTL_SECS",
                 "must be at most 86400",
+            ));
+        }
+        let sessions = &config.sessions;
+        for (name, value) in [
+            ("SESSION_IDLE_TIMEOUT_SECS", sessions.idle_timeout),
+            ("SESSION_MAX_LIFETIME_SECS", sessions.max_lifetime),
+        ] {
+            if value.as_secs() > MAX_SESSION_SECS {
+                return Err(ConfigError::new(name, "must be at most 31536000 (a year)"));
+            }
+        }
+        if sessions.idle_timeout > sessions.max_lifetime {
+            return Err(ConfigError::new(
+                "SESSION_IDLE_TIMEOUT_SECS",
+                "must not exceed SESSION_MAX_LIFETIME_SECS",
             ));
         }
         if config.sessions.reuse_window.as_secs() > MAX_REFRESH_REUSE_WINDOW_SECS {
@@ -446,6 +465,8 @@ mod tests {
             ("JWT_LEEWAY_SECS", "31"),
             ("REFRESH_REUSE_WINDOW_SECS", "61"),
             ("SESSION_IDLE_TIMEOUT_SECS", "0"),
+            ("SESSION_MAX_LIFETIME_SECS", "31536001"),
+            ("SESSION_IDLE_TIMEOUT_SECS", "2592001"),
             ("GATEHOUSE_ENV", "staging"),
             ("JWT_SIGNING_KEY_FILE", "/nonexistent/key.pem"),
         ] {

@@ -3,7 +3,9 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use gatehouse_shared::api::{FieldError, PROBLEM_CONTENT_TYPE, Problem};
+use gatehouse_shared::api::{
+    ENDED_SESSIONS_HEADER, FieldError, PROBLEM_CONTENT_TYPE, Problem, RevokedSession,
+};
 use gatehouse_shared::token::TokenError;
 
 use crate::password::HashError;
@@ -50,9 +52,10 @@ pub enum ApiError {
     /// The refresh token is malformed, unknown, or belongs to an ended session (401).
     #[error("refresh token is invalid")]
     InvalidRefreshToken,
-    /// A spent refresh token came back outside the reuse rule; its session was ended (401).
+    /// A spent refresh token came back outside the reuse rule; its session was ended (401). The
+    /// ended session travels to the edge in the ended-sessions header.
     #[error("refresh token was already used; the session has been ended")]
-    RefreshTokenReused,
+    RefreshTokenReused(RevokedSession),
     /// The session passed its idle timeout or its absolute lifetime (401).
     #[error("session has expired; sign in again")]
     SessionExpired,
@@ -112,7 +115,7 @@ impl ApiError {
             | ApiError::InvalidToken(_)
             | ApiError::SessionEnded
             | ApiError::InvalidRefreshToken
-            | ApiError::RefreshTokenReused
+            | ApiError::RefreshTokenReused(_)
             | ApiError::SessionExpired
             | ApiError::NotFromEdge
             | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
@@ -141,7 +144,7 @@ impl ApiError {
             ApiError::MissingToken => "missing_token",
             ApiError::InvalidToken(_) | ApiError::SessionEnded => "invalid_token",
             ApiError::InvalidRefreshToken => "invalid_refresh_token",
-            ApiError::RefreshTokenReused => "refresh_token_reused",
+            ApiError::RefreshTokenReused(_) => "refresh_token_reused",
             ApiError::SessionExpired => "session_expired",
             ApiError::WrongPassword => "wrong_password",
             ApiError::SessionNotFound => "session_not_found",
@@ -185,6 +188,10 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let self_retry = match &self {
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let ended = match &self {
+            ApiError::RefreshTokenReused(ended) => Some(RevokedSession::to_header(&[*ended])),
             _ => None,
         };
         match &self {
@@ -235,6 +242,9 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        if let Some(value) = ended.and_then(|value| HeaderValue::from_str(&value).ok()) {
+            headers.insert(ENDED_SESSIONS_HEADER, value);
         }
         if let Some(retry_after_secs) = self_retry {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

@@ -1,6 +1,6 @@
 //! Periodic deletion of rows nothing needs any more, so tables do not grow without bound:
-//! brute-force counters whose window has passed, and sessions (with their refresh tokens) that
-//! ended more than `RETENTION` ago.
+//! brute-force counters whose window has passed, sessions (with their refresh tokens) that ended
+//! more than `RETENTION` ago, and sealed refresh-token successors past the reuse window.
 
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub struct Purged {
     pub counters: u64,
     /// Sessions (their refresh tokens go with them).
     pub sessions: u64,
+    /// Sealed successors past the reuse window (see `crate::sessions`).
+    pub seals: u64,
 }
 
 /// Deletes what has expired at `now`.
@@ -40,7 +42,19 @@ pub async fn purge(state: &AppState, now: OffsetDateTime) -> Result<Purged> {
     .execute(&mut *connection)
     .await?
     .rows_affected();
-    Ok(Purged { counters, sessions })
+    let seals = sqlx::query(
+        "update refresh_tokens set successor_sealed = null
+         where successor_sealed is not null and spent_at < $1",
+    )
+    .bind(now - policy.reuse_window)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    Ok(Purged {
+        counters,
+        sessions,
+        seals,
+    })
 }
 
 /// Purges every few minutes, for as long as the process runs. Failures are logged and retried

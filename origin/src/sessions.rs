@@ -157,6 +157,8 @@ pub struct Refreshed {
     pub grant: Grant,
     /// The session's user.
     pub user_id: Uuid,
+    /// The time the refresh took effect, read once the session's lock was held.
+    pub now: OffsetDateTime,
 }
 
 #[derive(sqlx::FromRow)]
@@ -181,12 +183,15 @@ struct SuccessorRow {
     spent_at: Option<OffsetDateTime>,
 }
 
-/// Exchanges `presented` for its successor under the rule in the module docs.
+/// Exchanges `presented` for its successor under the rule in the module docs. `token_validity`
+/// is how long an access token of the session may still pass validation after it ends (see
+/// [`crate::tokens::Tokens::longest_validity`]), reported with a reuse so the edge can forget it.
 pub async fn refresh(
     db: &crate::db::Database,
     policy: &SessionPolicy,
     presented: &RefreshToken,
-    now: OffsetDateTime,
+    clock: &crate::Clock,
+    token_validity: Duration,
 ) -> Result<Refreshed> {
     let hash = presented.lookup_hash();
     let mut tx = db.begin().await?;
@@ -199,17 +204,22 @@ pub async fn refresh(
 
     // The lock that serializes every refresh of this session. Rows read after it are current:
     // each statement in a read-committed transaction sees what committed before it began.
-    let session: LockedSession = sqlx::query_as(
+    let session: Option<LockedSession> = sqlx::query_as(
         "select s.user_id, s.created_at, s.last_used_at, s.revoked_at, u.is_active
          from sessions s join users u on u.id = s.user_id
          where s.id = $1 for update of s",
     )
     .bind(session_id)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    // Gone since the first read (purged, or its user deleted): as unknown as a token can be.
+    let session = session.ok_or(ApiError::InvalidRefreshToken)?;
     if session.revoked_at.is_some() || !session.is_active {
         return Err(ApiError::InvalidRefreshToken);
     }
+    // Read after the lock, so that refreshes queued on one session record their times in the
+    // order they took effect.
+    let now = clock.now();
     if policy.expires_at(session.created_at, session.last_used_at) <= now {
         end_locked(&mut tx, session_id, EndReason::Expired, now).await?;
         tx.commit().await?;
@@ -225,7 +235,7 @@ pub async fn refresh(
     let token = token.ok_or(ApiError::InvalidRefreshToken)?;
 
     let refresh_token = match token.spent_at {
-        None => rotate(&mut tx, session_id, presented, token.id, now).await?,
+        None => rotate(&mut tx, policy, session_id, presented, token.id, now).await?,
         Some(spent_at) => {
             match successor_in_grace(&mut tx, policy, presented, &token, spent_at, now).await? {
                 Some(successor) => successor,
@@ -236,7 +246,10 @@ pub async fn refresh(
                         %session_id,
                         "spent refresh token presented again: session ended"
                     );
-                    return Err(ApiError::RefreshTokenReused);
+                    return Err(ApiError::RefreshTokenReused(RevokedSession {
+                        sid: session_id,
+                        until: (now + token_validity).unix_timestamp(),
+                    }));
                 }
             }
         }
@@ -255,12 +268,14 @@ pub async fn refresh(
             expires_at: policy.expires_at(session.created_at, now),
         },
         user_id: session.user_id,
+        now,
     })
 }
 
 /// Spends the token `token_id` (whose text is `presented`) and stores its successor.
 async fn rotate(
     tx: &mut Transaction<'static, Postgres>,
+    policy: &SessionPolicy,
     session_id: Uuid,
     presented: &RefreshToken,
     token_id: i64,
@@ -283,13 +298,17 @@ async fn rotate(
         .bind(presented.seal_successor(&successor).as_slice())
         .execute(&mut **tx)
         .await?;
-    // The grandparent's seal is of no further use: its successor (the presented token) is spent
-    // now, so the reuse rule can never accept it again.
+    // Seals the reuse rule can no longer accept are wiped: the parent's (its successor, the
+    // presented token, is spent now) and any older than the window. A seal opens only with its
+    // spent token, but one kept needlessly would let a database copy plus an old token open it.
     sqlx::query(
         "update refresh_tokens set successor_sealed = null
-         where id = (select parent_id from refresh_tokens where id = $1)",
+         where session_id = $1 and successor_sealed is not null and id <> $2
+           and (id = (select parent_id from refresh_tokens where id = $2) or spent_at < $3)",
     )
+    .bind(session_id)
     .bind(token_id)
+    .bind(now - policy.reuse_window)
     .execute(&mut **tx)
     .await?;
     Ok(successor)
@@ -346,16 +365,19 @@ async fn end_locked(
     Ok(())
 }
 
-/// Ends `which` of `user_id`'s live sessions and deletes their refresh tokens; returns how many
-/// ended. The access tokens of an ended session are refused by the origin at once and by the edge
-/// once its revocation list catches up (see [`revoked_since`]).
+/// Ends `which` of `user_id`'s live sessions (not revoked, not expired under `policy`) and
+/// deletes their refresh tokens; returns the ids of those it ended. The access tokens of an
+/// ended session are refused by the origin at once and by the edge once it learns (see
+/// [`revoked_since`] and [`ended_header`]).
 pub async fn end(
     connection: &mut PgConnection,
+    policy: &SessionPolicy,
     user_id: Uuid,
     which: Which,
     reason: EndReason,
     now: OffsetDateTime,
-) -> Result<u64> {
+) -> Result<Vec<Uuid>> {
+    let (created_after, used_after) = policy.live_bounds(now);
     let (only, except) = match which {
         Which::One(id) => (Some(id), None),
         Which::All => (None, None),
@@ -365,6 +387,7 @@ pub async fn end(
         "with ended as (
            update sessions set revoked_at = $4, end_reason = $5
            where user_id = $1 and revoked_at is null
+             and created_at > $6 and last_used_at > $7
              and ($2::uuid is null or id = $2) and ($3::uuid is null or id <> $3)
            returning id
          ), spent as (
@@ -377,9 +400,22 @@ pub async fn end(
     .bind(except)
     .bind(now)
     .bind(reason.as_str())
+    .bind(created_after)
+    .bind(used_after)
     .fetch_all(&mut *connection)
     .await?;
-    Ok(ended.len() as u64)
+    Ok(ended)
+}
+
+/// `ended` as the edge should hear of them (the ended-sessions header): each with the time after
+/// which its tokens are moot.
+pub fn ended_header(ended: &[Uuid], now: OffsetDateTime, token_validity: Duration) -> String {
+    let until = (now + token_validity).unix_timestamp();
+    let entries: Vec<RevokedSession> = ended
+        .iter()
+        .map(|sid| RevokedSession { sid: *sid, until })
+        .collect();
+    RevokedSession::to_header(&entries)
 }
 
 /// Sessions ended after `since`, each with the time after which no token of it can validate:

@@ -18,6 +18,11 @@ pub const EDGE_SECRET_HEADER: &str = "x-gatehouse-edge-secret";
 /// it only when [`EDGE_SECRET_HEADER`] carries the right secret.
 pub const CLIENT_IP_HEADER: &str = "x-gatehouse-client-ip";
 
+/// The response header in which the origin tells the edge which sessions a request ended:
+/// `<sid>=<until>` entries (see [`RevokedSession`]) separated by commas. The edge acts on it and
+/// removes it before the response reaches the client.
+pub const ENDED_SESSIONS_HEADER: &str = "x-gatehouse-ended-sessions";
+
 /// The media type of error bodies (RFC 9457 section 3).
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
@@ -224,6 +229,31 @@ pub struct RevokedSession {
     pub until: i64,
 }
 
+impl RevokedSession {
+    /// `entries` as an [`ENDED_SESSIONS_HEADER`] value.
+    pub fn to_header(entries: &[RevokedSession]) -> String {
+        entries
+            .iter()
+            .map(|entry| format!("{}={}", entry.sid, entry.until))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The entries of an [`ENDED_SESSIONS_HEADER`] value; malformed entries are skipped.
+    pub fn from_header(value: &str) -> Vec<RevokedSession> {
+        value
+            .split(',')
+            .filter_map(|entry| {
+                let (sid, until) = entry.trim().split_once('=')?;
+                Some(RevokedSession {
+                    sid: sid.parse().ok()?,
+                    until: until.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// `GET /edge/revocations`: what the edge needs to refuse tokens of ended sessions. It lists only
 /// sessions whose tokens could still be unexpired, so it stays small and every entry expires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,5 +382,26 @@ mod tests {
         assert_eq!(json["type"], "urn:gatehouse:problem:invalid_token");
         assert_eq!(json["status"], 401);
         assert!(json.get("errors").is_none());
+    }
+
+    #[test]
+    fn ended_sessions_header_round_trips_and_skips_garbage() {
+        let entries = vec![
+            RevokedSession {
+                sid: Uuid::from_u128(1),
+                until: 1_800_000_000,
+            },
+            RevokedSession {
+                sid: Uuid::from_u128(2),
+                until: 1_800_000_005,
+            },
+        ];
+
+        let header = RevokedSession::to_header(&entries);
+        let garbled = format!("{header},not-a-uuid=5,{}=soon", Uuid::from_u128(3));
+
+        assert_eq!(RevokedSession::from_header(&header), entries);
+        assert_eq!(RevokedSession::from_header(&garbled), entries);
+        assert!(RevokedSession::from_header("").is_empty());
     }
 }

@@ -362,3 +362,29 @@ pub async fn spawn_server(state: AppState) -> (SocketAddr, tokio::task::JoinHand
 
 pub mod edge;
 pub mod relay;
+
+/// Waits until `n` sessions of the test database are blocked on a lock: how a test knows that
+/// concurrent requests have all reached the row it holds, with no guess at timing. Panics after
+/// a generous deadline, so a request that never blocks fails the test instead of hanging it.
+/// `watcher` is a connection taken before the requests start, so the check never waits for the
+/// pool they are using up.
+pub async fn wait_for_lock_waiters(watcher: &mut sqlx::PgConnection, n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *watcher)
+        .await
+        .expect("pg_stat_activity is readable");
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {waiting} of {n} requests blocked on the held lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gatehouse_shared::api::{
@@ -169,7 +170,7 @@ async fn check_login(
     let password = request.password;
     let stored = user.as_ref().map(|user| user.password_hash.clone());
     let verified = state.hasher.verify(password.clone(), stored).await?;
-    let Some(user) = user.filter(|user| verified && user.is_active) else {
+    let Some(mut user) = user.filter(|user| verified && user.is_active) else {
         tracing::info!("login refused");
         return Err(ApiError::InvalidCredentials);
     };
@@ -180,14 +181,29 @@ async fn check_login(
         // Best effort: the password is verified, so a busy hashing pool or database must not fail
         // the login; the next login tries again.
         match rehash(state, user.id, &user.password_hash, password).await {
-            Ok(()) => {
-                tracing::info!(user_id = %user.id, cost = state.hasher.cost(), "password rehashed")
+            Ok(Some(upgraded)) => {
+                tracing::info!(user_id = %user.id, cost = state.hasher.cost(), "password rehashed");
+                user.password_hash = upgraded;
             }
+            // The hash changed meanwhile; the check below refuses the login.
+            Ok(None) => {}
             Err(error) => tracing::warn!(user_id = %user.id, %error, "password rehash postponed"),
         }
     }
 
     let mut tx = state.db.begin().await?;
+    // The hash verified above must still be the account's: a password change or deactivation
+    // that committed while bcrypt ran would otherwise be outlived by this new session. The share
+    // lock makes a concurrent change wait for this transaction, or this one see its result.
+    let current: Option<(String, bool)> =
+        sqlx::query_as("select password_hash, is_active from users where id = $1 for share")
+            .bind(user.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if current != Some((user.password_hash.clone(), true)) {
+        tracing::info!(user_id = %user.id, "login refused: the account changed during the check");
+        return Err(ApiError::InvalidCredentials);
+    }
     throttle::release(&mut tx, &counters).await?;
     let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
     tx.commit().await?;
@@ -196,16 +212,26 @@ async fn check_login(
     Ok(Json(token_response(state, user, grant, now)))
 }
 
-async fn rehash(state: &AppState, user_id: Uuid, old_hash: &str, password: String) -> Result<()> {
+/// Replaces `old_hash` with a hash at the configured cost; `None` when the stored hash was no
+/// longer `old_hash`.
+async fn rehash(
+    state: &AppState,
+    user_id: Uuid,
+    old_hash: &str,
+    password: String,
+) -> Result<Option<String>> {
     let upgraded = state.hasher.hash(password).await?;
     let mut connection = state.db.acquire().await?;
-    sqlx::query("update users set password_hash = $2, updated_at = now() where id = $1 and password_hash = $3")
-        .bind(user_id)
-        .bind(&upgraded)
-        .bind(old_hash)
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
+    let replaced = sqlx::query(
+        "update users set password_hash = $2, updated_at = now() where id = $1 and password_hash = $3",
+    )
+    .bind(user_id)
+    .bind(&upgraded)
+    .bind(old_hash)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    Ok((replaced == 1).then_some(upgraded))
 }
 
 /// `GET /auth/verify`: the token is valid, its session live, its account active.
@@ -278,23 +304,28 @@ async fn update_profile(
 /// `DELETE /auth/profile`: deactivates the account and ends all its sessions in one
 /// transaction, so its tokens stop working at the origin at once and reach the edge's
 /// revocation list.
-async fn deactivate_profile(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode> {
+async fn deactivate_profile(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<impl IntoResponse> {
+    let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     sqlx::query("update users set is_active = false, updated_at = now() where id = $1")
         .bind(user.user_id)
         .execute(&mut *tx)
         .await?;
-    sessions::end(
+    let ended = sessions::end(
         &mut tx,
+        &state.sessions,
         user.user_id,
         Which::All,
         EndReason::Deactivated,
-        state.clock.now(),
+        now,
     )
     .await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, "account deactivated");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(super::sessions::ended_response(&state, &ended, now))
 }
 
 /// The token response for `user` in the session `grant` describes, at `now`.

@@ -2,11 +2,13 @@
 //! rules they follow are in [`crate::sessions`].
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use gatehouse_shared::api::{
-    ChangePasswordRequest, LogoutScope, RefreshRequest, SessionInfo, SessionList, TokenResponse,
+    ChangePasswordRequest, ENDED_SESSIONS_HEADER, LogoutScope, RefreshRequest, SessionInfo,
+    SessionList, TokenResponse,
 };
 use gatehouse_shared::input::check_password;
 use gatehouse_shared::refresh::RefreshToken;
@@ -38,16 +40,28 @@ async fn refresh_session(
 ) -> Result<Json<TokenResponse>> {
     let presented =
         RefreshToken::parse(&request.refresh_token).map_err(|_| ApiError::InvalidRefreshToken)?;
-    let now = state.clock.now();
-    let refreshed = sessions::refresh(&state.db, &state.sessions, &presented, now).await?;
-    let user: UserRow = {
+    let refreshed = sessions::refresh(
+        &state.db,
+        &state.sessions,
+        &presented,
+        &state.clock,
+        state.tokens.longest_validity(),
+    )
+    .await?;
+    let user: Option<UserRow> = {
         let mut connection = state.db.acquire().await?;
         sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1"))
             .bind(refreshed.user_id)
-            .fetch_one(&mut *connection)
+            .fetch_optional(&mut *connection)
             .await?
     };
-    Ok(Json(token_response(&state, user, refreshed.grant, now)))
+    let user = user.ok_or(ApiError::InvalidRefreshToken)?;
+    Ok(Json(token_response(
+        &state,
+        user,
+        refreshed.grant,
+        refreshed.now,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -62,23 +76,25 @@ async fn logout_user(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(params): ApiQuery<LogoutParams>,
-) -> Result<StatusCode> {
+) -> Result<impl IntoResponse> {
     let (which, reason) = match params.scope {
         LogoutScope::Current => (Which::One(user.session_id), EndReason::Logout),
         LogoutScope::All => (Which::All, EndReason::LogoutAll),
         LogoutScope::Others => (Which::AllExcept(user.session_id), EndReason::LogoutOthers),
     };
+    let now = state.clock.now();
     let mut connection = state.db.acquire().await?;
     let ended = sessions::end(
         &mut connection,
+        &state.sessions,
         user.user_id,
         which,
         reason,
-        state.clock.now(),
+        now,
     )
     .await?;
-    tracing::info!(user_id = %user.user_id, ended, scope = ?params.scope, "logged out");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(user_id = %user.user_id, ended = ended.len(), scope = ?params.scope, "logged out");
+    Ok(ended_response(&state, &ended, now))
 }
 
 /// `PUT /auth/password`: needs the current password; ends every other session of the user
@@ -89,7 +105,7 @@ async fn change_password(
     user: AuthUser,
     meta: ClientMeta,
     ApiJson(request): ApiJson<ChangePasswordRequest>,
-) -> Result<StatusCode> {
+) -> Result<impl IntoResponse> {
     let mut errors = Vec::new();
     push_error(
         &mut errors,
@@ -107,15 +123,16 @@ async fn change_password(
     // login apply, on the same counters.
     let now = state.clock.now();
     let counters = Counters::new(&state.login_limits, &user.claims.email, meta.ip);
-    let stored: String = {
+    let stored: Option<String> = {
         let mut connection = state.db.acquire().await?;
         throttle::check(&mut connection, &state.login_limits, &counters, now).await?;
         throttle::reserve(&mut connection, &state.login_limits, &counters, now).await?;
         sqlx::query_scalar("select password_hash from users where id = $1")
             .bind(user.user_id)
-            .fetch_one(&mut *connection)
+            .fetch_optional(&mut *connection)
             .await?
     };
+    let stored = stored.ok_or(ApiError::SessionEnded)?;
     if !state
         .hasher
         .verify(request.current_password, Some(stored.clone()))
@@ -145,6 +162,7 @@ async fn change_password(
     throttle::release(&mut tx, &counters).await?;
     let ended = sessions::end(
         &mut tx,
+        &state.sessions,
         user.user_id,
         Which::AllExcept(user.session_id),
         EndReason::PasswordChanged,
@@ -152,8 +170,8 @@ async fn change_password(
     )
     .await?;
     tx.commit().await?;
-    tracing::info!(user_id = %user.user_id, ended, "password changed");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(user_id = %user.user_id, ended = ended.len(), "password changed");
+    Ok(ended_response(&state, &ended, now))
 }
 
 #[derive(sqlx::FromRow)]
@@ -201,19 +219,33 @@ async fn end_session(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(session_id): ApiPath<Uuid>,
-) -> Result<StatusCode> {
+) -> Result<impl IntoResponse> {
+    let now = state.clock.now();
     let mut connection = state.db.acquire().await?;
     let ended = sessions::end(
         &mut connection,
+        &state.sessions,
         user.user_id,
         Which::One(session_id),
         EndReason::EndedByUser,
-        state.clock.now(),
+        now,
     )
     .await?;
-    if ended == 0 {
+    if ended.is_empty() {
         return Err(ApiError::SessionNotFound);
     }
     tracing::info!(user_id = %user.user_id, %session_id, "session ended by its user");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(ended_response(&state, &ended, now))
+}
+
+/// 204, telling the edge which sessions ended so that it refuses their tokens at once.
+pub(crate) fn ended_response(state: &AppState, ended: &[Uuid], now: OffsetDateTime) -> Response {
+    let header = sessions::ended_header(ended, now, state.tokens.longest_validity());
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if !ended.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&header)
+    {
+        response.headers_mut().insert(ENDED_SESSIONS_HEADER, value);
+    }
+    response
 }

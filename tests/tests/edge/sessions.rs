@@ -61,7 +61,16 @@ async fn logout_through_the_edge_is_refused_there_at_once(pool: PgPool) {
         .unwrap();
 
     assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    assert!(
+        logout.headers().get("x-gatehouse-ended-sessions").is_none(),
+        "the origin's note to the edge does not reach the client"
+    );
     assert_session_ended_at_edge(&stack, &registered.access_token).await;
+    assert_eq!(
+        stack.relay.count("GET /edge/revocations"),
+        1,
+        "refused from the origin's header, not from a new list"
+    );
     let profile = stack
         .request(Method::GET, "/auth/profile")
         .bearer_auth(&registered.access_token)
@@ -217,9 +226,12 @@ async fn password_change_and_session_routes_work_through_the_edge(pool: PgPool) 
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn an_edge_that_cannot_read_revocations_refuses_to_vouch(pool: PgPool) {
-    // Without the edge secret the origin will not hand out its revocation list.
+    // With a secret the origin does not know, it will not hand out its revocation list.
     let stack = Stack::with(pool, Options::default(), |bindings| {
-        bindings.remove("EDGE_SECRET");
+        bindings.insert(
+            "EDGE_SECRET".into(),
+            Value::from("not the origin's secret, but long enough to look like one"),
+        );
     })
     .await;
     let registered = stack.register("ada@example.com").await;
@@ -228,5 +240,102 @@ async fn an_edge_that_cannot_read_revocations_refuses_to_vouch(pool: PgPool) {
 
     assert_eq!(verify.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(verify.headers()["retry-after"], "1");
+    assert_eq!(problem(verify).await.0, "revocations_unavailable");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn the_revocation_list_is_not_reachable_through_the_edge(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    stack.register("ada@example.com").await;
+
+    let response = stack
+        .client
+        .get(format!("{}/edge/revocations", stack.edge.url))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(problem(response).await.0, "not_found");
+    assert_eq!(stack.relay.count("GET /edge/revocations"), 0);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_edge_without_its_secret_refuses_to_run(pool: PgPool) {
+    let stack = Stack::with(pool, Options::default(), |bindings| {
+        bindings.remove("EDGE_SECRET");
+    })
+    .await;
+
+    let response = stack
+        .request(Method::GET, "/auth/verify")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(problem(response).await.0, "internal_error");
+    assert!(stack.relay.seen().is_empty());
+}
+
+/// A stack whose edge keeps a list at most `max_stale` seconds once the origin is gone, and
+/// renews it on every check, so every check after the outage depends on the stale rule.
+async fn stack_with_max_stale(pool: PgPool, max_stale: u64) -> Stack {
+    Stack::with(pool, Options::default(), |bindings| {
+        bindings.insert("REVOCATION_REFRESH_SECS".into(), Value::from("0"));
+        bindings.insert(
+            "REVOCATION_MAX_STALE_SECS".into(),
+            Value::from(max_stale.to_string()),
+        );
+    })
+    .await
+}
+
+fn unreachable_origin() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    format!("http://{closed}")
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_origin_outage_is_bridged_with_the_last_list(pool: PgPool) {
+    let stack = stack_with_max_stale(pool, 300).await;
+    let live = stack.register("ada@example.com").await;
+    let ended = login(&stack, "ada@example.com").await;
+    // Ended at the origin directly, so only the list tells the edge.
+    stack
+        .app
+        .post_empty("/auth/logout", &ended.access_token)
+        .await;
+    assert_eq!(
+        stack.verify(&live.access_token).await.status(),
+        StatusCode::OK
+    );
+
+    stack.relay.retarget(&unreachable_origin());
+
+    assert_eq!(
+        stack.verify(&live.access_token).await.status(),
+        StatusCode::OK,
+        "the last list still vouches"
+    );
+    assert_session_ended_at_edge(&stack, &ended.access_token).await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_list_too_stale_to_trust_makes_verification_unavailable(pool: PgPool) {
+    let stack = stack_with_max_stale(pool, 0).await;
+    let live = stack.register("ada@example.com").await;
+    assert_eq!(
+        stack.verify(&live.access_token).await.status(),
+        StatusCode::OK
+    );
+
+    stack.relay.retarget(&unreachable_origin());
+    let verify = stack.verify(&live.access_token).await;
+
+    assert_eq!(verify.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(problem(verify).await.0, "revocations_unavailable");
 }

@@ -10,7 +10,9 @@ use gatehouse_shared::api::{
     EDGE_SECRET_HEADER, RevocationList, SessionList, TokenResponse, UserProfile,
 };
 use gatehouse_shared::refresh::RefreshToken;
-use gatehouse_tests::{EDGE_SECRET, Options, PASSWORD, TEST_SESSIONS, TestApp, TestResponse};
+use gatehouse_tests::{
+    EDGE_SECRET, Options, PASSWORD, TEST_SESSIONS, TestApp, TestResponse, wait_for_lock_waiters,
+};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -103,11 +105,25 @@ async fn racing_refreshes_of_one_token_all_get_the_same_successor(pool: PgPool) 
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
 
-    // Polled together, the requests reach PostgreSQL together and queue on the session's lock.
-    let responses = join_all((0..8).map(|_| app.refresh(&registered.refresh_token))).await;
+    // The test holds the session's row lock until all three requests wait on it, so they truly
+    // overlap; then lets them go at once.
+    let mut watcher = app.pool.acquire().await.unwrap();
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("select 1 from sessions where id = $1 for update")
+        .bind(registered.session_id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (responses, ()) = tokio::join!(
+        join_all((0..3).map(|_| app.refresh(&registered.refresh_token))),
+        async {
+            wait_for_lock_waiters(&mut watcher, 3).await;
+            holder.commit().await.unwrap();
+        }
+    );
 
     let statuses: Vec<StatusCode> = responses.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, vec![StatusCode::OK; 8], "nobody is logged out");
+    assert_eq!(statuses, vec![StatusCode::OK; 3], "nobody is logged out");
     let successors: Vec<String> = responses
         .iter()
         .map(|r| r.json::<TokenResponse>().refresh_token)
@@ -569,4 +585,193 @@ async fn the_janitor_deletes_only_what_has_long_expired(pool: PgPool) {
     assert_eq!(purged.counters, 1, "the stale failure counter");
     assert!(session_live(&app, live.session_id).await);
     refreshed(&app, &live.refresh_token).await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_logout_racing_a_refresh_leaves_nothing_alive(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+    let mut watcher = app.pool.acquire().await.unwrap();
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("select 1 from sessions where id = $1 for update")
+        .bind(registered.session_id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let (refresh, logout, ()) = tokio::join!(
+        app.refresh(&registered.refresh_token),
+        app.post_empty("/auth/logout", &registered.access_token),
+        async {
+            wait_for_lock_waiters(&mut watcher, 2).await;
+            holder.commit().await.unwrap();
+        }
+    );
+
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    assert!(!session_live(&app, registered.session_id).await);
+    // Whichever went first, whatever the refresh handed out is dead now.
+    if refresh.status == StatusCode::OK {
+        let pair: TokenResponse = refresh.json();
+        assert_refused(
+            &app.refresh(&pair.refresh_token).await,
+            "invalid_refresh_token",
+        );
+        assert_refused(
+            &app.get("/auth/verify", &pair.access_token).await,
+            "invalid_token",
+        );
+    } else {
+        assert_refused(&refresh, "invalid_refresh_token");
+    }
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_login_racing_a_password_change_does_not_outlive_it(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+    // The test plays the password change itself: it holds the account row while the login with
+    // the old password verifies it, changes the hash, and commits.
+    let mut watcher = app.pool.acquire().await.unwrap();
+    let mut change = app.pool.begin().await.unwrap();
+    sqlx::query("select 1 from users where id = $1 for update")
+        .bind(registered.user.id)
+        .execute(&mut *change)
+        .await
+        .unwrap();
+
+    let (login, ()) = tokio::join!(app.login("ada@example.com", PASSWORD), async {
+        wait_for_lock_waiters(&mut watcher, 1).await;
+        sqlx::query("update users set password_hash = 'changed' where id = $1")
+            .bind(registered.user.id)
+            .execute(&mut *change)
+            .await
+            .unwrap();
+        change.commit().await.unwrap();
+    });
+
+    assert_refused(&login, "invalid_credentials");
+    let sessions: i64 = sqlx::query_scalar("select count(*) from sessions where user_id = $1")
+        .bind(registered.user.id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "only the registration's session");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn the_list_leaves_out_ended_and_expired_sessions(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let expired = app.register("ada@example.com").await;
+    app.clock
+        .advance(TEST_SESSIONS.idle_timeout + Duration::from_secs(1));
+    let ended = login(&app, "ada@example.com").await;
+    app.post_empty("/auth/logout", &ended.access_token).await;
+    let current = login(&app, "ada@example.com").await;
+
+    let list: SessionList = app
+        .get("/auth/sessions", &current.access_token)
+        .await
+        .json();
+    let delete_expired = app
+        .delete(
+            &format!("/auth/sessions/{}", expired.session_id),
+            &current.access_token,
+        )
+        .await;
+
+    let ids: Vec<Uuid> = list.sessions.iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![current.session_id]);
+    assert_eq!(delete_expired.status, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn the_current_session_keeps_refreshing_after_ending_the_others(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let current = app.register("ada@example.com").await;
+    let other = login(&app, "ada@example.com").await;
+    let third = login(&app, "ada@example.com").await;
+
+    let others = app
+        .post_empty("/auth/logout?scope=others", &current.access_token)
+        .await;
+    let after_others = refreshed(&app, &current.refresh_token).await;
+    let changed = app
+        .put(
+            "/auth/password",
+            &after_others.access_token,
+            json!({"current_password": PASSWORD, "new_password": "a new passphrase"}),
+        )
+        .await;
+
+    assert_eq!(others.status, StatusCode::NO_CONTENT);
+    for ended in [&other, &third] {
+        assert_refused(
+            &app.refresh(&ended.refresh_token).await,
+            "invalid_refresh_token",
+        );
+    }
+    assert_eq!(changed.status, StatusCode::NO_CONTENT);
+    refreshed(&app, &after_others.refresh_token).await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn responses_that_end_sessions_name_them_for_the_edge(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let first = app.register("ada@example.com").await;
+    let second = login(&app, "ada@example.com").await;
+    let now = app.clock.clock().now().unix_timestamp();
+
+    let logout = app
+        .post_empty("/auth/logout?scope=others", &first.access_token)
+        .await;
+    let header = logout.header("x-gatehouse-ended-sessions").unwrap();
+    assert_eq!(header, format!("{}={}", second.session_id, now + 905));
+
+    let next = refreshed(&app, &first.refresh_token).await;
+    app.clock.advance(AFTER_WINDOW);
+    let reuse = app.refresh(&first.refresh_token).await;
+    assert_refused(&reuse, "refresh_token_reused");
+    assert_eq!(
+        reuse.header("x-gatehouse-ended-sessions").unwrap(),
+        format!("{}={}", first.session_id, now + 11 + 905)
+    );
+    assert!(
+        app.post_empty("/auth/logout", &next.access_token)
+            .await
+            .header("x-gatehouse-ended-sessions")
+            .is_none(),
+        "an ended session cannot log out again"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn every_kind_of_ending_reaches_the_revocation_list(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let reused = app.register("ada@example.com").await;
+    let kept = login(&app, "ada@example.com").await;
+    let password_victim = login(&app, "ada@example.com").await;
+    let deactivated = app.register("grace@example.com").await;
+
+    refreshed(&app, &reused.refresh_token).await;
+    app.clock.advance(AFTER_WINDOW);
+    app.refresh(&reused.refresh_token).await;
+    app.put(
+        "/auth/password",
+        &kept.access_token,
+        json!({"current_password": PASSWORD, "new_password": "a new passphrase"}),
+    )
+    .await;
+    app.delete("/auth/profile", &deactivated.access_token).await;
+
+    let list: RevocationList = revocations(&app, Some(EDGE_SECRET)).await.json();
+    let mut listed: Vec<Uuid> = list.revoked.iter().map(|r| r.sid).collect();
+    listed.sort();
+    let mut expected = vec![
+        reused.session_id,
+        password_victim.session_id,
+        deactivated.session_id,
+    ];
+    expected.sort();
+    assert_eq!(listed, expected);
 }
