@@ -1,18 +1,30 @@
 // Runs the built worker (edge/build) in workerd through Miniflare, for the end-to-end tests in
-// tests/. Bindings come as JSON in EDGE_BINDINGS; the worker's URL is printed as "READY <url>".
+// tests/. Bindings come as JSON in EDGE_BINDINGS; an entry whose value is `{ simple: { limit,
+// period } }` becomes a rate-limiting binding, as `[[ratelimits]]` in wrangler.toml declares one.
+// The worker's URL is printed as "READY <url>".
 // Stops when its standard input closes (the test process went away) or on SIGTERM.
 import { Miniflare, Log, LogLevel } from "miniflare";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+const bindings = {};
+const ratelimits = {};
+for (const [name, value] of Object.entries(JSON.parse(process.env.EDGE_BINDINGS ?? "{}"))) {
+  if (value !== null && typeof value === "object" && "simple" in value) {
+    ratelimits[name] = value;
+  } else {
+    bindings[name] = value;
+  }
+}
 const mf = new Miniflare({
   modules: true,
   scriptPath: path.join(here, "build", "index.js"),
   modulesRoot: path.join(here, "build"),
   modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
   compatibilityDate: "2026-04-01",
-  bindings: JSON.parse(process.env.EDGE_BINDINGS ?? "{}"),
+  bindings,
+  ratelimits,
   host: "127.0.0.1",
   port: 0,
   cf: false,

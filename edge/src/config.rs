@@ -1,9 +1,18 @@
 //! The worker's configuration: `vars` and secrets from `wrangler.toml` and the dashboard.
 
 use gatehouse_shared::token::Validation;
-use worker::Env;
+use std::cell::Cell;
+
+use worker::{Env, RateLimiter};
 
 use crate::error::AppError;
+
+/// The binding name of the credential-route rate limiter in `wrangler.toml`.
+pub const AUTH_RATE_LIMITER: &str = "AUTH_RATE_LIMITER";
+
+thread_local! {
+    static WARNED_NO_LIMITER: Cell<bool> = const { Cell::new(false) };
+}
 
 /// Longest a revoked API key may keep working at the edge.
 pub const MAX_API_KEY_CACHE_SECS: u64 = 60;
@@ -42,6 +51,9 @@ pub struct EdgeConfig {
     /// `REVOCATION_MAX_STALE_SECS` (default 300, at most 3600): how long the last revocation list
     /// is used while the origin cannot be reached, before verification answers 503.
     pub revocation_max_stale_secs: u64,
+    /// The `AUTH_RATE_LIMITER` rate-limiting binding: credential routes per client address. Absent
+    /// (with a warning in the log) when the deployment has not declared it.
+    pub auth_rate_limiter: Option<RateLimiter>,
     /// `EDGE_SECRET` (a secret, required): sent to the origin, which then believes the client-IP
     /// header and hands out its revocation list.
     pub edge_secret: String,
@@ -78,7 +90,14 @@ impl EdgeConfig {
             .map(|secret| secret.to_string())
             .or_else(|| text("EDGE_SECRET"))
             .ok_or(AppError::Config("EDGE_SECRET"))?;
+        let auth_rate_limiter = env.rate_limiter(AUTH_RATE_LIMITER).ok();
+        if auth_rate_limiter.is_none() && !WARNED_NO_LIMITER.replace(true) {
+            worker::console_warn!(
+                "the {AUTH_RATE_LIMITER} rate-limiting binding is missing: logins are not throttled at the edge"
+            );
+        }
         Ok(EdgeConfig {
+            auth_rate_limiter,
             origin_url: required("ORIGIN_URL")?.trim_end_matches('/').to_owned(),
             validation: Validation::new(required("JWT_ISSUER")?, required("JWT_AUDIENCE")?)
                 .with_leeway(number("JWT_LEEWAY_SECS", 5, 30)?),

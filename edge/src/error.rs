@@ -23,6 +23,8 @@ pub enum AppError {
     PayloadTooLarge,
     /// The request body could not be read, e.g. the client aborted the upload (400).
     UnreadableBody,
+    /// Too many credential requests from this client address (429).
+    RateLimited,
     /// A path the edge does not serve (404).
     NotFound,
     /// A method the API does not use (405).
@@ -67,6 +69,11 @@ impl AppError {
             AppError::PayloadTooLarge => (413, "payload_too_large", "request body is too large"),
             AppError::UnreadableBody => (400, "unreadable_body", "request body could not be read"),
             AppError::NotFound => (404, "not_found", "no such resource"),
+            AppError::RateLimited => (
+                429,
+                "too_many_requests",
+                "too many requests from this address; retry after the Retry-After delay",
+            ),
             AppError::MethodNotAllowed => (405, "method_not_allowed", "method not allowed"),
             AppError::OriginUnreachable => (
                 502,
@@ -103,6 +110,7 @@ impl AppError {
             401 => "Unauthorized",
             403 => "Forbidden",
             404 => "Not Found",
+            429 => "Too Many Requests",
             405 => "Method Not Allowed",
             413 => "Payload Too Large",
             502 => "Bad Gateway",
@@ -127,6 +135,11 @@ impl AppError {
         }
         if matches!(status, 502..=504) {
             let _ = headers.set("retry-after", "1");
+        }
+        if status == 429 {
+            // The binding counts over 10 or 60 s and does not say when a client may retry; the
+            // longer period is the safe answer.
+            let _ = headers.set("retry-after", "60");
         }
         Response::builder()
             .with_status(status)

@@ -117,6 +117,8 @@ async fn handle(
         return Ok(response);
     }
 
+    // Before anything costs the origin a request, including the API-key lookup.
+    throttle_credentials(&request, &path, config).await?;
     let key = request.headers().get(API_KEY_HEADER)?;
     api_keys::require_valid(key.as_deref(), config, request_id).await?;
 
@@ -134,6 +136,41 @@ async fn handle(
     // The origin names the sessions a request ended; refused here from now on.
     revocations::learn_from(&mut response)?;
     Ok(response)
+}
+
+/// Routes that check a password or spend a refresh token: the bcrypt-heavy ones a flood targets.
+const CREDENTIAL_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/auth/login"),
+    ("POST", "/auth/register"),
+    ("POST", "/auth/refresh"),
+    ("PUT", "/auth/password"),
+];
+
+/// Throttles credential routes per client address with the Workers rate-limiting binding, so a
+/// flood from one address stops here. The origin keeps its own per-account limits in PostgreSQL;
+/// these two layers answer different attacks (one address hammering versus one account guessed
+/// from many).
+async fn throttle_credentials(
+    request: &Request,
+    path: &str,
+    config: &EdgeConfig,
+) -> Result<(), AppError> {
+    let method = request.inner().method();
+    if !CREDENTIAL_ROUTES.contains(&(method.as_str(), path)) {
+        return Ok(());
+    }
+    let Some(limiter) = &config.auth_rate_limiter else {
+        return Ok(());
+    };
+    let ip = request
+        .headers()
+        .get("cf-connecting-ip")?
+        .unwrap_or_default();
+    if limiter.limit(format!("ip:{ip}")).await?.success {
+        Ok(())
+    } else {
+        Err(AppError::RateLimited)
+    }
 }
 
 /// Validates the bearer token against the origin's keys with the shared rules.

@@ -92,6 +92,8 @@ pub fn bindings(origin_url: &str) -> serde_json::Map<String, Value> {
         "JWKS_REFETCH_COOLDOWN_SECS": "0",
         "ORIGIN_TIMEOUT_MS": "5000",
         "EDGE_SECRET": EDGE_SECRET,
+        // Generous, so only the test about it ever meets it.
+        "AUTH_RATE_LIMITER": { "simple": { "limit": 1000, "period": 60 } },
     })
     .as_object()
     .cloned()

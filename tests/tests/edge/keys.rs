@@ -116,3 +116,46 @@ async fn revoked_key_stops_working_within_the_cache_ttl(pool: PgPool) {
         .unwrap();
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_login_flood_from_one_address_stops_at_the_edge(pool: PgPool) {
+    let stack = Stack::with(pool, gatehouse_tests::Options::default(), |bindings| {
+        bindings.insert(
+            "AUTH_RATE_LIMITER".into(),
+            serde_json::json!({ "simple": { "limit": 3, "period": 60 } }),
+        );
+    })
+    .await;
+    let login = || {
+        stack
+            .request(Method::POST, "/auth/login")
+            .json(&serde_json::json!({ "email": "ada@example.com", "password": "wrong guess" }))
+            .send()
+    };
+
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(login().await.unwrap().status());
+    }
+    let flooded = login().await.unwrap();
+    let verify = stack
+        .request(Method::GET, "/auth/verify")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(statuses, [StatusCode::UNAUTHORIZED; 3]);
+    assert_eq!(flooded.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(flooded.headers()["retry-after"], "60");
+    assert_eq!(problem(flooded).await.0, "too_many_requests");
+    assert_eq!(
+        stack.relay.count("POST /auth/login"),
+        3,
+        "the fourth never left the edge"
+    );
+    assert_eq!(
+        verify.status(),
+        StatusCode::UNAUTHORIZED,
+        "other routes are not throttled: a missing token is refused as usual"
+    );
+}
