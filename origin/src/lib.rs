@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod janitor;
 pub mod metrics;
+pub mod openapi;
 pub mod password;
 pub mod routes;
 pub mod sessions;
@@ -145,6 +146,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::edge::router())
         .merge(routes::jwks::router())
         .merge(routes::health::router())
+        .merge(openapi::router())
         .route_layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,

@@ -31,10 +31,13 @@ pub const TOKEN_TYPE: &str = "Bearer";
 
 /// `POST /auth/register`.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The address to sign in with; surrounding white space is ignored, case is not significant.
+    #[cfg_attr(feature = "openapi", schema(format = "email", max_length = 254))]
     pub email: String,
     /// 8 characters to 72 bytes.
+    #[cfg_attr(feature = "openapi", schema(min_length = 8, max_length = 72))]
     pub password: String,
     /// Optional first name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,8 +60,10 @@ impl std::fmt::Debug for RegisterRequest {
 
 /// `POST /auth/login`.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     /// The address the account was registered with.
+    #[cfg_attr(feature = "openapi", schema(format = "email", max_length = 254))]
     pub email: String,
     /// The account's password.
     pub password: String,
@@ -75,6 +80,7 @@ impl std::fmt::Debug for LoginRequest {
 
 /// The answer to a successful register or login (RFC 6749 section 5.1 field names).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// The signed access token.
     pub access_token: String,
@@ -106,6 +112,7 @@ impl std::fmt::Debug for TokenResponse {
 
 /// `GET /auth/profile`, and the `user` of a token response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserProfile {
     /// The user's id, also the access token's `sub`.
     pub id: Uuid,
@@ -124,6 +131,7 @@ pub struct UserProfile {
 
 /// `PATCH /auth/profile`: a member left out is unchanged, `null` clears it, a string sets it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfileRequest {
     /// New first name.
@@ -149,6 +157,7 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<S
 
 /// `POST /auth/refresh`.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The refresh token of the last token response.
@@ -163,6 +172,7 @@ impl std::fmt::Debug for RefreshRequest {
 
 /// `PUT /auth/password`.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     /// The password in use now (OWASP ASVS 5.0 6.2.3: changing it requires it).
@@ -179,6 +189,7 @@ impl std::fmt::Debug for ChangePasswordRequest {
 
 /// Which sessions `POST /auth/logout` ends (`?scope=`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogoutScope {
     /// The session of the presented token (the default).
@@ -192,6 +203,7 @@ pub enum LogoutScope {
 
 /// One live session in `GET /auth/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     /// The session id, the `sid` of its access tokens.
     pub id: Uuid,
@@ -214,6 +226,7 @@ pub struct SessionInfo {
 
 /// `GET /auth/sessions`: the user's live sessions, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionList {
     /// The sessions.
     pub sessions: Vec<SessionInfo>,
@@ -221,6 +234,7 @@ pub struct SessionList {
 
 /// A session ended recently enough that access tokens issued for it may still be unexpired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevokedSession {
     /// The session id (`sid`).
     pub sid: Uuid,
@@ -257,6 +271,7 @@ impl RevokedSession {
 /// `GET /edge/revocations`: what the edge needs to refuse tokens of ended sessions. It lists only
 /// sessions whose tokens could still be unexpired, so it stays small and every entry expires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevocationList {
     /// The origin's time when the list was made (Unix seconds).
     pub generated_at: i64,
@@ -266,6 +281,7 @@ pub struct RevocationList {
 
 /// `GET /auth/verify`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerifyResponse {
     /// Always true; an invalid token gets a 401 problem instead.
     pub valid: bool,
@@ -278,6 +294,7 @@ pub struct VerifyResponse {
 
 /// The identity inside a verified token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerifiedUser {
     /// The user's id.
     pub id: Uuid,
@@ -287,6 +304,7 @@ pub struct VerifiedUser {
 
 /// `GET /health` and `GET /ready`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthResponse {
     /// `ok`, or `unavailable` when a dependency does not answer.
     pub status: String,
@@ -294,6 +312,7 @@ pub struct HealthResponse {
 
 /// Every error body: RFC 9457 problem details plus a stable `code` for programs to match on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A URI naming the kind of problem: `urn:gatehouse:problem:<code>`.
     #[serde(rename = "type")]
@@ -327,6 +346,7 @@ impl Problem {
 
 /// One refused field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldError {
     /// The field's name as it appears in the request.
     pub field: String,

@@ -13,6 +13,7 @@ pub const ALGORITHM: &str = "EdDSA";
 
 /// One public key as published in the JWKS document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Jwk {
     /// Key type; `OKP` for Ed25519 (RFC 8037 section 2).
     pub kty: String,
@@ -73,6 +74,7 @@ pub fn thumbprint(x: &str) -> String {
 
 /// A JWK Set document (RFC 7517 section 5), as served at `/.well-known/jwks.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JwkSet {
     /// The keys, current first.
     pub keys: Vec<Jwk>,

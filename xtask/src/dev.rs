@@ -20,7 +20,7 @@ pub const ORIGIN_ADDR: &str = "127.0.0.1:8007";
 pub const EDGE_PORT: u16 = 8787;
 
 /// The `EDGE_SECRET` of `wrangler.toml`'s `local` environment, given to the origin too.
-const LOCAL_EDGE_SECRET: &str = "local-development-edge-secret-not-for-production";
+pub const LOCAL_EDGE_SECRET: &str = "local-development-edge-secret-not-for-production";
 
 /// How long `wrangler dev` may take to print "Ready on".
 const EDGE_STARTUP: Duration = Duration::from_secs(120);
@@ -30,7 +30,7 @@ const STARTUP_ATTEMPTS: u32 = 300;
 const STARTUP_POLL: Duration = Duration::from_millis(100);
 
 pub async fn run() -> anyhow::Result<ExitCode> {
-    let mut stack = Stack::start(false, None).await?;
+    let mut stack = Stack::start(false, None, &[]).await?;
     stack.print_usage();
     let edge_exit = async {
         match stack.edge.as_mut() {
@@ -62,7 +62,11 @@ pub struct Stack {
 impl Stack {
     /// Builds and starts the origin (in release mode when `release`) on a fresh or given
     /// database, its log going to `log` when given, else to this terminal.
-    pub async fn start(release: bool, log: Option<&Path>) -> anyhow::Result<Self> {
+    pub async fn start(
+        release: bool,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let target = crate::target_dir();
         let (postgres, database_url) = match std::env::var("DATABASE_URL") {
             Ok(url) if !url.is_empty() => (None, url),
@@ -75,41 +79,7 @@ impl Stack {
         };
 
         let binary = build_origin(release)?;
-        let key_file = target.join("gatehouse-dev-signing-key.pem");
-        if !key_file.exists() {
-            let output = std::process::Command::new(&binary).arg("keygen").output()?;
-            if !output.status.success() {
-                bail!("gatehouse-origin keygen failed");
-            }
-            std::fs::write(&key_file, &output.stdout)?;
-        }
-        let created = std::process::Command::new(&binary)
-            .args(["api-key", "create", "development"])
-            .env("DATABASE_URL", &database_url)
-            .output()?;
-        if !created.status.success() {
-            bail!(
-                "creating an API key failed: {}",
-                String::from_utf8_lossy(&created.stderr)
-            );
-        }
-        let api_key = String::from_utf8(created.stdout)?.trim().to_owned();
-
-        let origin = Command::new(&binary)
-            .arg("serve")
-            .env("DATABASE_URL", &database_url)
-            .env("LISTEN_ADDR", ORIGIN_ADDR)
-            .env("JWT_SIGNING_KEY_FILE", &key_file)
-            .env("JWT_ISSUER", format!("http://{ORIGIN_ADDR}"))
-            .env("EDGE_SECRET", LOCAL_EDGE_SECRET)
-            .stdin(Stdio::null())
-            .stderr(match log {
-                Some(path) => Stdio::from(std::fs::File::create(path)?),
-                None => Stdio::inherit(),
-            })
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting gatehouse-origin")?;
+        let (origin, api_key) = start_origin(&binary, &database_url, ORIGIN_ADDR, log, env)?;
         let origin_url = format!("http://{ORIGIN_ADDR}");
         let mut stack = Stack {
             postgres,
@@ -136,26 +106,7 @@ impl Stack {
     }
 
     async fn wait_until_healthy(&mut self) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
-        for _ in 0..STARTUP_ATTEMPTS {
-            if let Some(status) = self.origin.try_wait()? {
-                bail!(
-                    "gatehouse-origin exited during start-up ({status}); is {ORIGIN_ADDR} already in use?"
-                );
-            }
-            let health = client
-                .get(format!("{}/health", self.origin_url))
-                .send()
-                .await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
-            }
-            tokio::time::sleep(STARTUP_POLL).await;
-        }
-        bail!(
-            "gatehouse-origin did not answer /health at {}",
-            self.origin_url
-        )
+        wait_until_healthy(&mut self.origin, &self.origin_url).await
     }
 
     /// Stops the origin gracefully (SIGTERM, so requests in flight finish), then PostgreSQL.
@@ -274,7 +225,72 @@ async fn start_edge(log: Option<&Path>) -> anyhow::Result<Child> {
     Ok(wrangler)
 }
 
-fn build_origin(release: bool) -> anyhow::Result<PathBuf> {
+/// Creates an API key on `database_url` and starts `binary` serving at `addr` with the
+/// development signing key and edge secret, plus `env`; returns the process and the key.
+pub fn start_origin(
+    binary: &Path,
+    database_url: &str,
+    addr: &str,
+    log: Option<&Path>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, String)> {
+    let key_file = crate::target_dir().join("gatehouse-dev-signing-key.pem");
+    if !key_file.exists() {
+        let output = std::process::Command::new(binary).arg("keygen").output()?;
+        if !output.status.success() {
+            bail!("gatehouse-origin keygen failed");
+        }
+        std::fs::write(&key_file, &output.stdout)?;
+    }
+    let created = std::process::Command::new(binary)
+        .args(["api-key", "create", "development"])
+        .env("DATABASE_URL", database_url)
+        .output()?;
+    if !created.status.success() {
+        bail!(
+            "creating an API key failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let api_key = String::from_utf8(created.stdout)?.trim().to_owned();
+    let origin = Command::new(binary)
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("LISTEN_ADDR", addr)
+        .env("JWT_SIGNING_KEY_FILE", &key_file)
+        .env("JWT_ISSUER", format!("http://{ORIGIN_ADDR}"))
+        .env("EDGE_SECRET", LOCAL_EDGE_SECRET)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stderr(match log {
+            Some(path) => Stdio::from(std::fs::File::create(path)?),
+            None => Stdio::inherit(),
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting gatehouse-origin")?;
+    Ok((origin, api_key))
+}
+
+/// Waits until `origin` answers `GET {url}/health`, failing if it exits first.
+pub async fn wait_until_healthy(origin: &mut Child, url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for _ in 0..STARTUP_ATTEMPTS {
+        if let Some(status) = origin.try_wait()? {
+            bail!(
+                "gatehouse-origin exited during start-up ({status}); is its port already in use?"
+            );
+        }
+        let health = client.get(format!("{url}/health")).send().await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(STARTUP_POLL).await;
+    }
+    bail!("gatehouse-origin did not answer /health at {url}")
+}
+
+pub fn build_origin(release: bool) -> anyhow::Result<PathBuf> {
     let mut build = crate::cargo();
     build.args([
         "build",

@@ -4,7 +4,9 @@
 mod bench;
 mod dev;
 mod edge;
+mod fuzz;
 mod pg;
+mod storm;
 mod test;
 
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ commands:
   dev     start PostgreSQL (unless DATABASE_URL is set) and the origin; print URLs and a key
   test    start a throwaway PostgreSQL and run every test [-- extra cargo test arguments]
   bench   measure the running stack (or start one) and print the figures
+  fuzz    run schemathesis against the origin's OpenAPI description on a throwaway PostgreSQL
   build-edge   install the edge's build tools if missing and build the worker into edge/build";
 
 fn main() -> ExitCode {
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         Some("dev") => runtime.block_on(dev::run()),
         Some("test") => test::run(&args[1..]),
         Some("bench") => runtime.block_on(bench::run(&args[1..])),
+        Some("fuzz") => fuzz::run_alone(),
         Some("build-edge") => edge::build().map(|()| ExitCode::SUCCESS),
         _ => {
             eprintln!("{USAGE}");

@@ -234,6 +234,6 @@ fn usable_data_dir(preferred: &Path, as_postgres_user: bool) -> anyhow::Result<P
     Ok(fallback)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -2,7 +2,8 @@
 //! and cleanup whatever the outcome:
 //! - the edge worker built (installing its tools when missing) for the end-to-end tests;
 //! - a fresh PostgreSQL for the origin and end-to-end tests;
-//! - the workspace's tests natively, then `shared`'s tests again on wasm32 under Node.
+//! - the workspace's tests natively, then schemathesis against the origin's OpenAPI description,
+//!   then `shared`'s tests again on wasm32 under Node.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -25,6 +26,17 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         .args(extra)
         .env("DATABASE_URL", postgres.url("postgres"));
     let native_ok = run_counted(&mut native, &mut totals)?;
+    // The API description against the running origin; one entry in the totals. Skipped with a
+    // filter, like the wasm run.
+    let fuzz_ok = !extra.is_empty() || {
+        let ok = crate::fuzz::run(&postgres)?;
+        if ok {
+            totals.passed += 1;
+        } else {
+            totals.failed += 1;
+        }
+        ok
+    };
     drop(postgres);
 
     // The edge compiles `shared` for wasm32; the same tests prove it validates identically there.
@@ -49,7 +61,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         "\nxtask test: {} passed, {} failed",
         totals.passed, totals.failed
     );
-    Ok(if native_ok && wasm_ok && totals.failed == 0 {
+    Ok(if native_ok && fuzz_ok && wasm_ok && totals.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -6,8 +6,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gatehouse_shared::api::{
-    FieldError, LoginRequest, RegisterRequest, TOKEN_TYPE, TokenResponse, UpdateProfileRequest,
-    UserProfile, VerifiedUser, VerifyResponse,
+    FieldError, LoginRequest, Problem, RegisterRequest, TOKEN_TYPE, TokenResponse,
+    UpdateProfileRequest, UserProfile, VerifiedUser, VerifyResponse,
 };
 use gatehouse_shared::input::{check_email, check_name, check_password, normalize_email};
 use time::OffsetDateTime;
@@ -63,7 +63,15 @@ pub(crate) const USER_COLUMNS: &str =
     "id, email, password_hash, first_name, last_name, is_active, created_at";
 
 /// `POST /auth/register`: creates the account and its first session.
-async fn register_user(
+#[utoipa::path(
+    post, path = "/auth/register", tag = "auth", security(("api_key" = [])),
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Account and first session created", body = TokenResponse),
+        (status = 409, description = "The email address has an account", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn register_user(
     State(state): State<AppState>,
     meta: ClientMeta,
     ApiJson(request): ApiJson<RegisterRequest>,
@@ -118,7 +126,15 @@ async fn register_user(
 /// `POST /auth/login`: one answer for a wrong password, an unknown email and a deactivated
 /// account, at the same cost (OWASP Authentication Cheat Sheet, "Authentication and Error
 /// Messages").
-async fn login_user(
+#[utoipa::path(
+    post, path = "/auth/login", tag = "auth", security(("api_key" = [])),
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A new session", body = TokenResponse),
+        (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn login_user(
     State(state): State<AppState>,
     meta: ClientMeta,
     ApiJson(request): ApiJson<LoginRequest>,
@@ -235,7 +251,11 @@ async fn rehash(
 }
 
 /// `GET /auth/verify`: the token is valid, its session live, its account active.
-async fn verify_token(user: AuthUser) -> Result<Json<VerifyResponse>> {
+#[utoipa::path(
+    get, path = "/auth/verify", tag = "auth", security(("api_key" = [], "bearer" = [])),
+    responses((status = 200, description = "The token is valid and its session live", body = VerifyResponse))
+)]
+pub(crate) async fn verify_token(user: AuthUser) -> Result<Json<VerifyResponse>> {
     let expires_at = OffsetDateTime::from_unix_timestamp(user.claims.exp)
         .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Json(VerifyResponse {
@@ -251,12 +271,23 @@ async fn verify_token(user: AuthUser) -> Result<Json<VerifyResponse>> {
 /// `GET /auth/api-key`: 204 when the presented `X-API-Key` is valid (the gate in front of every
 /// `/auth/*` route has already checked it). The edge asks this to learn about keys it has not
 /// seen, then caches the answer briefly.
-async fn check_api_key() -> StatusCode {
+#[utoipa::path(
+    get, path = "/auth/api-key", tag = "auth", security(("api_key" = [])),
+    responses((status = 204, description = "The X-API-Key is valid"))
+)]
+pub(crate) async fn check_api_key() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
 /// `GET /auth/profile`.
-async fn get_profile(State(state): State<AppState>, user: AuthUser) -> Result<Json<UserProfile>> {
+#[utoipa::path(
+    get, path = "/auth/profile", tag = "profile", security(("api_key" = [], "bearer" = [])),
+    responses((status = 200, description = "The signed-in user", body = UserProfile))
+)]
+pub(crate) async fn get_profile(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<UserProfile>> {
     let mut connection = state.db.acquire().await?;
     let row: UserRow = sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1"))
         .bind(user.user_id)
@@ -266,7 +297,12 @@ async fn get_profile(State(state): State<AppState>, user: AuthUser) -> Result<Js
 }
 
 /// `PATCH /auth/profile`: members left out stay, `null` clears.
-async fn update_profile(
+#[utoipa::path(
+    patch, path = "/auth/profile", tag = "profile", security(("api_key" = [], "bearer" = [])),
+    request_body = UpdateProfileRequest,
+    responses((status = 200, description = "The updated profile", body = UserProfile))
+)]
+pub(crate) async fn update_profile(
     State(state): State<AppState>,
     user: AuthUser,
     ApiJson(request): ApiJson<UpdateProfileRequest>,
@@ -304,7 +340,11 @@ async fn update_profile(
 /// `DELETE /auth/profile`: deactivates the account and ends all its sessions in one
 /// transaction, so its tokens stop working at the origin at once and reach the edge's
 /// revocation list.
-async fn deactivate_profile(
+#[utoipa::path(
+    delete, path = "/auth/profile", tag = "profile", security(("api_key" = [], "bearer" = [])),
+    responses((status = 204, description = "Deactivated; every session ended"))
+)]
+pub(crate) async fn deactivate_profile(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<impl IntoResponse> {

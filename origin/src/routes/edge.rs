@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use gatehouse_shared::api::RevocationList;
+use gatehouse_shared::api::{Problem, RevocationList};
 
 use crate::AppState;
 use crate::error::Result;
@@ -20,7 +20,15 @@ pub fn router() -> Router<AppState> {
 /// The sessions ended recently enough that one of their access tokens may still be unexpired.
 /// The edge refuses tokens of these sessions; older ones need no entry, their tokens have
 /// expired. Every revocation is here whatever caused it and whichever way its request came.
-async fn list_revocations(
+#[utoipa::path(
+    get, path = "/edge/revocations", tag = "edge",
+    security(("edge_secret" = [])),
+    responses(
+        (status = 200, description = "Sessions ended while their tokens may be unexpired", body = RevocationList),
+        (status = 401, description = "The edge secret is missing or wrong", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_revocations(
     State(state): State<AppState>,
     _edge: FromEdge,
 ) -> Result<impl IntoResponse> {

@@ -2,7 +2,7 @@
 
 use axum::routing::get;
 use axum::{Json, Router};
-use gatehouse_shared::api::HealthResponse;
+use gatehouse_shared::api::{HealthResponse, Problem};
 
 use crate::AppState;
 use crate::error::{ApiError, Result};
@@ -15,7 +15,11 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The process is up and serving; touches nothing else.
-async fn health() -> Json<HealthResponse> {
+#[utoipa::path(
+    get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The process is serving", body = HealthResponse))
+)]
+pub(crate) async fn health() -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "ok".into(),
     })
@@ -23,7 +27,14 @@ async fn health() -> Json<HealthResponse> {
 
 /// The database answered the monitor's last check. A busy pool does not make the instance
 /// unready: the monitor uses its own connection.
-async fn ready(
+#[utoipa::path(
+    get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "PostgreSQL answers", body = HealthResponse),
+        (status = 503, description = "PostgreSQL is unreachable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn ready(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<Json<HealthResponse>> {
     if state.db.is_up() {

@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use gatehouse_shared::api::{
-    ChangePasswordRequest, ENDED_SESSIONS_HEADER, LogoutScope, RefreshRequest, SessionInfo,
-    SessionList, TokenResponse,
+    ChangePasswordRequest, ENDED_SESSIONS_HEADER, LogoutScope, Problem, RefreshRequest,
+    SessionInfo, SessionList, TokenResponse,
 };
 use gatehouse_shared::input::check_password;
 use gatehouse_shared::refresh::RefreshToken;
@@ -34,7 +34,12 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `POST /auth/refresh`: a new access token and the next refresh token of the session.
-async fn refresh_session(
+#[utoipa::path(
+    post, path = "/auth/refresh", tag = "sessions", security(("api_key" = [])),
+    request_body = RefreshRequest,
+    responses((status = 200, description = "A new access token and the next refresh token", body = TokenResponse))
+)]
+pub(crate) async fn refresh_session(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<TokenResponse>> {
@@ -66,13 +71,18 @@ async fn refresh_session(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LogoutParams {
+pub(crate) struct LogoutParams {
     #[serde(default)]
     scope: LogoutScope,
 }
 
 /// `POST /auth/logout[?scope=current|all|others]`.
-async fn logout_user(
+#[utoipa::path(
+    post, path = "/auth/logout", tag = "sessions", security(("api_key" = [], "bearer" = [])),
+    params(("scope" = Option<LogoutScope>, Query, description = "Which sessions end: current (default), all, others")),
+    responses((status = 204, description = "The sessions ended"))
+)]
+pub(crate) async fn logout_user(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(params): ApiQuery<LogoutParams>,
@@ -100,7 +110,16 @@ async fn logout_user(
 /// `PUT /auth/password`: needs the current password; ends every other session of the user
 /// (OWASP ASVS 5.0 7.4.3: a password change offers to end other sessions; here it always does,
 /// since a change is the usual answer to a suspected compromise).
-async fn change_password(
+#[utoipa::path(
+    put, path = "/auth/password", tag = "sessions", security(("api_key" = [], "bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 204, description = "Changed; every other session ended"),
+        (status = 403, description = "current_password is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn change_password(
     State(state): State<AppState>,
     user: AuthUser,
     meta: ClientMeta,
@@ -184,7 +203,14 @@ struct SessionRow {
 }
 
 /// `GET /auth/sessions`: the user's live sessions, newest first.
-async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<Json<SessionList>> {
+#[utoipa::path(
+    get, path = "/auth/sessions", tag = "sessions", security(("api_key" = [], "bearer" = [])),
+    responses((status = 200, description = "The user's live sessions, newest first", body = SessionList))
+)]
+pub(crate) async fn list_sessions(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<SessionList>> {
     let now = state.clock.now();
     let (created_after, used_after) = state.sessions.live_bounds(now);
     let mut connection = state.db.acquire().await?;
@@ -215,7 +241,15 @@ async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<
 
 /// `DELETE /auth/sessions/{id}`: ends one of the user's sessions (the current one included).
 /// Another user's session id is answered exactly like an unknown one.
-async fn end_session(
+#[utoipa::path(
+    delete, path = "/auth/sessions/{id}", tag = "sessions", security(("api_key" = [], "bearer" = [])),
+    params(("id" = Uuid, Path, description = "A session id of the user")),
+    responses(
+        (status = 204, description = "The session ended"),
+        (status = 404, description = "No live session of the user has this id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn end_session(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(session_id): ApiPath<Uuid>,

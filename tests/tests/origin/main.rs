@@ -6,6 +6,7 @@ mod api_key;
 mod http;
 mod login;
 mod metrics;
+mod openapi;
 mod profile;
 mod register;
 mod resilience;
