@@ -361,6 +361,7 @@ pub async fn spawn_server(state: AppState) -> (SocketAddr, tokio::task::JoinHand
 }
 
 pub mod edge;
+pub mod pg;
 pub mod relay;
 
 /// Waits until `n` sessions of the test database are blocked on a lock: how a test knows that

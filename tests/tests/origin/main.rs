@@ -3,6 +3,7 @@
 //! provides it); without it every test fails.
 
 mod api_key;
+mod faults;
 mod http;
 mod login;
 mod metrics;

@@ -1,4 +1,5 @@
 //! A throwaway PostgreSQL cluster from the machine's own binaries, for tests and development.
+//! `cargo xtask` uses this file too (by path), for its test and development clusters.
 //!
 //! initdb and postgres refuse to run as root, so when xtask runs as root they run as the
 //! `postgres` user. The cluster listens on 127.0.0.1 only, on a free port, with durability
@@ -63,11 +64,7 @@ impl Postgres {
             .arg(&cluster.data)
             .args(["-m", "immediate", "stop"])
             .output();
-        let options = format!(
-            "-p {} -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=400 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            cluster.port
-        );
+        let options = cluster.options();
         run(cluster
             .command("pg_ctl")
             .arg("-D")
@@ -109,13 +106,36 @@ impl Postgres {
         Ok(())
     }
 
-    fn stop(&self) {
+    /// Stops the server as an operator would (`pg_ctl stop -m fast`: sessions are cut, open
+    /// transactions roll back, committed data stays).
+    pub fn stop(&self) {
         let _ = self
             .command("pg_ctl")
             .arg("-D")
             .arg(&self.data)
             .args(["-m", "fast", "-w", "stop"])
             .output();
+    }
+
+    /// Starts a stopped server again, on the same port with the same data.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let options = self.options();
+        run(self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.join("server.log"))
+            .args(["-o", &options, "-w", "-t", "60", "start"]))
+        .context("restarting PostgreSQL")
+    }
+
+    fn options(&self) -> String {
+        format!(
+            "-p {} -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=400 \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            self.port
+        )
     }
 
     /// A PostgreSQL program, run as the postgres user when xtask runs as root.

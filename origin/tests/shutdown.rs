@@ -1,0 +1,135 @@
+//! The real `gatehouse-origin` binary on a fresh database: on SIGTERM it stops taking new
+//! connections, finishes the requests in flight, and exits cleanly. Needs `DATABASE_URL` (a
+//! server where it may create a database; `cargo xtask test` provides it).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use gatehouse_shared::api::RegisterRequest;
+use reqwest::StatusCode;
+
+/// Registrations in flight when SIGTERM arrives: one hashing, the rest queued behind it.
+const IN_FLIGHT: usize = 4;
+
+/// Longest any step may take before the test calls it a hang.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn scrape_queue_depth(client: &reqwest::Client, metrics: &str) -> Option<f64> {
+    let text = client.get(metrics).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find(|line| line.starts_with("gatehouse_hash_queue_depth "))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight_then_exits() {
+    let admin_url = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must name a PostgreSQL server (cargo xtask test sets it)");
+    let name = format!("gatehouse_shutdown_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (server, _) = admin_url.rsplit_once('/').unwrap();
+    let database_url = format!("{server}/{name}");
+    let binary = env!("CARGO_BIN_EXE_gatehouse-origin");
+    let created = std::process::Command::new(binary)
+        .args(["api-key", "create", "shutdown-test"])
+        .env("DATABASE_URL", &database_url)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let api_key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut origin = tokio::process::Command::new(binary)
+        .arg("serve")
+        .env("DATABASE_URL", &database_url)
+        .env("GATEHOUSE_ENV", "development")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("PASSWORD_HASH_ROUNDS", "12")
+        .env("HASH_WORKERS", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !client
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "the origin never became healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let registrations: Vec<_> = (0..IN_FLIGHT)
+        .map(|n| {
+            let request = client
+                .post(format!("{url}/auth/register"))
+                .header("x-api-key", &api_key)
+                .json(&RegisterRequest {
+                    email: format!("drain-{n}@example.com"),
+                    password: "correct horse battery staple".into(),
+                    first_name: None,
+                    last_name: None,
+                });
+            tokio::spawn(async move { request.send().await.map(|r| r.status()) })
+        })
+        .collect();
+    // All of them inside the origin: one hashing on the single worker, the rest queued.
+    while scrape_queue_depth(&client, &metrics).await < Some((IN_FLIGHT - 1) as f64) {
+        assert!(Instant::now() < deadline, "the registrations never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &origin.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+
+    let mut statuses = Vec::new();
+    for registration in registrations {
+        statuses.push(registration.await.unwrap().expect("answered, not dropped"));
+    }
+    let exit = tokio::time::timeout(PATIENCE, origin.wait())
+        .await
+        .expect("the origin exits once drained")
+        .unwrap();
+    let refused = client.get(format!("{url}/health")).send().await;
+
+    assert_eq!(statuses, vec![StatusCode::CREATED; IN_FLIGHT]);
+    assert!(exit.success(), "clean exit: {exit:?}");
+    assert!(refused.is_err(), "nothing listens after the shutdown");
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("select count(*) from users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, IN_FLIGHT as i64);
+    pool.close().await;
+    sqlx::query(&format!("drop database {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
