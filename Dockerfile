@@ -9,6 +9,8 @@ FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 gatehouse
 COPY --from=build /src/target/release/gatehouse-origin /usr/local/bin/gatehouse-origin
 USER gatehouse
-EXPOSE 8007
+# The API, and Prometheus metrics (unauthenticated: keep 9007 on the private network).
+ENV METRICS_LISTEN_ADDR=0.0.0.0:9007
+EXPOSE 8007 9007
 ENTRYPOINT ["gatehouse-origin"]
 CMD ["serve"]

@@ -138,6 +138,9 @@ const DEFAULT_SESSION_IDLE_SECS: u64 = 7 * 86_400;
 /// Default absolute lifetime of a session: 30 days, then the user signs in again (ASVS 7.3.2).
 const DEFAULT_SESSION_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
 
+/// Longest brute-force window accepted: a day.
+const MAX_LOGIN_WINDOW_SECS: u64 = 86_400;
+
 /// OWASP ASVS 5.0 6.3.1's ceiling on failed attempts per account and hour; more logs a warning.
 const MAX_FAILED_LOGINS_PER_HOUR: u64 = 100;
 
@@ -208,7 +211,7 @@ impl Config {
                 Some("off") => None,
                 _ => Some(env.parse(
                     "METRICS_LISTEN_ADDR",
-                    SocketAddr::from(([0, 0, 0, 0], 9007)),
+                    SocketAddr::from(([127, 0, 0, 1], 9007)),
                 )?),
             },
             database_url: env.get("DATABASE_URL").ok_or_else(|| {
@@ -235,7 +238,7 @@ impl Config {
             body_limit_bytes: env.positive("BODY_LIMIT_BYTES", 16 * 1024)?,
             login_limits: LoginLimits {
                 window: Duration::from_secs(env.positive("LOGIN_LIMIT_WINDOW_SECS", 900)?),
-                per_account: env.positive("LOGIN_LIMIT_PER_ACCOUNT", 25)?,
+                per_account: env.positive("LOGIN_LIMIT_PER_ACCOUNT", 20)?,
                 per_account_and_ip: env.positive("LOGIN_LIMIT_PER_ACCOUNT_AND_IP", 10)?,
                 per_ip: env.positive("LOGIN_LIMIT_PER_IP", 100)?,
             },
@@ -291,7 +294,15 @@ impl Config {
             ));
         }
         let limits = &config.login_limits;
-        let per_hour = u64::from(limits.per_account) * 3600_u64.div_ceil(limits.window.as_secs());
+        if limits.window.as_secs() > MAX_LOGIN_WINDOW_SECS {
+            return Err(ConfigError::new(
+                "LOGIN_LIMIT_WINDOW_SECS",
+                "must be at most 86400 (a day)",
+            ));
+        }
+        // Fixed windows: any hour overlaps at most ceil(3600 / window) + 1 of them.
+        let per_hour =
+            u64::from(limits.per_account) * (3600_u64.div_ceil(limits.window.as_secs()) + 1);
         if per_hour > MAX_FAILED_LOGINS_PER_HOUR {
             tracing::warn!(
                 per_hour,
@@ -412,9 +423,12 @@ mod tests {
         assert_eq!(limits.window, Duration::from_secs(900));
         assert_eq!(
             (limits.per_account, limits.per_account_and_ip, limits.per_ip),
-            (25, 10, 100)
+            (20, 10, 100)
         );
-        assert!(limits.per_account * 4 <= 100, "within ASVS 6.3.1 per hour");
+        assert!(
+            limits.per_account * 5 <= 100,
+            "within ASVS 6.3.1 in any hour, which overlaps at most five 15-minute windows"
+        );
         assert!(matches!(
             config.signing_key,
             SigningKeySource::Configured(_)
@@ -466,6 +480,7 @@ mod tests {
             ("REFRESH_REUSE_WINDOW_SECS", "61"),
             ("SESSION_IDLE_TIMEOUT_SECS", "0"),
             ("SESSION_MAX_LIFETIME_SECS", "31536001"),
+            ("LOGIN_LIMIT_WINDOW_SECS", "86401"),
             ("SESSION_IDLE_TIMEOUT_SECS", "2592001"),
             ("GATEHOUSE_ENV", "staging"),
             ("JWT_SIGNING_KEY_FILE", "/nonexistent/key.pem"),

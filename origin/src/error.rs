@@ -315,9 +315,14 @@ impl From<PathRejection> for ApiError {
 
 /// SQLSTATEs that mean "the server is going away or cannot take writes now", not "your query is
 /// wrong" (PostgreSQL appendix A): class 08 connection exceptions, 57P01-57P03 shutdown and
-/// cannot-connect-now, 25006 read-only transaction (a standby after a failover).
+/// cannot-connect-now, 25006 read-only transaction (a standby after a failover), and 40001/40P01
+/// (serialization failure, deadlock): transient, so the client is asked to retry.
 fn is_unavailable(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01"
+        )
 }
 
 /// Maps a unique or foreign-key violation to the error its constraint stands for, by the

@@ -153,6 +153,10 @@ pub fn app(state: AppState) -> Router {
         ))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track_unmatched,
+        ))
         .layer(DefaultBodyLimit::max(state.body_limit_bytes))
         .with_state(state);
     telemetry::layer(router, edge_secret)

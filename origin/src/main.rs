@@ -89,7 +89,11 @@ async fn run_server() -> anyhow::Result<()> {
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
         let router = gatehouse_origin::metrics::router(state.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "the metrics listener stopped");
+            }
+        });
     }
     tracing::info!(%addr, bcrypt_cost = rounds, hash_workers = workers, "listening");
     let janitor = tokio::spawn(janitor::run(state.clone()));

@@ -80,6 +80,13 @@ impl Metrics {
         let db_connections = Family::<StateLabels, Gauge>::default();
         let db_up = Gauge::default();
         let peak_memory = Gauge::default();
+        let bcrypt_cost: Gauge = Gauge::default();
+        bcrypt_cost.set(i64::from(hasher.cost()));
+        registry.register(
+            "bcrypt_cost",
+            "The bcrypt cost new hashes are made at",
+            bcrypt_cost.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by method, route template and status",
@@ -179,7 +186,12 @@ fn peak_resident_bytes() -> Option<i64> {
     Some(kib * 1024)
 }
 
-/// Middleware recording every routed request's count and latency.
+/// Marks a response already counted by [`track`], so [`track_unmatched`] skips it.
+#[derive(Clone, Copy)]
+struct Counted;
+
+/// Route-layer middleware recording each routed request's count and latency under its route
+/// template.
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().as_str().to_owned();
@@ -187,18 +199,44 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let response = next.run(request).await;
-    let labels = RequestLabels {
-        method,
-        route,
-        status: response.status().as_u16(),
-    };
-    metrics.requests.get_or_create(&labels).inc();
-    metrics
-        .latency
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(Counted);
+    metrics.observe(method, route, &response, started);
     response
+}
+
+/// Outer middleware counting what no route matched (404s, 405s) as route `unmatched`; the
+/// method label is kept only for methods the API uses, so it stays bounded too.
+pub async fn track_unmatched(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = match request.method().as_str() {
+        known @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => known,
+        _ => "other",
+    }
+    .to_owned();
+    let response = next.run(request).await;
+    if response.extensions().get::<Counted>().is_none() {
+        metrics.observe(method, "unmatched".to_owned(), &response, started);
+    }
+    response
+}
+
+impl Metrics {
+    fn observe(&self, method: String, route: String, response: &Response, started: Instant) {
+        let labels = RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
 }
 
 /// The `/metrics` router, for the metrics listener.

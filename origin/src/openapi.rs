@@ -3,7 +3,9 @@
 //!
 //! Responses every operation of a kind can give are added here rather than repeated on each
 //! handler: under `/auth`, 401 (API key or token) and 503 (database or hashing queue); with a
-//! JSON body, 400, 413, 415 and 422. All error bodies are RFC 9457 problem details.
+//! JSON body, 400, 413, 415 and 422; with query parameters, 422. All error bodies are RFC 9457
+//! problem details. Length limits counted in bytes (passwords, emails) are checked by the server
+//! and not stated as `maxLength`, which JSON Schema counts in characters.
 
 use axum::Json;
 use axum::Router;
@@ -110,8 +112,14 @@ fn add_common(path: &str, operation: &mut Operation) {
         add("415", "The body is not declared as application/json");
         add("422", "Fields are missing, mistyped or break a rule");
     }
-    if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
-        add("422", "A parameter is invalid");
+    let query = utoipa::openapi::path::ParameterIn::Query;
+    if operation
+        .parameters
+        .iter()
+        .flatten()
+        .any(|parameter| parameter.parameter_in == query)
+    {
+        add("422", "A query parameter is invalid");
     }
 }
 

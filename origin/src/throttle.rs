@@ -1,25 +1,26 @@
 //! Brute-force limits on password checks, counted in PostgreSQL so they hold across every origin
-//! instance (OWASP ASVS 5.0 6.3.1: at most 100 failed attempts per hour on one account; OWASP
+//! instance (OWASP ASVS 5.0 6.3.1: no more than 100 failed attempts per hour on one account; OWASP
 //! Authentication Cheat Sheet, "Protect Against Automated Attacks").
 //!
 //! Three counters, each over a fixed window of `LOGIN_LIMIT_WINDOW_SECS` that starts at its first
 //! attempt:
 //! - the account from one client address (`LOGIN_LIMIT_PER_ACCOUNT_AND_IP`, default 10): stops a
 //!   single attacker early, and locks out only that attacker's address;
-//! - the account from anywhere (`LOGIN_LIMIT_PER_ACCOUNT`, default 25 per 15 minutes, so at most
-//!   100 an hour): stops a distributed guess at one password;
+//! - the account from anywhere (`LOGIN_LIMIT_PER_ACCOUNT`, default 20 per 15 minutes: any 60
+//!   minutes overlap at most five windows, so at most 100 an hour): stops a distributed guess;
 //! - the client address across accounts (`LOGIN_LIMIT_PER_IP`, default 100): stops credential
 //!   stuffing from one address.
 //!
-//! Against locking a victim out: an attempt refused by a limit is not counted, so an attacker
-//! stopped at the per-address limit cannot push the account-wide counter on; a successful check
-//! gives its reservation back; and a lockout ends with its window (the 429 says when, in
-//! `Retry-After`), never waiting on an operator. Unknown accounts are counted exactly like known
-//! ones, so a 429 reveals nothing about who has an account.
+//! An IPv6 client is counted by its /64, the block one subscriber usually holds: counting single
+//! addresses would let anyone with a /64 rotate through 2^64 of them. IPv4-mapped addresses count
+//! as the IPv4 address.
 //!
-//! Every check runs `check` first (refused at once, no bcrypt spent), then `reserve` before the
-//! password is verified, so concurrent guesses cannot all slip past one check; afterwards
-//! `release` undoes the reservation when the password was right.
+//! [`reserve`] counts an attempt on all its counters in one transaction before the password is
+//! verified, and rolls the count back when any counter is over its limit: concurrent guesses
+//! queue on the counters' row locks, so none slips past a limit, and an attempt refused by one
+//! limit does not use up the others. [`release`] gives the attempt back when the password was
+//! right. Unknown accounts are counted exactly like known ones, so a 429 reveals nothing about who
+//! has an account. Counter rows are locked in key order everywhere, so two checks never deadlock.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -43,7 +44,7 @@ pub struct LoginLimits {
     pub per_ip: u32,
 }
 
-/// The counters one password check touches, with their limits.
+/// The counters one password check touches, with their limits, in key order.
 #[derive(Debug, Clone)]
 pub struct Counters {
     keys: Vec<([u8; 32], u32)>,
@@ -52,19 +53,30 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// The counters of a check on `account` (a normalized email) from `ip`.
-    pub fn new(limits: &LoginLimits, account: &str, ip: Option<IpAddr>) -> Self {
-        let account = account.to_lowercase();
+    /// The counters of a check on the account named `email` from `ip`. The account is named as
+    /// PostgreSQL's `lower()` folds it, the same folding the account lookup uses, so no spelling
+    /// of an address finds the account under another counter.
+    pub async fn for_check(
+        connection: &mut PgConnection,
+        limits: &LoginLimits,
+        email: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Self> {
+        let account: String = sqlx::query_scalar("select lower($1)")
+            .bind(email)
+            .fetch_one(&mut *connection)
+            .await?;
         let mut keys = vec![(key(&["account", &account]), limits.per_account)];
         let mut pair = None;
         if let Some(ip) = ip {
-            let ip = ip.to_string();
-            let pair_key = key(&["account+ip", &account, &ip]);
+            let client = gatehouse_shared::api::client_block(ip);
+            let pair_key = key(&["account+ip", &account, &client]);
             keys.push((pair_key, limits.per_account_and_ip));
-            keys.push((key(&["ip", &ip]), limits.per_ip));
+            keys.push((key(&["ip", &client]), limits.per_ip));
             pair = Some(pair_key);
         }
-        Counters { keys, pair }
+        keys.sort();
+        Ok(Counters { keys, pair })
     }
 
     fn key_bytes(&self) -> Vec<Vec<u8>> {
@@ -89,72 +101,81 @@ fn key(parts: &[&str]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Refuses with 429 when any counter is at its limit in its current window.
-pub async fn check(
-    connection: &mut PgConnection,
-    limits: &LoginLimits,
-    counters: &Counters,
-    now: OffsetDateTime,
-) -> Result<()> {
-    let rows: Vec<(Vec<u8>, i32, OffsetDateTime)> = sqlx::query_as(
-        "select key, attempts, window_start from login_attempts
-         where key = any($1) and window_start > $2",
-    )
-    .bind(counters.key_bytes())
-    .bind(now - limits.window)
-    .fetch_all(&mut *connection)
-    .await?;
-    let blocked_until = rows
-        .iter()
-        .filter(|(key, attempts, _)| *attempts as i64 >= i64::from(counters.limit_of(key)))
-        .map(|(_, _, start)| *start + limits.window)
-        .max();
-    match blocked_until {
-        Some(until) => Err(ApiError::RateLimited {
-            retry_after_secs: (until - now).whole_seconds().max(1) as u64,
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Counts one attempt on every counter (a new window for a counter whose window has passed).
+/// Counts one attempt on every counter (a new window for a counter whose window has passed), or,
+/// when that would take any counter over its limit, counts nothing and refuses with 429.
 pub async fn reserve(
     connection: &mut PgConnection,
     limits: &LoginLimits,
     counters: &Counters,
     now: OffsetDateTime,
 ) -> Result<()> {
-    sqlx::query(
+    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+    // `unnest` yields the keys in array order, which is key order: rows are locked in that order.
+    let rows: Vec<(Vec<u8>, i32, OffsetDateTime)> = sqlx::query_as(
         "insert into login_attempts as a (key, window_start, attempts)
-         select k, $2, 1 from unnest($1::bytea[]) as k
+         select k, $2, 1 from unnest($1::bytea[]) with ordinality as t(k, n) order by n
          on conflict (key) do update set
            attempts = case when a.window_start <= $3 then 1 else a.attempts + 1 end,
-           window_start = case when a.window_start <= $3 then $2 else a.window_start end",
+           window_start = case when a.window_start <= $3 then $2 else a.window_start end
+         returning key, attempts, window_start",
     )
     .bind(counters.key_bytes())
     .bind(now)
     .bind(now - limits.window)
-    .execute(&mut *connection)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(())
+    let blocked_until = rows
+        .iter()
+        .filter(|(key, attempts, _)| i64::from(*attempts) > i64::from(counters.limit_of(key)))
+        .map(|(_, _, start)| *start + limits.window)
+        .max();
+    match blocked_until {
+        Some(until) => {
+            tx.rollback().await?;
+            Err(ApiError::RateLimited {
+                retry_after_secs: (until - now).whole_seconds().max(1) as u64,
+            })
+        }
+        None => {
+            tx.commit().await?;
+            Ok(())
+        }
+    }
 }
 
 /// After a correct password: the attempt is given back on the account and address counters,
-/// and the account's counter for this address starts over.
+/// and the account's counter for this address starts over. One statement per row, in key order.
 pub async fn release(connection: &mut PgConnection, counters: &Counters) -> Result<()> {
-    sqlx::query(
-        "update login_attempts set attempts = greatest(attempts - 1, 0) where key = any($1)",
-    )
-    .bind(counters.key_bytes())
-    .execute(&mut *connection)
-    .await?;
-    if let Some(pair) = counters.pair {
-        sqlx::query("delete from login_attempts where key = $1")
-            .bind(pair.as_slice())
+    for (key, _) in &counters.keys {
+        if Some(*key) == counters.pair {
+            sqlx::query("delete from login_attempts where key = $1")
+                .bind(key.as_slice())
+                .execute(&mut *connection)
+                .await?;
+        } else {
+            sqlx::query(
+                "update login_attempts set attempts = greatest(attempts - 1, 0) where key = $1",
+            )
+            .bind(key.as_slice())
             .execute(&mut *connection)
             .await?;
+        }
     }
     Ok(())
+}
+
+/// [`release`] on a pooled connection, after a correct password. Best effort: the password was
+/// right, so a database hiccup here must not fail the request; the attempt then stays counted
+/// until its window ends.
+pub async fn give_back(db: &crate::db::Database, counters: &Counters) {
+    let outcome = async {
+        let mut connection = db.acquire().await?;
+        release(&mut connection, counters).await
+    }
+    .await;
+    if let Err(error) = outcome {
+        tracing::warn!(%error, "login attempt not given back");
+    }
 }
 
 /// Deletes counters whose window ended before `now`.

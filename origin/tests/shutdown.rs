@@ -59,7 +59,7 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
         .env("GATEHOUSE_ENV", "development")
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
-        .env("PASSWORD_HASH_ROUNDS", "12")
+        .env("PASSWORD_HASH_ROUNDS", "13")
         .env("HASH_WORKERS", "1")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

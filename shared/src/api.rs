@@ -18,6 +18,22 @@ pub const EDGE_SECRET_HEADER: &str = "x-gatehouse-edge-secret";
 /// it only when [`EDGE_SECRET_HEADER`] carries the right secret.
 pub const CLIENT_IP_HEADER: &str = "x-gatehouse-client-ip";
 
+/// The unit a client is rate-limited by, the same at the edge and the origin: an IPv4 address, or
+/// an IPv6 /64, the block one subscriber usually holds (counting single IPv6 addresses would let
+/// a client rotate through 2^64 of them). IPv4-mapped IPv6 addresses count as IPv4.
+pub fn client_block(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 /// The response header in which the origin tells the edge which sessions a request ended:
 /// `<sid>=<until>` entries (see [`RevokedSession`]) separated by commas. The edge acts on it and
 /// removes it before the response reaches the client.
@@ -34,10 +50,10 @@ pub const TOKEN_TYPE: &str = "Bearer";
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The address to sign in with; surrounding white space is ignored, case is not significant.
-    #[cfg_attr(feature = "openapi", schema(format = "email", max_length = 254))]
+    #[cfg_attr(feature = "openapi", schema(format = "email"))]
     pub email: String,
     /// 8 characters to 72 bytes.
-    #[cfg_attr(feature = "openapi", schema(min_length = 8, max_length = 72))]
+    #[cfg_attr(feature = "openapi", schema(min_length = 8))]
     pub password: String,
     /// Optional first name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,7 +79,7 @@ impl std::fmt::Debug for RegisterRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     /// The address the account was registered with.
-    #[cfg_attr(feature = "openapi", schema(format = "email", max_length = 254))]
+    #[cfg_attr(feature = "openapi", schema(format = "email"))]
     pub email: String,
     /// The account's password.
     pub password: String,
@@ -402,6 +418,19 @@ mod tests {
         assert_eq!(json["type"], "urn:gatehouse:problem:invalid_token");
         assert_eq!(json["status"], 401);
         assert!(json.get("errors").is_none());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let block = |ip: &str| client_block(ip.parse().unwrap());
+
+        assert_eq!(
+            block("2001:db8:1:2:aaaa::1"),
+            block("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_ne!(block("2001:db8:1:2::1"), block("2001:db8:1:3::1"));
+        assert_eq!(block("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(block("203.0.113.7"), "203.0.113.7");
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub struct Options {
 /// The login limits of test apps: the production defaults.
 pub const TEST_LOGIN_LIMITS: LoginLimits = LoginLimits {
     window: Duration::from_secs(900),
-    per_account: 25,
+    per_account: 20,
     per_account_and_ip: 10,
     per_ip: 100,
 };

@@ -131,6 +131,7 @@ pub(crate) async fn register_user(
     request_body = LoginRequest,
     responses(
         (status = 200, description = "A new session", body = TokenResponse),
+        (status = 401, description = "Wrong email or password, a deactivated account, or a bad X-API-Key", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -168,19 +169,20 @@ async fn check_login(
         return Err(invalid_field("password", "must be at most 72 bytes"));
     }
 
-    let counters = Counters::new(&state.login_limits, email, meta.ip);
     let now = state.clock.now();
-    let user: Option<UserRow> = {
+    let (counters, user): (Counters, Option<UserRow>) = {
         let mut connection = state.db.acquire().await?;
-        throttle::check(&mut connection, &state.login_limits, &counters, now).await?;
-        // Counted before the check, not after: concurrent guesses cannot all pass one check.
+        let counters =
+            Counters::for_check(&mut connection, &state.login_limits, email, meta.ip).await?;
+        // Counted before the password is checked: concurrent guesses cannot all pass a limit.
         throttle::reserve(&mut connection, &state.login_limits, &counters, now).await?;
-        sqlx::query_as(&format!(
+        let user = sqlx::query_as(&format!(
             "select {USER_COLUMNS} from users where lower(email) = lower($1)"
         ))
         .bind(email)
         .fetch_optional(&mut *connection)
-        .await?
+        .await?;
+        (counters, user)
     };
 
     let password = request.password;
@@ -190,6 +192,7 @@ async fn check_login(
         tracing::info!("login refused");
         return Err(ApiError::InvalidCredentials);
     };
+    throttle::give_back(&state.db, &counters).await;
 
     if state.hasher.needs_rehash(&user.password_hash) {
         // The cost was raised (or lowered) since this hash was made; OWASP Password Storage
@@ -220,7 +223,6 @@ async fn check_login(
         tracing::info!(user_id = %user.id, "login refused: the account changed during the check");
         return Err(ApiError::InvalidCredentials);
     }
-    throttle::release(&mut tx, &counters).await?;
     let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
     tx.commit().await?;
 

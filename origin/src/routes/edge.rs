@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
     security(("edge_secret" = [])),
     responses(
         (status = 200, description = "Sessions ended while their tokens may be unexpired", body = RevocationList),
+        (status = 503, description = "PostgreSQL is unreachable", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "The edge secret is missing or wrong", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -37,7 +37,10 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(
     post, path = "/auth/refresh", tag = "sessions", security(("api_key" = [])),
     request_body = RefreshRequest,
-    responses((status = 200, description = "A new access token and the next refresh token", body = TokenResponse))
+    responses(
+        (status = 200, description = "A new access token and the next refresh token", body = TokenResponse),
+        (status = 401, description = "The refresh token is invalid, reused (the session is now ended) or its session expired, or the X-API-Key is bad", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub(crate) async fn refresh_session(
     State(state): State<AppState>,
@@ -141,15 +144,21 @@ pub(crate) async fn change_password(
     // A stolen access token must not become a way to guess the password: the same limits as
     // login apply, on the same counters.
     let now = state.clock.now();
-    let counters = Counters::new(&state.login_limits, &user.claims.email, meta.ip);
-    let stored: Option<String> = {
+    let (counters, stored): (Counters, Option<String>) = {
         let mut connection = state.db.acquire().await?;
-        throttle::check(&mut connection, &state.login_limits, &counters, now).await?;
+        let counters = Counters::for_check(
+            &mut connection,
+            &state.login_limits,
+            &user.claims.email,
+            meta.ip,
+        )
+        .await?;
         throttle::reserve(&mut connection, &state.login_limits, &counters, now).await?;
-        sqlx::query_scalar("select password_hash from users where id = $1")
+        let stored = sqlx::query_scalar("select password_hash from users where id = $1")
             .bind(user.user_id)
             .fetch_optional(&mut *connection)
-            .await?
+            .await?;
+        (counters, stored)
     };
     let stored = stored.ok_or(ApiError::SessionEnded)?;
     if !state
@@ -160,6 +169,7 @@ pub(crate) async fn change_password(
         tracing::info!(user_id = %user.user_id, "password change refused");
         return Err(ApiError::WrongPassword);
     }
+    throttle::give_back(&state.db, &counters).await;
     let new_hash = state.hasher.hash(request.new_password).await?;
 
     let mut tx = state.db.begin().await?;
@@ -178,7 +188,6 @@ pub(crate) async fn change_password(
     if changed == 0 {
         return Err(ApiError::WrongPassword);
     }
-    throttle::release(&mut tx, &counters).await?;
     let ended = sessions::end(
         &mut tx,
         &state.sessions,

@@ -133,25 +133,32 @@ async fn a_login_flood_from_one_address_stops_at_the_edge(pool: PgPool) {
             .send()
     };
 
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        statuses.push(login().await.unwrap().status());
-    }
-    let flooded = login().await.unwrap();
+    // The binding counts in fixed windows (Miniflare aligns them to the minute), so a run that
+    // straddles a window boundary may see one fresh window: the first 429 comes after 3 to 6
+    // logins, never later, and never reaches the origin.
+    let mut passed = 0;
+    let flooded = loop {
+        let response = login().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            break response;
+        }
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        passed += 1;
+        assert!(passed <= 6, "no 429 after {passed} logins");
+    };
     let verify = stack
         .request(Method::GET, "/auth/verify")
         .send()
         .await
         .unwrap();
 
-    assert_eq!(statuses, [StatusCode::UNAUTHORIZED; 3]);
-    assert_eq!(flooded.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(passed >= 3, "throttled after only {passed} logins");
     assert_eq!(flooded.headers()["retry-after"], "60");
     assert_eq!(problem(flooded).await.0, "too_many_requests");
     assert_eq!(
         stack.relay.count("POST /auth/login"),
-        3,
-        "the fourth never left the edge"
+        passed,
+        "the throttled login never left the edge"
     );
     assert_eq!(
         verify.status(),

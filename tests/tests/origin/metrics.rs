@@ -2,7 +2,7 @@
 //! the hashing queue and the pool.
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use gatehouse_tests::{PASSWORD, TestApp};
 use sqlx::PgPool;
 use tower::ServiceExt as _;
@@ -48,6 +48,9 @@ async fn metrics_count_requests_logins_and_token_checks(pool: PgPool) {
         &token,
     )
     .await;
+    app.get("/no/such/route", &token).await;
+    app.call(Method::PUT, "/auth/verify", Some(&token), None)
+        .await;
 
     let text = scrape(&app).await;
 
@@ -99,6 +102,22 @@ async fn metrics_count_requests_logins_and_token_checks(pool: PgPool) {
         ),
         1.0
     );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
+        1.0,
+        "a route that does not exist is counted, under one label"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gatehouse_http_requests_total{method="PUT",route="unmatched",status="405"}"#
+        ),
+        1.0
+    );
+    assert_eq!(sample(&text, "gatehouse_bcrypt_cost "), 4.0);
     assert_eq!(sample(&text, "gatehouse_hash_queue_depth "), 0.0);
     assert_eq!(
         sample(&text, "gatehouse_hash_queue_wait_seconds_count "),
