@@ -93,7 +93,7 @@ async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
         .map(|cost| cost as u32)
         .context("reading gatehouse_bcrypt_cost from the origin's /metrics (METRICS_URL)")?;
     println!(
-        "origin {}, edge {} (bcrypt cost {cost} assumed; {} cores)",
+        "origin {}, edge {} (bcrypt cost {cost}, read from the origin's /metrics; {} cores)",
         origin.url,
         edge.url,
         cores()
