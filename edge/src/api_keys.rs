@@ -17,13 +17,10 @@ use gatehouse_shared::api_key::ApiKey;
 use sha2::{Digest, Sha256};
 use worker::{Cache, Date, Headers, Method, Request, RequestInit, Response};
 
+use crate::cache::CACHE_NAME;
 use crate::config::{EdgeConfig, MAX_API_KEY_CACHE_SECS};
 use crate::error::AppError;
 use crate::proxy;
-
-/// The Cache API cache of the edge's entries: its own, not the zone's default cache that other
-/// workers share.
-pub const CACHE_NAME: &str = "gatehouse-edge";
 
 /// Entries kept in isolate memory before the map is cleared: bounds memory under a flood of
 /// distinct keys.

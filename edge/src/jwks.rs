@@ -13,9 +13,9 @@ use std::cell::RefCell;
 
 use gatehouse_shared::jwk::{JwkSet, KeySet};
 use gatehouse_shared::token::{AccessClaims, TokenError, key_id};
-use worker::{Cache, Date, Headers, Method, Request, RequestInit, Response};
+use worker::{Date, Method, Request, RequestInit, Response};
 
-use crate::api_keys::CACHE_NAME;
+use crate::cache;
 use crate::config::EdgeConfig;
 use crate::error::AppError;
 use crate::proxy;
@@ -29,9 +29,6 @@ const MAX_STALE_SECS: u64 = 3_600;
 
 /// After a failed refresh, how long stale keys are used before the origin is asked again.
 const RETRY_AFTER_FAILURE_SECS: u64 = 15;
-
-/// The header carrying the fetch time (ms since the epoch) on the cached copy.
-const FETCHED_AT_HEADER: &str = "x-gatehouse-fetched-at";
 
 #[derive(Clone)]
 struct CachedKeys {
@@ -124,14 +121,7 @@ fn jwks_url(config: &EdgeConfig) -> String {
 
 /// The Cache API's copy, remembered in the isolate when it is still fresh.
 async fn from_cache(config: &EdgeConfig) -> Option<CachedKeys> {
-    let cache = Cache::open(CACHE_NAME.into()).await;
-    let mut response = cache.get(jwks_url(config), false).await.ok()??;
-    let fetched_at: u64 = response
-        .headers()
-        .get(FETCHED_AT_HEADER)
-        .ok()??
-        .parse()
-        .ok()?;
+    let (mut response, fetched_at) = cache::get_copy(jwks_url(config)).await?;
     let max_age = max_age(&response);
     let set: JwkSet = response.json().await.ok()?;
     let cached = remember(&set, fetched_at, max_age);
@@ -160,18 +150,7 @@ async fn fetch_from_origin(config: &EdgeConfig, request_id: &str) -> Result<KeyS
     let fetched_at = Date::now().as_millis();
     worker::console_log!("request {request_id}: fetched the key set from the origin");
 
-    let headers = Headers::new();
-    headers.set("cache-control", &format!("max-age={max_age}"))?;
-    headers.set("content-type", "application/json")?;
-    headers.set(FETCHED_AT_HEADER, &fetched_at.to_string())?;
-    let copy = Response::builder()
-        .with_headers(headers)
-        .fixed(body.into_bytes());
-    // A failed cache write only costs another isolate a fetch.
-    let _ = Cache::open(CACHE_NAME.into())
-        .await
-        .put(jwks_url(config), copy)
-        .await;
+    cache::put_copy(jwks_url(config), body, max_age, fetched_at).await;
     Ok(remember(&set, fetched_at, max_age).keys)
 }
 

@@ -12,6 +12,7 @@
 //! Errors are RFC 9457 problem details, built in [`error`]; none escapes to the runtime.
 
 mod api_keys;
+mod cache;
 mod config;
 mod cors;
 mod error;

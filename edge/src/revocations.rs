@@ -28,9 +28,9 @@ use gatehouse_shared::api::{
     EDGE_SECRET_HEADER, ENDED_SESSIONS_HEADER, RevocationList, RevokedSession,
 };
 use uuid::Uuid;
-use worker::{Cache, Date, Headers, Method, Request, RequestInit, Response};
+use worker::{Date, Headers, Method, Request, RequestInit, Response};
 
-use crate::api_keys::CACHE_NAME;
+use crate::cache;
 use crate::config::EdgeConfig;
 use crate::error::AppError;
 use crate::proxy;
@@ -38,9 +38,6 @@ use crate::proxy;
 /// After a failed fetch, how long the held list is used before the origin is asked again, so an
 /// outage does not make every verification wait for it.
 const RETRY_AFTER_FAILURE_MS: u64 = 2_000;
-
-/// The header carrying the fetch time (ms since the epoch) on the cached copy.
-const FETCHED_AT_HEADER: &str = "x-gatehouse-fetched-at";
 
 #[derive(Default)]
 struct Held {
@@ -161,14 +158,7 @@ fn parse(list: RevocationList, fetched_at: u64, config: &EdgeConfig) -> Held {
 
 /// The Cache API's copy, when it is younger than the refresh interval.
 async fn from_cache(config: &EdgeConfig, now: u64) -> Option<Held> {
-    let cache = Cache::open(CACHE_NAME.into()).await;
-    let mut response = cache.get(list_url(config), false).await.ok()??;
-    let fetched_at: u64 = response
-        .headers()
-        .get(FETCHED_AT_HEADER)
-        .ok()??
-        .parse()
-        .ok()?;
+    let (mut response, fetched_at) = cache::get_copy(list_url(config)).await?;
     if fetched_at + config.revocation_refresh_secs * 1000 <= now {
         return None;
     }
@@ -201,21 +191,13 @@ async fn fetch_from_origin(config: &EdgeConfig, request_id: &str) -> Result<Held
         serde_json::from_str(&body).map_err(|_| AppError::RevocationsUnavailable)?;
 
     if config.revocation_refresh_secs > 0 {
-        let headers = Headers::new();
-        headers.set(
-            "cache-control",
-            &format!("max-age={}", config.revocation_refresh_secs),
-        )?;
-        headers.set("content-type", "application/json")?;
-        headers.set(FETCHED_AT_HEADER, &fetched_at.to_string())?;
-        let copy = Response::builder()
-            .with_headers(headers)
-            .fixed(body.into_bytes());
-        // A failed cache write only costs another isolate a fetch.
-        let _ = Cache::open(CACHE_NAME.into())
-            .await
-            .put(list_url(config), copy)
-            .await;
+        cache::put_copy(
+            list_url(config),
+            body,
+            config.revocation_refresh_secs,
+            fetched_at,
+        )
+        .await;
     }
     Ok(parse(list, fetched_at, config))
 }

@@ -364,28 +364,58 @@ pub mod edge;
 pub mod pg;
 pub mod relay;
 
-/// Waits until `n` sessions of the test database are blocked on a lock: how a test knows that
-/// concurrent requests have all reached the row it holds, with no guess at timing. Panics after
-/// a generous deadline, so a request that never blocks fails the test instead of hanging it.
-/// `watcher` is a connection taken before the requests start, so the check never waits for the
-/// pool they are using up.
-pub async fn wait_for_lock_waiters(watcher: &mut sqlx::PgConnection, n: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut *watcher)
-        .await
-        .expect("pg_stat_activity is readable");
-        if waiting >= n {
-            return;
+/// A row of the test database locked by the test (`select ... for update` in a transaction it
+/// holds), so that concurrent requests can be made to queue on it and then let go together: how a
+/// race test knows its requests truly overlap, with no guess at timing.
+pub struct RowLock {
+    /// A connection taken before the requests start, so watching never waits for the pool they
+    /// are using up.
+    watcher: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    /// The transaction holding the lock; statements run in it take effect on release.
+    pub tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl RowLock {
+    /// Locks the row of `table` whose `id` is `id`.
+    pub async fn take(pool: &PgPool, table: &str, id: uuid::Uuid) -> Self {
+        let watcher = pool.acquire().await.expect("a connection to watch with");
+        let mut tx = pool.begin().await.expect("a transaction to lock in");
+        sqlx::query(&format!("select 1 from {table} where id = $1 for update"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .expect("the row locks");
+        RowLock { watcher, tx }
+    }
+
+    /// Waits until `n` sessions of the database are blocked on a lock. Panics after a generous
+    /// deadline, so a request that never blocks fails the test instead of hanging it.
+    pub async fn wait_for_waiters(&mut self, n: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut *self.watcher)
+            .await
+            .expect("pg_stat_activity is readable");
+            if waiting >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {waiting} of {n} requests blocked on the held lock"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {waiting} of {n} requests blocked on the held lock"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    /// Commits the holding transaction: the lock is released and its statements take effect.
+    pub async fn release(self) {
+        self.tx
+            .commit()
+            .await
+            .expect("the holding transaction commits");
     }
 }

@@ -11,7 +11,7 @@ use gatehouse_shared::api::{
 };
 use gatehouse_shared::refresh::RefreshToken;
 use gatehouse_tests::{
-    EDGE_SECRET, Options, PASSWORD, TEST_SESSIONS, TestApp, TestResponse, wait_for_lock_waiters,
+    EDGE_SECRET, Options, PASSWORD, RowLock, TEST_SESSIONS, TestApp, TestResponse,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -107,18 +107,12 @@ async fn racing_refreshes_of_one_token_all_get_the_same_successor(pool: PgPool) 
 
     // The test holds the session's row lock until all three requests wait on it, so they truly
     // overlap; then lets them go at once.
-    let mut watcher = app.pool.acquire().await.unwrap();
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("select 1 from sessions where id = $1 for update")
-        .bind(registered.session_id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let mut lock = RowLock::take(&app.pool, "sessions", registered.session_id).await;
     let (responses, ()) = tokio::join!(
         join_all((0..3).map(|_| app.refresh(&registered.refresh_token))),
         async {
-            wait_for_lock_waiters(&mut watcher, 3).await;
-            holder.commit().await.unwrap();
+            lock.wait_for_waiters(3).await;
+            lock.release().await;
         }
     );
 
@@ -591,20 +585,14 @@ async fn the_janitor_deletes_only_what_has_long_expired(pool: PgPool) {
 async fn a_logout_racing_a_refresh_leaves_nothing_alive(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
-    let mut watcher = app.pool.acquire().await.unwrap();
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("select 1 from sessions where id = $1 for update")
-        .bind(registered.session_id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let mut lock = RowLock::take(&app.pool, "sessions", registered.session_id).await;
 
     let (refresh, logout, ()) = tokio::join!(
         app.refresh(&registered.refresh_token),
         app.post_empty("/auth/logout", &registered.access_token),
         async {
-            wait_for_lock_waiters(&mut watcher, 2).await;
-            holder.commit().await.unwrap();
+            lock.wait_for_waiters(2).await;
+            lock.release().await;
         }
     );
 
@@ -632,22 +620,16 @@ async fn a_login_racing_a_password_change_does_not_outlive_it(pool: PgPool) {
     let registered = app.register("ada@example.com").await;
     // The test plays the password change itself: it holds the account row while the login with
     // the old password verifies it, changes the hash, and commits.
-    let mut watcher = app.pool.acquire().await.unwrap();
-    let mut change = app.pool.begin().await.unwrap();
-    sqlx::query("select 1 from users where id = $1 for update")
-        .bind(registered.user.id)
-        .execute(&mut *change)
-        .await
-        .unwrap();
+    let mut lock = RowLock::take(&app.pool, "users", registered.user.id).await;
 
     let (login, ()) = tokio::join!(app.login("ada@example.com", PASSWORD), async {
-        wait_for_lock_waiters(&mut watcher, 1).await;
+        lock.wait_for_waiters(1).await;
         sqlx::query("update users set password_hash = 'changed' where id = $1")
             .bind(registered.user.id)
-            .execute(&mut *change)
+            .execute(&mut *lock.tx)
             .await
             .unwrap();
-        change.commit().await.unwrap();
+        lock.release().await;
     });
 
     assert_refused(&login, "invalid_credentials");
