@@ -64,20 +64,7 @@ impl Postgres {
             .arg(&cluster.data)
             .args(["-m", "immediate", "stop"])
             .output();
-        let options = cluster.options();
-        run(cluster
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&cluster.data)
-            .arg("-l")
-            .arg(cluster.data.join("server.log"))
-            .args(["-o", &options, "-w", "-t", "60", "start"]))
-        .with_context(|| {
-            format!(
-                "starting PostgreSQL; see {}",
-                cluster.data.join("server.log").display()
-            )
-        })?;
+        cluster.start_server()?;
         Ok(cluster)
     }
 
@@ -117,8 +104,9 @@ impl Postgres {
             .output();
     }
 
-    /// Starts a stopped server again, on the same port with the same data.
-    pub fn restart(&self) -> anyhow::Result<()> {
+    /// Starts the server of this cluster (again, after [`Postgres::stop`]), on the same port
+    /// with the same data.
+    pub fn start_server(&self) -> anyhow::Result<()> {
         let options = self.options();
         run(self
             .command("pg_ctl")
@@ -127,7 +115,12 @@ impl Postgres {
             .arg("-l")
             .arg(self.data.join("server.log"))
             .args(["-o", &options, "-w", "-t", "60", "start"]))
-        .context("restarting PostgreSQL")
+        .with_context(|| {
+            format!(
+                "starting PostgreSQL; see {}",
+                self.data.join("server.log").display()
+            )
+        })
     }
 
     fn options(&self) -> String {

@@ -8,7 +8,6 @@ mod fuzz;
 // The cluster code is the test crate's, so tests that stop and start their own PostgreSQL and
 // xtask share one implementation without xtask depending on the test crate.
 #[path = "../../tests/src/pg.rs"]
-#[allow(dead_code)] // `restart` serves the fault tests only
 mod pg;
 mod storm;
 mod test;

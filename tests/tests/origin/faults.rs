@@ -126,7 +126,7 @@ async fn registrations_survive_a_postgres_restart_and_every_201_is_kept() {
     wait_for(&outcomes, StatusCode::SERVICE_UNAVAILABLE, 10).await;
     let health = app.call(Method::GET, "/health", None, None).await;
     let postgres = tokio::task::spawn_blocking(move || {
-        postgres.restart().expect("PostgreSQL starts again");
+        postgres.start_server().expect("PostgreSQL starts again");
         postgres
     })
     .await
