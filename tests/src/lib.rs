@@ -66,6 +66,10 @@ impl Default for ManualClock {
 pub struct Options {
     /// bcrypt cost.
     pub hash_cost: u32,
+    /// Hashing threads.
+    pub hash_workers: usize,
+    /// Hashes allowed to wait for a thread before requests are shed.
+    pub hash_queue_limit: usize,
     /// The signing key.
     pub signer: TokenSigner,
     /// A previous key still accepted.
@@ -97,6 +101,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             hash_cost: TEST_HASH_COST,
+            hash_workers: 2,
+            hash_queue_limit: 64,
             signer: TokenSigner::generate(&mut rand_core::OsRng),
             previous: None,
             clock: ManualClock::new(),
@@ -162,7 +168,11 @@ impl TestResponse {
 
 /// The state a test app runs on.
 pub fn test_state(db: Database, options: Options) -> AppState {
-    let hasher = PasswordHasher::new(2, 64, options.hash_cost);
+    let hasher = PasswordHasher::new(
+        options.hash_workers,
+        options.hash_queue_limit,
+        options.hash_cost,
+    );
     AppState {
         db,
         metrics: Arc::new(gatehouse_origin::metrics::Metrics::new(&hasher)),

@@ -12,5 +12,6 @@ mod profile;
 mod register;
 mod resilience;
 mod sessions;
+mod shedding;
 mod throttle;
 mod verify;
