@@ -15,6 +15,12 @@
 //! addresses would let anyone with a /64 rotate through 2^64 of them. IPv4-mapped addresses count
 //! as the IPv4 address.
 //!
+//! A client (address or /64) that has signed in to an account within [`TRUSTED_CLIENT_DAYS`] is
+//! not held to that account's account-wide limit, only to its own per-client ones: an attacker
+//! filling the account-wide limit from elsewhere does not lock the owner out where they usually
+//! sign in (OWASP Authentication Cheat Sheet, "Account Lockout": lockout must not become a denial
+//! of service).
+//!
 //! [`reserve`] counts an attempt on all its counters in one transaction before the password is
 //! verified, and rolls the count back when any counter is over its limit: concurrent guesses
 //! queue on the counters' row locks, so none slips past a limit, and an attempt refused by one
@@ -44,12 +50,20 @@ pub struct LoginLimits {
     pub per_ip: u32,
 }
 
+/// How long a client that signed in to an account stays exempt from that account's account-wide
+/// limit.
+pub const TRUSTED_CLIENT_DAYS: i64 = 30;
+
 /// The counters one password check touches, with their limits, in key order.
 #[derive(Debug, Clone)]
 pub struct Counters {
     keys: Vec<([u8; 32], u32)>,
     /// The per-account-and-address counter, cleared on success.
     pair: Option<[u8; 32]>,
+    /// The account-wide counter, which a trusted client is not held to.
+    account: [u8; 32],
+    /// The key under which this client is trusted for this account.
+    trusted: Option<[u8; 32]>,
 }
 
 impl Counters {
@@ -66,17 +80,24 @@ impl Counters {
             .bind(email)
             .fetch_one(&mut *connection)
             .await?;
-        let mut keys = vec![(key(&["account", &account]), limits.per_account)];
-        let mut pair = None;
+        let account_key = key(&["account", &account]);
+        let mut keys = vec![(account_key, limits.per_account)];
+        let (mut pair, mut trusted) = (None, None);
         if let Some(ip) = ip {
             let client = gatehouse_shared::api::client_block(ip);
             let pair_key = key(&["account+ip", &account, &client]);
             keys.push((pair_key, limits.per_account_and_ip));
             keys.push((key(&["ip", &client]), limits.per_ip));
             pair = Some(pair_key);
+            trusted = Some(key(&["trusted", &account, &client]));
         }
         keys.sort();
-        Ok(Counters { keys, pair })
+        Ok(Counters {
+            keys,
+            pair,
+            account: account_key,
+            trusted,
+        })
     }
 
     fn key_bytes(&self) -> Vec<Vec<u8>> {
@@ -110,6 +131,19 @@ pub async fn reserve(
     now: OffsetDateTime,
 ) -> Result<()> {
     let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+    let trusted = match counters.trusted {
+        Some(key) => {
+            sqlx::query_scalar(
+                "select exists (select 1 from login_trusted_clients
+             where key = $1 and last_success > $2)",
+            )
+            .bind(key.as_slice())
+            .bind(now - time::Duration::days(TRUSTED_CLIENT_DAYS))
+            .fetch_one(&mut *tx)
+            .await?
+        }
+        None => false,
+    };
     // `unnest` yields the keys in array order, which is key order: rows are locked in that order.
     let rows: Vec<(Vec<u8>, i32, OffsetDateTime)> = sqlx::query_as(
         "insert into login_attempts as a (key, window_start, attempts)
@@ -127,6 +161,9 @@ pub async fn reserve(
     let blocked_until = rows
         .iter()
         .filter(|(key, attempts, _)| i64::from(*attempts) > i64::from(counters.limit_of(key)))
+        // A client the owner signs in from is held to its own limits, not the account-wide one,
+        // so guesses from elsewhere cannot lock the owner out there.
+        .filter(|(key, _, _)| !(trusted && key.as_slice() == counters.account))
         .map(|(_, _, start)| *start + limits.window)
         .max();
     match blocked_until {
@@ -164,13 +201,24 @@ pub async fn release(connection: &mut PgConnection, counters: &Counters) -> Resu
     Ok(())
 }
 
-/// [`release`] on a pooled connection, after a correct password. Best effort: the password was
-/// right, so a database hiccup here must not fail the request; the attempt then stays counted
-/// until its window ends.
-pub async fn give_back(db: &crate::db::Database, counters: &Counters) {
+/// After a correct password, on a pooled connection: [`release`], and the client becomes (or
+/// stays) trusted for the account. Best effort: the password was right, so a database hiccup here
+/// must not fail the request; the attempt then stays counted until its window ends.
+pub async fn give_back(db: &crate::db::Database, counters: &Counters, now: OffsetDateTime) {
     let outcome = async {
         let mut connection = db.acquire().await?;
-        release(&mut connection, counters).await
+        release(&mut connection, counters).await?;
+        if let Some(key) = counters.trusted {
+            sqlx::query(
+                "insert into login_trusted_clients (key, last_success) values ($1, $2)
+                 on conflict (key) do update set last_success = excluded.last_success",
+            )
+            .bind(key.as_slice())
+            .bind(now)
+            .execute(&mut *connection)
+            .await?;
+        }
+        Ok::<(), ApiError>(())
     }
     .await;
     if let Err(error) = outcome {
@@ -178,17 +226,21 @@ pub async fn give_back(db: &crate::db::Database, counters: &Counters) {
     }
 }
 
-/// Deletes counters whose window ended before `now`.
+/// Deletes counters whose window ended before `now`, and trust not renewed for
+/// [`TRUSTED_CLIENT_DAYS`].
 pub async fn purge(
     connection: &mut PgConnection,
     limits: &LoginLimits,
     now: OffsetDateTime,
 ) -> Result<u64> {
-    Ok(
-        sqlx::query("delete from login_attempts where window_start <= $1")
-            .bind(now - limits.window)
-            .execute(&mut *connection)
-            .await?
-            .rows_affected(),
-    )
+    let counters = sqlx::query("delete from login_attempts where window_start <= $1")
+        .bind(now - limits.window)
+        .execute(&mut *connection)
+        .await?
+        .rows_affected();
+    sqlx::query("delete from login_trusted_clients where last_success <= $1")
+        .bind(now - time::Duration::days(TRUSTED_CLIENT_DAYS))
+        .execute(&mut *connection)
+        .await?;
+    Ok(counters)
 }

@@ -192,7 +192,7 @@ async fn check_login(
         tracing::info!("login refused");
         return Err(ApiError::InvalidCredentials);
     };
-    throttle::give_back(&state.db, &counters).await;
+    throttle::give_back(&state.db, &counters, now).await;
 
     if state.hasher.needs_rehash(&user.password_hash) {
         // The cost was raised (or lowered) since this hash was made; OWASP Password Storage

@@ -169,7 +169,7 @@ pub(crate) async fn change_password(
         tracing::info!(user_id = %user.user_id, "password change refused");
         return Err(ApiError::WrongPassword);
     }
-    throttle::give_back(&state.db, &counters).await;
+    throttle::give_back(&state.db, &counters, now).await;
     let new_hash = state.hasher.hash(request.new_password).await?;
 
     let mut tx = state.db.begin().await?;

@@ -233,3 +233,37 @@ async fn password_changes_share_the_login_limits(pool: PgPool) {
     assert_limited(&change(PASSWORD).await);
     assert_limited(&login_from(&app, "203.0.113.1", "ada@example.com", PASSWORD).await);
 }
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn the_owner_still_signs_in_where_they_usually_do_while_the_account_is_attacked(
+    pool: PgPool,
+) {
+    let app = app(pool).await;
+    app.register("ada@example.com").await;
+    let home = "198.51.100.7";
+    assert_eq!(
+        login_from(&app, home, "ada@example.com", PASSWORD)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Two attackers fill the account-wide limit.
+    for attempt in 0..LIMITS.per_account {
+        let ip = format!("203.0.113.{}", attempt % 2);
+        let failed = login_from(&app, &ip, "ada@example.com", "wrong guess").await;
+        assert_eq!(failed.status, StatusCode::UNAUTHORIZED);
+    }
+    let stranger = login_from(&app, "192.0.2.99", "ada@example.com", PASSWORD).await;
+    let owner = login_from(&app, home, "ada@example.com", PASSWORD).await;
+    let owner_v6_neighbour = login_from(&app, "2001:db8::1", "ada@example.com", PASSWORD).await;
+
+    assert_limited(&stranger);
+    assert_eq!(owner.status, StatusCode::OK, "trusted where they signed in");
+    assert_limited(&owner_v6_neighbour);
+    // Trust is no licence to guess: the client's own limit still applies.
+    for _ in 0..LIMITS.per_account_and_ip {
+        login_from(&app, home, "ada@example.com", "wrong guess").await;
+    }
+    assert_limited(&login_from(&app, home, "ada@example.com", PASSWORD).await);
+}
