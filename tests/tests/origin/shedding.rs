@@ -17,7 +17,7 @@ async fn a_full_hashing_queue_sheds_registrations_with_503(pool: PgPool) {
     let app = TestApp::with(
         pool,
         Options {
-            hash_cost: 10,
+            hash_cost: 12,
             hash_workers: 1,
             hash_queue_limit: 1,
             ..Options::default()
