@@ -683,6 +683,21 @@ impl Bench {
     }
 
     /// Verifies one token repeatedly: `count` times, or until `stop` turns true.
+    /// One `GET /auth/verify` with `token`; whether it was answered 200 with its whole body.
+    pub(crate) async fn verify_once(&self, token: &str) -> bool {
+        let response = self
+            .client
+            .get(format!("{}/auth/verify", self.url))
+            .header("x-api-key", &self.api_key)
+            .bearer_auth(token)
+            .send()
+            .await;
+        match response {
+            Ok(response) => response.status() == StatusCode::OK && response.bytes().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
     async fn verify_loop(
         &self,
         count: usize,
@@ -696,19 +711,7 @@ impl Bench {
                 break;
             }
             let started = Instant::now();
-            let response = self
-                .client
-                .get(format!("{}/auth/verify", self.url))
-                .header("x-api-key", &self.api_key)
-                .bearer_auth(&token)
-                .send()
-                .await;
-            let success = match response {
-                Ok(response) => {
-                    response.status() == StatusCode::OK && response.bytes().await.is_ok()
-                }
-                Err(_) => false,
-            };
+            let success = self.verify_once(&token).await;
             latencies.push(started.elapsed());
             ok += usize::from(success);
         }
@@ -728,17 +731,7 @@ impl Bench {
                     let mut ok = 0;
                     for _ in 0..per_client {
                         let sent = Instant::now();
-                        let response = bench
-                            .client
-                            .get(format!("{}/auth/verify", bench.url))
-                            .header("x-api-key", &bench.api_key)
-                            .bearer_auth(&token)
-                            .send()
-                            .await;
-                        if let Ok(response) = response {
-                            let good = response.status() == StatusCode::OK;
-                            ok += usize::from(good && response.bytes().await.is_ok());
-                        }
+                        ok += usize::from(bench.verify_once(&token).await);
                         latencies.push(sent.elapsed());
                     }
                     (latencies, ok)

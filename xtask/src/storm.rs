@@ -228,19 +228,7 @@ impl Bench {
         let mut samples = Vec::new();
         while !*stop.borrow_and_update() {
             let sent = Instant::now();
-            let response = self
-                .client
-                .get(format!("{}/auth/verify", self.url))
-                .header("x-api-key", &self.api_key)
-                .bearer_auth(token)
-                .send()
-                .await;
-            let ok = match response {
-                Ok(response) => {
-                    response.status() == StatusCode::OK && response.bytes().await.is_ok()
-                }
-                Err(_) => false,
-            };
+            let ok = self.verify_once(token).await;
             samples.push(Sample {
                 at: sent - start,
                 latency: sent.elapsed(),

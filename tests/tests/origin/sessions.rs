@@ -42,6 +42,24 @@ fn assert_refused(response: &TestResponse, code: &str) {
     assert_eq!(response.problem().code, code);
 }
 
+/// The session of `pair` has ended: its access token and its refresh token are both refused.
+async fn assert_ended(app: &TestApp, pair: &TokenResponse) {
+    assert_refused(
+        &app.get("/auth/verify", &pair.access_token).await,
+        "invalid_token",
+    );
+    assert_refused(
+        &app.refresh(&pair.refresh_token).await,
+        "invalid_refresh_token",
+    );
+}
+
+/// `access_token` still verifies at the origin.
+async fn assert_verifies(app: &TestApp, access_token: &str) {
+    let response = app.get("/auth/verify", access_token).await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+}
+
 async fn session_live(app: &TestApp, session_id: Uuid) -> bool {
     sqlx::query_scalar("select revoked_at is null from sessions where id = $1")
         .bind(session_id)
@@ -131,10 +149,7 @@ async fn racing_refreshes_of_one_token_all_get_the_same_successor(pool: PgPool) 
     );
     for response in &responses {
         let access = response.json::<TokenResponse>().access_token;
-        assert_eq!(
-            app.get("/auth/verify", &access).await.status,
-            StatusCode::OK
-        );
+        assert_verifies(&app, &access).await;
     }
     refreshed(&app, &successors[0]).await;
 }
@@ -287,18 +302,8 @@ async fn logout_ends_only_the_current_session(pool: PgPool) {
     let logout = app.post_empty("/auth/logout", &first.access_token).await;
 
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
-    assert_refused(
-        &app.get("/auth/verify", &first.access_token).await,
-        "invalid_token",
-    );
-    assert_refused(
-        &app.refresh(&first.refresh_token).await,
-        "invalid_refresh_token",
-    );
-    assert_eq!(
-        app.get("/auth/verify", &second.access_token).await.status,
-        StatusCode::OK
-    );
+    assert_ended(&app, &first).await;
+    assert_verifies(&app, &second.access_token).await;
     refreshed(&app, &second.refresh_token).await;
 }
 
@@ -315,19 +320,9 @@ async fn logout_with_scope_all_ends_every_session(pool: PgPool) {
 
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
     for session in [&first, &second] {
-        assert_refused(
-            &app.get("/auth/verify", &session.access_token).await,
-            "invalid_token",
-        );
-        assert_refused(
-            &app.refresh(&session.refresh_token).await,
-            "invalid_refresh_token",
-        );
+        assert_ended(&app, session).await;
     }
-    assert_eq!(
-        app.get("/auth/verify", &stranger.access_token).await.status,
-        StatusCode::OK
-    );
+    assert_verifies(&app, &stranger.access_token).await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -344,10 +339,7 @@ async fn logout_with_scope_others_keeps_the_current_session(pool: PgPool) {
         .await;
 
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
-    assert_eq!(
-        app.get("/auth/verify", &first.access_token).await.status,
-        StatusCode::OK
-    );
+    assert_verifies(&app, &first.access_token).await;
     assert_refused(
         &app.get("/auth/verify", &second.access_token).await,
         "invalid_token",
@@ -395,18 +387,8 @@ async fn password_change_needs_the_current_password_and_ends_other_sessions(pool
         .await;
 
     assert_eq!(changed.status, StatusCode::NO_CONTENT);
-    assert_eq!(
-        app.get("/auth/verify", &first.access_token).await.status,
-        StatusCode::OK
-    );
-    assert_refused(
-        &app.get("/auth/verify", &second.access_token).await,
-        "invalid_token",
-    );
-    assert_refused(
-        &app.refresh(&second.refresh_token).await,
-        "invalid_refresh_token",
-    );
+    assert_verifies(&app, &first.access_token).await;
+    assert_ended(&app, &second).await;
     assert_eq!(
         app.login("ada@example.com", PASSWORD).await.status,
         StatusCode::UNAUTHORIZED
@@ -480,10 +462,7 @@ async fn a_session_can_be_ended_by_id_by_its_user_only(pool: PgPool) {
     assert_eq!(again.status, StatusCode::NOT_FOUND);
     assert_eq!(garbage.status, StatusCode::NOT_FOUND);
     assert_eq!(garbage.problem().code, "not_found");
-    assert_eq!(
-        app.get("/auth/verify", &first.access_token).await.status,
-        StatusCode::OK
-    );
+    assert_verifies(&app, &first.access_token).await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
