@@ -1,6 +1,6 @@
 //! The edge's errors, answered as RFC 9457 problem details in the same shape as the origin's.
 
-use gatehouse_shared::api::{PROBLEM_CONTENT_TYPE, Problem};
+use gatehouse_shared::api::{BearerError, ProblemKind, ProblemReply};
 use gatehouse_shared::token::TokenError;
 use worker::{Headers, Response};
 
@@ -45,49 +45,33 @@ impl From<worker::Error> for AppError {
     }
 }
 
+impl From<BearerError> for AppError {
+    fn from(error: BearerError) -> Self {
+        match error {
+            BearerError::Missing => AppError::MissingToken,
+            BearerError::Malformed => AppError::InvalidToken(TokenError::Malformed),
+        }
+    }
+}
+
 impl AppError {
-    fn parts(&self) -> (u16, &'static str, &'static str) {
+    /// The kind of problem each error is, from the contract in `gatehouse_shared::api`, which the
+    /// origin answers from too.
+    fn kind(&self) -> ProblemKind {
         match self {
-            AppError::InvalidApiKey => (
-                401,
-                "invalid_api_key",
-                "a valid X-API-Key header is required",
-            ),
-            AppError::MissingToken => (401, "missing_token", "a bearer token is required"),
-            AppError::InvalidToken(_) => (401, "invalid_token", ""),
-            AppError::SessionEnded => (401, "invalid_token", "session has ended"),
-            AppError::RevocationsUnavailable => (
-                503,
-                "revocations_unavailable",
-                "token revocations cannot be checked right now; retry after the Retry-After delay",
-            ),
-            AppError::OriginNotAllowed => (
-                403,
-                "origin_not_allowed",
-                "this origin may not call the API",
-            ),
-            AppError::PayloadTooLarge => (413, "payload_too_large", "request body is too large"),
-            AppError::UnreadableBody => (400, "unreadable_body", "request body could not be read"),
-            AppError::NotFound => (404, "not_found", "no such resource"),
-            AppError::RateLimited => (
-                429,
-                "too_many_requests",
-                "too many requests from this address; retry after the Retry-After delay",
-            ),
-            AppError::MethodNotAllowed => (405, "method_not_allowed", "method not allowed"),
-            AppError::OriginUnreachable => (
-                502,
-                "origin_unreachable",
-                "the authentication service could not be reached",
-            ),
-            AppError::OriginTimeout => (
-                504,
-                "origin_timeout",
-                "the authentication service did not answer in time",
-            ),
-            AppError::Config(_) | AppError::Internal(_) => {
-                (500, "internal_error", "internal error")
-            }
+            AppError::InvalidApiKey => ProblemKind::InvalidApiKey,
+            AppError::MissingToken => ProblemKind::MissingToken,
+            AppError::InvalidToken(_) | AppError::SessionEnded => ProblemKind::InvalidToken,
+            AppError::RevocationsUnavailable => ProblemKind::RevocationsUnavailable,
+            AppError::OriginNotAllowed => ProblemKind::OriginNotAllowed,
+            AppError::PayloadTooLarge => ProblemKind::PayloadTooLarge,
+            AppError::UnreadableBody => ProblemKind::UnreadableBody,
+            AppError::NotFound => ProblemKind::NotFound,
+            AppError::RateLimited => ProblemKind::TooManyRequests,
+            AppError::MethodNotAllowed => ProblemKind::MethodNotAllowed,
+            AppError::OriginUnreachable => ProblemKind::OriginUnreachable,
+            AppError::OriginTimeout => ProblemKind::OriginTimeout,
+            AppError::Config(_) | AppError::Internal(_) => ProblemKind::InternalError,
         }
     }
 
@@ -100,50 +84,21 @@ impl AppError {
             AppError::Internal(error) => worker::console_error!("request {request_id}: {error}"),
             _ => {}
         }
-        let (status, code, detail) = self.parts();
-        let detail = match &self {
-            AppError::InvalidToken(reason) => reason.to_string(),
-            _ => detail.to_owned(),
+        let reply = ProblemReply::from(self.kind());
+        let reply = match &self {
+            AppError::InvalidToken(reason) => reply.with_detail(reason.to_string()),
+            AppError::SessionEnded => reply.with_detail("session has ended"),
+            _ => reply,
         };
-        let title = match status {
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            404 => "Not Found",
-            429 => "Too Many Requests",
-            405 => "Method Not Allowed",
-            413 => "Payload Too Large",
-            502 => "Bad Gateway",
-            503 => "Service Unavailable",
-            504 => "Gateway Timeout",
-            _ => "Internal Server Error",
-        };
-        let problem = Problem::new(status, code, title, detail);
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
         let headers = Headers::new();
-        let _ = headers.set("content-type", PROBLEM_CONTENT_TYPE);
-        let _ = headers.set("cache-control", "no-store");
-        // RFC 6750 section 3 challenges, as the origin sends them.
-        let challenge = match code {
-            "missing_token" => Some(r#"Bearer realm="gatehouse""#),
-            "invalid_token" => Some(r#"Bearer realm="gatehouse", error="invalid_token""#),
-            "invalid_api_key" => Some(r#"ApiKey realm="gatehouse", header="X-API-Key""#),
-            _ => None,
-        };
-        if let Some(challenge) = challenge {
-            let _ = headers.set("www-authenticate", challenge);
-        }
-        if matches!(status, 502..=504) {
-            let _ = headers.set("retry-after", "1");
-        }
-        if status == 429 {
-            // The binding counts over 10 or 60 s and does not say when a client may retry; the
-            // longer period is the safe answer.
-            let _ = headers.set("retry-after", "60");
+        for (name, value) in &reply.headers() {
+            if let Ok(value) = value.to_str() {
+                let _ = headers.set(name.as_str(), value);
+            }
         }
         Response::builder()
-            .with_status(status)
+            .with_status(reply.status().as_u16())
             .with_headers(headers)
-            .fixed(body)
+            .fixed(reply.body())
     }
 }

@@ -188,18 +188,8 @@ async fn authenticate(
     config: &EdgeConfig,
     request_id: &str,
 ) -> Result<AccessClaims, AppError> {
-    let header = request
-        .headers()
-        .get("authorization")?
-        .ok_or(AppError::MissingToken)?;
-    let token = match header.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            token.trim()
-        }
-        _ => return Err(AppError::InvalidToken(TokenError::Malformed)),
-    };
+    let header = request.headers().get("authorization")?;
+    let token = gatehouse_shared::api::bearer_token(header.as_deref().map(str::as_bytes))?;
     let now = (Date::now().as_millis() / 1000) as i64;
     let claims = jwks::validate(token, config, now, request_id).await?;
     revocations::check(claims.sid, now, config, request_id).await?;

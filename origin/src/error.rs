@@ -1,10 +1,10 @@
 //! The one error type every handler returns, rendered as RFC 9457 problem details.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gatehouse_shared::api::{
-    ENDED_SESSIONS_HEADER, FieldError, PROBLEM_CONTENT_TYPE, Problem, RevokedSession,
+    BearerError, ENDED_SESSIONS_HEADER, FieldError, ProblemKind, ProblemReply, RevokedSession,
 };
 use gatehouse_shared::token::TokenError;
 
@@ -13,164 +13,133 @@ use crate::password::HashError;
 /// Handler results.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// Seconds a client is asked to wait after a 503 (RFC 9110 section 10.2.3).
-const RETRY_AFTER_SECS: &str = "1";
-
 /// Everything that can go wrong in a request, from the client's point of view.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum ApiError {
     /// Fields failed validation (422).
-    #[error("request fields are invalid")]
     Validation(Vec<FieldError>),
     /// The body is not valid JSON (400).
-    #[error("request body is not valid JSON")]
     MalformedJson(String),
     /// The JSON has the wrong shape: missing fields, wrong types, unknown members (422).
-    #[error("request body has the wrong shape")]
     InvalidBody(String),
     /// The body is not declared as `application/json` (415).
-    #[error("request body must be application/json")]
     UnsupportedMediaType,
     /// The body is over the configured limit (413).
-    #[error("request body is too large")]
     PayloadTooLarge,
     /// The body could not be read (400).
-    #[error("request body could not be read")]
     UnreadableBody,
     /// The `X-API-Key` header is missing, malformed, unknown or revoked (401).
-    #[error("a valid X-API-Key header is required")]
     InvalidApiKey,
     /// No bearer token was presented (401).
-    #[error("a bearer token is required")]
     MissingToken,
     /// The bearer token failed validation (401).
-    #[error("bearer token is invalid")]
     InvalidToken(TokenError),
     /// The token verified but its session has ended or its user is deactivated (401).
-    #[error("session has ended")]
     SessionEnded,
     /// The refresh token is malformed, unknown, or belongs to an ended session (401).
-    #[error("refresh token is invalid")]
     InvalidRefreshToken,
     /// A spent refresh token came back outside the reuse rule; its session was ended (401). The
     /// ended session travels to the edge in the ended-sessions header.
-    #[error("refresh token was already used; the session has been ended")]
     RefreshTokenReused(RevokedSession),
     /// The session passed its idle timeout or its absolute lifetime (401).
-    #[error("session has expired; sign in again")]
     SessionExpired,
     /// `current_password` of a password change is wrong (403: the bearer token itself is fine).
-    #[error("current password is incorrect")]
     WrongPassword,
     /// No live session with that id belongs to the user (404).
-    #[error("no such session")]
     SessionNotFound,
     /// A query parameter is missing or invalid (422).
-    #[error("query parameters are invalid")]
     InvalidQuery,
     /// An `/edge/*` request without the edge secret (401).
-    #[error("this route is for the Gatehouse edge only")]
     NotFromEdge,
     /// Wrong email or password, or a deactivated account; deliberately indistinguishable (401).
-    #[error("email or password is incorrect")]
     InvalidCredentials,
     /// The email address belongs to an account already (409).
-    #[error("an account with this email already exists")]
     EmailTaken,
     /// No such route (404).
-    #[error("no such resource")]
     NotFound,
     /// The route exists but not for this method (405).
-    #[error("method not allowed")]
     MethodNotAllowed,
     /// Too many failed password checks for this account or address; retry after the delay (429).
-    #[error("too many failed attempts; try again later")]
     RateLimited {
         /// Seconds until the limiting window ends.
         retry_after_secs: u64,
     },
     /// The hashing queue is full; the request was shed (503).
-    #[error("too many password operations in progress")]
     Overloaded,
     /// PostgreSQL is unreachable or the pool is exhausted (503).
-    #[error("database unavailable")]
-    DatabaseUnavailable(#[source] Option<sqlx::Error>),
+    DatabaseUnavailable(Option<sqlx::Error>),
     /// A bug or an unexpected failure; the cause is logged, never sent (500).
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 impl ApiError {
-    /// The HTTP status for each kind of error.
+    /// The kind of problem each error is, from the contract in `gatehouse_shared::api`: code,
+    /// status, title and challenge all follow from it.
+    pub fn kind(&self) -> ProblemKind {
+        match self {
+            ApiError::Validation(_) => ProblemKind::ValidationFailed,
+            ApiError::MalformedJson(_) => ProblemKind::MalformedJson,
+            ApiError::InvalidBody(_) => ProblemKind::InvalidBody,
+            ApiError::UnsupportedMediaType => ProblemKind::UnsupportedMediaType,
+            ApiError::PayloadTooLarge => ProblemKind::PayloadTooLarge,
+            ApiError::UnreadableBody => ProblemKind::UnreadableBody,
+            ApiError::InvalidApiKey => ProblemKind::InvalidApiKey,
+            ApiError::MissingToken => ProblemKind::MissingToken,
+            ApiError::InvalidToken(_) | ApiError::SessionEnded => ProblemKind::InvalidToken,
+            ApiError::InvalidRefreshToken => ProblemKind::InvalidRefreshToken,
+            ApiError::RefreshTokenReused(_) => ProblemKind::RefreshTokenReused,
+            ApiError::SessionExpired => ProblemKind::SessionExpired,
+            ApiError::WrongPassword => ProblemKind::WrongPassword,
+            ApiError::SessionNotFound => ProblemKind::SessionNotFound,
+            ApiError::InvalidQuery => ProblemKind::InvalidQuery,
+            ApiError::NotFromEdge => ProblemKind::NotFromEdge,
+            ApiError::InvalidCredentials => ProblemKind::InvalidCredentials,
+            ApiError::EmailTaken => ProblemKind::EmailTaken,
+            ApiError::NotFound => ProblemKind::NotFound,
+            ApiError::MethodNotAllowed => ProblemKind::MethodNotAllowed,
+            ApiError::RateLimited { .. } => ProblemKind::TooManyAttempts,
+            ApiError::Overloaded => ProblemKind::Overloaded,
+            ApiError::DatabaseUnavailable(_) => ProblemKind::DatabaseUnavailable,
+            ApiError::Internal(_) => ProblemKind::InternalError,
+        }
+    }
+
+    /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Validation(_) | ApiError::InvalidBody(_) | ApiError::InvalidQuery => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            ApiError::MalformedJson(_) | ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::InvalidApiKey
-            | ApiError::MissingToken
-            | ApiError::InvalidToken(_)
-            | ApiError::SessionEnded
-            | ApiError::InvalidRefreshToken
-            | ApiError::RefreshTokenReused(_)
-            | ApiError::SessionExpired
-            | ApiError::NotFromEdge
-            | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-            ApiError::WrongPassword => StatusCode::FORBIDDEN,
-            ApiError::EmailTaken => StatusCode::CONFLICT,
-            ApiError::NotFound | ApiError::SessionNotFound => StatusCode::NOT_FOUND,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Overloaded | ApiError::DatabaseUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.kind().status()
     }
 
-    /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    /// The problem reply: the kind's defaults plus what only this occurrence knows.
+    fn reply(self) -> ProblemReply {
+        let reply = ProblemReply::from(self.kind());
         match self {
-            ApiError::Validation(_) => "validation_failed",
-            ApiError::MalformedJson(_) => "malformed_json",
-            ApiError::InvalidBody(_) => "invalid_body",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::PayloadTooLarge => "payload_too_large",
-            ApiError::UnreadableBody => "unreadable_body",
-            ApiError::InvalidApiKey => "invalid_api_key",
-            ApiError::MissingToken => "missing_token",
-            ApiError::InvalidToken(_) | ApiError::SessionEnded => "invalid_token",
-            ApiError::InvalidRefreshToken => "invalid_refresh_token",
-            ApiError::RefreshTokenReused(_) => "refresh_token_reused",
-            ApiError::SessionExpired => "session_expired",
-            ApiError::WrongPassword => "wrong_password",
-            ApiError::SessionNotFound => "session_not_found",
-            ApiError::InvalidQuery => "invalid_query",
-            ApiError::NotFromEdge => "not_from_edge",
-            ApiError::InvalidCredentials => "invalid_credentials",
-            ApiError::EmailTaken => "email_taken",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::RateLimited { .. } => "too_many_attempts",
-            ApiError::Overloaded => "overloaded",
-            ApiError::DatabaseUnavailable(_) => "database_unavailable",
-            ApiError::Internal(_) => "internal_error",
-        }
-    }
-
-    fn detail(&self) -> String {
-        match self {
-            ApiError::MalformedJson(detail) | ApiError::InvalidBody(detail) => detail.clone(),
+            ApiError::Validation(errors) => reply.with_errors(errors),
+            ApiError::MalformedJson(detail) | ApiError::InvalidBody(detail) => {
+                reply.with_detail(detail)
+            }
             // Which check failed is the client's own business and helps them debug; it reveals
             // nothing about keys or users.
-            ApiError::InvalidToken(reason) => reason.to_string(),
-            ApiError::Overloaded | ApiError::DatabaseUnavailable(_) => {
-                "the service is busy or degraded; retry after the Retry-After delay".into()
-            }
-            _ => self.to_string(),
+            ApiError::InvalidToken(reason) => reply.with_detail(reason.to_string()),
+            ApiError::SessionEnded => reply.with_detail("session has ended"),
+            ApiError::RateLimited { retry_after_secs } => reply.with_retry_after(retry_after_secs),
+            _ => reply,
+        }
+    }
+}
+
+/// The kind's default detail: the text logs and the problem body agree on.
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind().default_detail())
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::DatabaseUnavailable(Some(cause)) => Some(cause),
+            ApiError::Internal(cause) => Some(cause.as_ref()),
+            _ => None,
         }
     }
 }
@@ -183,17 +152,17 @@ pub fn invalid_field(field: &str, message: &str) -> ApiError {
     }])
 }
 
+impl From<BearerError> for ApiError {
+    fn from(error: BearerError) -> Self {
+        match error {
+            BearerError::Missing => ApiError::MissingToken,
+            BearerError::Malformed => ApiError::InvalidToken(TokenError::Malformed),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let self_retry = match &self {
-            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            _ => None,
-        };
-        let ended = match &self {
-            ApiError::RefreshTokenReused(ended) => Some(RevokedSession::to_header(&[*ended])),
-            _ => None,
-        };
         match &self {
             ApiError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
             ApiError::DatabaseUnavailable(Some(cause)) => {
@@ -201,53 +170,17 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let mut problem = Problem::new(
-            status.as_u16(),
-            self.code(),
-            status.canonical_reason().unwrap_or("Error"),
-            self.detail(),
-        );
-        if let ApiError::Validation(errors) = self {
-            problem.errors = errors;
-        }
-        let body = serde_json::to_vec(&problem).expect("a problem always serializes");
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        // RFC 6750 section 3: a 401 for a bearer-protected resource names the scheme, and adds
-        // error="invalid_token" when a token was presented but refused.
-        let challenge = match problem.code.as_str() {
-            "missing_token" => Some(r#"Bearer realm="gatehouse""#),
-            "invalid_token" => Some(r#"Bearer realm="gatehouse", error="invalid_token""#),
-            "invalid_api_key" => Some(r#"ApiKey realm="gatehouse", header="X-API-Key""#),
-            "invalid_credentials"
-            | "invalid_refresh_token"
-            | "refresh_token_reused"
-            | "session_expired" => Some(r#"Bearer realm="gatehouse""#),
-            "not_from_edge" => Some(r#"EdgeSecret realm="gatehouse""#),
+        let ended = match &self {
+            ApiError::RefreshTokenReused(ended) => {
+                HeaderValue::from_str(&RevokedSession::to_header(&[*ended])).ok()
+            }
             _ => None,
         };
-        if let Some(challenge) = challenge {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
-        }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
-        }
-        if let Some(value) = ended.and_then(|value| HeaderValue::from_str(&value).ok()) {
-            headers.insert(ENDED_SESSIONS_HEADER, value);
-        }
-        if let Some(retry_after_secs) = self_retry {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        let reply = self.reply();
+        let mut response = (reply.status(), reply.body()).into_response();
+        response.headers_mut().extend(reply.headers());
+        if let Some(value) = ended {
+            response.headers_mut().insert(ENDED_SESSIONS_HEADER, value);
         }
         response
     }

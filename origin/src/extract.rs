@@ -43,7 +43,12 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts)?;
+        let token = gatehouse_shared::api::bearer_token(
+            parts
+                .headers
+                .get(AUTHORIZATION)
+                .map(|value| value.as_bytes()),
+        )?;
         let now = state.clock.now();
         let claims = state.tokens.verify(token, now).map_err(|error| {
             state.metrics.verification(error.code());
@@ -74,27 +79,6 @@ impl FromRequestParts<AppState> for AuthUser {
             session_id: claims.sid,
             claims,
         })
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` header (RFC 6750 section 2.1; the scheme is
-/// case-insensitive per RFC 9110 section 11.1).
-fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or(ApiError::MissingToken)?
-        .to_str()
-        .map_err(|_| ApiError::InvalidToken(gatehouse_shared::token::TokenError::Malformed))?;
-    match value.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(token.trim())
-        }
-        _ => Err(ApiError::InvalidToken(
-            gatehouse_shared::token::TokenError::Malformed,
-        )),
     }
 }
 

@@ -1,12 +1,43 @@
 //! The HTTP API's request and response bodies, shared so the origin, the edge and every client
 //! or test serialize exactly the same shapes.
 
+mod problem;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use problem::{Challenge, ChallengeSpec, ProblemKind, ProblemReply, REALM, Scheme};
+
 /// The header that carries the API key on every `/auth/*` request.
 pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Why a request carries no usable bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BearerError {
+    /// There is no `Authorization` header.
+    #[error("a bearer token is required")]
+    Missing,
+    /// The header is not `Bearer <token>`, or is not text.
+    #[error("the Authorization header is not a bearer token")]
+    Malformed,
+}
+
+/// The token of an `Authorization: Bearer <token>` header, given the header's raw value (RFC 6750
+/// section 2.1; the scheme is case-insensitive per RFC 9110 section 11.1). The origin and the
+/// edge both read it here, so they agree on every odd header.
+pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, BearerError> {
+    let value = std::str::from_utf8(header.ok_or(BearerError::Missing)?)
+        .map_err(|_| BearerError::Malformed)?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(BearerError::Malformed),
+    }
+}
 
 /// The header carrying a request's id from the edge to the origin and back to the client.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -376,6 +407,31 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_with_any_scheme_case_and_odd_headers_are_malformed() {
+        fn token(header: &str) -> Result<&str, BearerError> {
+            bearer_token(Some(header.as_bytes()))
+        }
+
+        assert_eq!(token("Bearer abc"), Ok("abc"));
+        assert_eq!(token("bEaReR  abc "), Ok("abc"));
+        assert_eq!(bearer_token(None), Err(BearerError::Missing));
+        for header in [
+            "Bearer",
+            "Bearer ",
+            "Bearer   ",
+            "Basic abc",
+            "token",
+            "Bearerabc",
+        ] {
+            assert_eq!(token(header), Err(BearerError::Malformed), "{header:?}");
+        }
+        assert_eq!(
+            bearer_token(Some(b"Bearer \xff\xfe")),
+            Err(BearerError::Malformed)
+        );
+    }
 
     #[test]
     fn patch_tells_null_from_absent() {
