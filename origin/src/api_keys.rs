@@ -25,11 +25,12 @@ pub async fn require_api_key(
         .and_then(|text| ApiKey::parse(text).ok())
         .ok_or(ApiError::InvalidApiKey)?;
     let mut connection = state.db.acquire().await?;
-    let stored: Option<Vec<u8>> =
-        sqlx::query_scalar("select secret_hash from api_keys where id = $1 and revoked_at is null")
-            .bind(key.id())
-            .fetch_optional(&mut *connection)
-            .await?;
+    let stored = sqlx::query_scalar!(
+        "select secret_hash from api_keys where id = $1 and revoked_at is null",
+        key.id(),
+    )
+    .fetch_optional(&mut *connection)
+    .await?;
     drop(connection);
     match stored {
         Some(hash) if key.matches(&hash) => Ok(next.run(request).await),
@@ -38,7 +39,7 @@ pub async fn require_api_key(
 }
 
 /// One key as listed by `api-key list`; never includes the secret.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct ApiKeyRecord {
     /// The public id.
     pub id: String,
@@ -53,20 +54,26 @@ pub struct ApiKeyRecord {
 /// Creates and stores a new key; the returned key is the only copy of its secret.
 pub async fn create(pool: &PgPool, name: &str) -> Result<ApiKey, sqlx::Error> {
     let key = ApiKey::generate(&mut rand_core::OsRng);
-    sqlx::query("insert into api_keys (id, name, secret_hash) values ($1, $2, $3)")
-        .bind(key.id())
-        .bind(name)
-        .bind(key.secret_hash().as_slice())
-        .execute(pool)
-        .await?;
+    let secret_hash = key.secret_hash();
+    sqlx::query!(
+        "insert into api_keys (id, name, secret_hash) values ($1, $2, $3)",
+        key.id(),
+        name,
+        secret_hash.as_slice(),
+    )
+    .execute(pool)
+    .await?;
     Ok(key)
 }
 
 /// Every key, newest first.
 pub async fn list(pool: &PgPool) -> Result<Vec<ApiKeyRecord>, sqlx::Error> {
-    sqlx::query_as("select id, name, created_at, revoked_at from api_keys order by created_at desc")
-        .fetch_all(pool)
-        .await
+    sqlx::query_as!(
+        ApiKeyRecord,
+        "select id, name, created_at, revoked_at from api_keys order by created_at desc"
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Revokes the key with this id (with or without the `gth_` prefix). False if there is no such
@@ -76,10 +83,11 @@ pub async fn revoke(pool: &PgPool, id: &str) -> Result<bool, sqlx::Error> {
         .strip_prefix(gatehouse_shared::api_key::PREFIX)
         .unwrap_or(id);
     let id = id.split('_').next().unwrap_or(id);
-    let result =
-        sqlx::query("update api_keys set revoked_at = now() where id = $1 and revoked_at is null")
-            .bind(id)
-            .execute(pool)
-            .await?;
+    let result = sqlx::query!(
+        "update api_keys set revoked_at = now() where id = $1 and revoked_at is null",
+        id,
+    )
+    .execute(pool)
+    .await?;
     Ok(result.rows_affected() == 1)
 }

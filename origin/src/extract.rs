@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::sessions;
 
 /// `axum::Json`, but rejections come back as problem details rather than plain text.
 #[derive(FromRequest)]
@@ -54,20 +55,14 @@ impl FromRequestParts<AppState> for AuthUser {
             state.metrics.verification(error.code());
             ApiError::InvalidToken(error)
         })?;
-        let (created_after, used_after) = state.sessions.live_bounds(now);
-        // The signature proves who issued the token; only the database knows whether the session
-        // was ended or the account deactivated since.
         let mut connection = state.db.acquire().await?;
-        let live: bool = sqlx::query_scalar(
-            "select exists (select 1 from sessions s join users u on u.id = s.user_id
-              where s.id = $1 and s.user_id = $2 and s.revoked_at is null and u.is_active
-                and s.created_at > $3 and s.last_used_at > $4)",
+        let live = sessions::is_live(
+            &mut connection,
+            &state.sessions,
+            claims.sid,
+            claims.sub,
+            now,
         )
-        .bind(claims.sid)
-        .bind(claims.sub)
-        .bind(created_after)
-        .bind(used_after)
-        .fetch_one(&mut *connection)
         .await?;
         if !live {
             state.metrics.verification("session_ended");

@@ -31,25 +31,8 @@ pub struct Purged {
 pub async fn purge(state: &AppState, now: OffsetDateTime) -> Result<Purged> {
     let mut connection = state.db.acquire().await?;
     let counters = throttle::purge(&mut connection, &state.login_limits, now).await?;
-    let policy = &state.sessions;
-    let sessions = sqlx::query(
-        "delete from sessions
-         where coalesce(revoked_at, least(last_used_at + $2, created_at + $3)) < $1",
-    )
-    .bind(now - RETENTION)
-    .bind(policy.idle_timeout)
-    .bind(policy.max_lifetime)
-    .execute(&mut *connection)
-    .await?
-    .rows_affected();
-    let seals = sqlx::query(
-        "update refresh_tokens set successor_sealed = null
-         where successor_sealed is not null and spent_at < $1",
-    )
-    .bind(now - policy.reuse_window)
-    .execute(&mut *connection)
-    .await?
-    .rows_affected();
+    let (sessions, seals) =
+        crate::sessions::purge(&mut connection, &state.sessions, now - RETENTION, now).await?;
     Ok(Purged {
         counters,
         sessions,

@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod config;
+pub mod credentials;
 pub mod db;
 pub mod error;
 pub mod extract;
@@ -18,6 +19,7 @@ pub mod sessions;
 pub mod telemetry;
 pub mod throttle;
 pub mod tokens;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,6 +135,7 @@ pub fn app(state: AppState) -> Router {
     let edge_secret = state.edge_secret.clone();
     // Token responses and profiles must not be stored by any cache (RFC 6749 section 5.1).
     let auth = routes::auth::router()
+        .merge(routes::sessions::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             api_keys::require_api_key,

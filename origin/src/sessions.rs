@@ -124,24 +124,25 @@ pub async fn begin(
     now: OffsetDateTime,
 ) -> Result<Grant> {
     let session_id = Uuid::now_v7();
-    sqlx::query(
+    sqlx::query!(
         "insert into sessions (id, user_id, created_at, last_used_at, user_agent, ip)
          values ($1, $2, $3, $3, $4, $5)",
+        session_id,
+        user_id,
+        now,
+        meta.user_agent.as_deref(),
+        meta.ip.map(|ip| ip.to_string()),
     )
-    .bind(session_id)
-    .bind(user_id)
-    .bind(now)
-    .bind(&meta.user_agent)
-    .bind(meta.ip.map(|ip| ip.to_string()))
     .execute(&mut **tx)
     .await?;
     let refresh_token = RefreshToken::generate(&mut rand_core::OsRng);
-    sqlx::query(
+    let lookup_hash = refresh_token.lookup_hash();
+    sqlx::query!(
         "insert into refresh_tokens (session_id, token_hash, created_at) values ($1, $2, $3)",
+        session_id,
+        lookup_hash.as_slice(),
+        now,
     )
-    .bind(session_id)
-    .bind(refresh_token.lookup_hash().as_slice())
-    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(Grant {
@@ -161,7 +162,6 @@ pub struct Refreshed {
     pub now: OffsetDateTime,
 }
 
-#[derive(sqlx::FromRow)]
 struct LockedSession {
     user_id: Uuid,
     created_at: OffsetDateTime,
@@ -170,14 +170,12 @@ struct LockedSession {
     is_active: bool,
 }
 
-#[derive(sqlx::FromRow)]
 struct TokenRow {
     id: i64,
     spent_at: Option<OffsetDateTime>,
     successor_sealed: Option<Vec<u8>>,
 }
 
-#[derive(sqlx::FromRow)]
 struct SuccessorRow {
     token_hash: Vec<u8>,
     spent_at: Option<OffsetDateTime>,
@@ -195,21 +193,23 @@ pub async fn refresh(
 ) -> Result<Refreshed> {
     let hash = presented.lookup_hash();
     let mut tx = db.begin().await?;
-    let session_id: Option<Uuid> =
-        sqlx::query_scalar("select session_id from refresh_tokens where token_hash = $1")
-            .bind(hash.as_slice())
-            .fetch_optional(&mut *tx)
-            .await?;
+    let session_id = sqlx::query_scalar!(
+        "select session_id from refresh_tokens where token_hash = $1",
+        hash.as_slice(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     let session_id = session_id.ok_or(ApiError::InvalidRefreshToken)?;
 
     // The lock that serializes every refresh of this session. Rows read after it are current:
     // each statement in a read-committed transaction sees what committed before it began.
-    let session: Option<LockedSession> = sqlx::query_as(
+    let session = sqlx::query_as!(
+        LockedSession,
         "select s.user_id, s.created_at, s.last_used_at, s.revoked_at, u.is_active
          from sessions s join users u on u.id = s.user_id
          where s.id = $1 for update of s",
+        session_id,
     )
-    .bind(session_id)
     .fetch_optional(&mut *tx)
     .await?;
     // Gone since the first read (purged, or its user deleted): as unknown as a token can be.
@@ -226,10 +226,11 @@ pub async fn refresh(
         return Err(ApiError::SessionExpired);
     }
 
-    let token: Option<TokenRow> = sqlx::query_as(
+    let token = sqlx::query_as!(
+        TokenRow,
         "select id, spent_at, successor_sealed from refresh_tokens where token_hash = $1",
+        hash.as_slice(),
     )
-    .bind(hash.as_slice())
     .fetch_optional(&mut *tx)
     .await?;
     let token = token.ok_or(ApiError::InvalidRefreshToken)?;
@@ -255,11 +256,13 @@ pub async fn refresh(
         }
     };
 
-    sqlx::query("update sessions set last_used_at = $2 where id = $1")
-        .bind(session_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "update sessions set last_used_at = $2 where id = $1",
+        session_id,
+        now,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Refreshed {
         grant: Grant {
@@ -282,33 +285,37 @@ async fn rotate(
     now: OffsetDateTime,
 ) -> Result<RefreshToken> {
     let successor = RefreshToken::generate(&mut rand_core::OsRng);
-    sqlx::query(
+    let lookup_hash = successor.lookup_hash();
+    let sealed = presented.seal_successor(&successor);
+    sqlx::query!(
         "insert into refresh_tokens (session_id, token_hash, parent_id, created_at)
          values ($1, $2, $3, $4)",
+        session_id,
+        lookup_hash.as_slice(),
+        token_id,
+        now,
     )
-    .bind(session_id)
-    .bind(successor.lookup_hash().as_slice())
-    .bind(token_id)
-    .bind(now)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("update refresh_tokens set spent_at = $2, successor_sealed = $3 where id = $1")
-        .bind(token_id)
-        .bind(now)
-        .bind(presented.seal_successor(&successor).as_slice())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "update refresh_tokens set spent_at = $2, successor_sealed = $3 where id = $1",
+        token_id,
+        now,
+        sealed.as_slice(),
+    )
+    .execute(&mut **tx)
+    .await?;
     // Seals the reuse rule can no longer accept are wiped: the parent's (its successor, the
     // presented token, is spent now) and any older than the window. A seal opens only with its
     // spent token, but one kept needlessly would let a database copy plus an old token open it.
-    sqlx::query(
+    sqlx::query!(
         "update refresh_tokens set successor_sealed = null
          where session_id = $1 and successor_sealed is not null and id <> $2
            and (id = (select parent_id from refresh_tokens where id = $2) or spent_at < $3)",
+        session_id,
+        token_id,
+        now - policy.reuse_window,
     )
-    .bind(session_id)
-    .bind(token_id)
-    .bind(now - policy.reuse_window)
     .execute(&mut **tx)
     .await?;
     Ok(successor)
@@ -330,11 +337,13 @@ async fn successor_in_grace(
     let Some(sealed) = &token.successor_sealed else {
         return Ok(None);
     };
-    let successor: Option<SuccessorRow> =
-        sqlx::query_as("select token_hash, spent_at from refresh_tokens where parent_id = $1")
-            .bind(token.id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let successor = sqlx::query_as!(
+        SuccessorRow,
+        "select token_hash, spent_at from refresh_tokens where parent_id = $1",
+        token.id,
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
     Ok(successor
         .filter(|row| row.spent_at.is_none())
         .and_then(|row| {
@@ -350,18 +359,20 @@ async fn end_locked(
     reason: EndReason,
     now: OffsetDateTime,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update sessions set revoked_at = $2, end_reason = $3 where id = $1 and revoked_at is null",
+        session_id,
+        now,
+        reason.as_str(),
     )
-    .bind(session_id)
-    .bind(now)
-    .bind(reason.as_str())
     .execute(&mut **tx)
     .await?;
-    sqlx::query("delete from refresh_tokens where session_id = $1")
-        .bind(session_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "delete from refresh_tokens where session_id = $1",
+        session_id,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -383,8 +394,8 @@ pub async fn end(
         Which::All => (None, None),
         Which::AllExcept(id) => (None, Some(id)),
     };
-    let ended: Vec<Uuid> = sqlx::query_scalar(
-        "with ended as (
+    let ended = sqlx::query_scalar!(
+        r#"with ended as (
            update sessions set revoked_at = $4, end_reason = $5
            where user_id = $1 and revoked_at is null
              and created_at > $6 and last_used_at > $7
@@ -393,18 +404,78 @@ pub async fn end(
          ), spent as (
            delete from refresh_tokens where session_id in (select id from ended)
          )
-         select id from ended",
+         select id as "id!" from ended"#,
+        user_id,
+        only,
+        except,
+        now,
+        reason.as_str(),
+        created_after,
+        used_after,
     )
-    .bind(user_id)
-    .bind(only)
-    .bind(except)
-    .bind(now)
-    .bind(reason.as_str())
-    .bind(created_after)
-    .bind(used_after)
     .fetch_all(&mut *connection)
     .await?;
     Ok(ended)
+}
+
+/// Whether the session `session_id` of `user_id` is live at `now` under `policy` (not ended,
+/// not expired) and its account active. The signature of a token proves who issued it; only
+/// this tells whether the session was ended or the account deactivated since.
+pub async fn is_live(
+    connection: &mut PgConnection,
+    policy: &SessionPolicy,
+    session_id: Uuid,
+    user_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let (created_after, used_after) = policy.live_bounds(now);
+    let live = sqlx::query_scalar!(
+        r#"select exists (select 1 from sessions s join users u on u.id = s.user_id
+            where s.id = $1 and s.user_id = $2 and s.revoked_at is null and u.is_active
+              and s.created_at > $3 and s.last_used_at > $4) as "live!""#,
+        session_id,
+        user_id,
+        created_after,
+        used_after,
+    )
+    .fetch_one(connection)
+    .await?;
+    Ok(live)
+}
+
+/// One live session as `GET /auth/sessions` lists it.
+pub struct LiveSession {
+    /// The session id.
+    pub id: Uuid,
+    /// When it began.
+    pub created_at: OffsetDateTime,
+    /// When it was last used.
+    pub last_used_at: OffsetDateTime,
+    /// The user agent that began it.
+    pub user_agent: Option<String>,
+    /// The address that began it.
+    pub ip: Option<String>,
+}
+
+/// The live sessions of `user_id` at `now`, newest first.
+pub async fn list_live(
+    connection: &mut PgConnection,
+    policy: &SessionPolicy,
+    user_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<Vec<LiveSession>> {
+    let (created_after, used_after) = policy.live_bounds(now);
+    Ok(sqlx::query_as!(
+        LiveSession,
+        "select id, created_at, last_used_at, user_agent, ip from sessions
+         where user_id = $1 and revoked_at is null and created_at > $2 and last_used_at > $3
+         order by created_at desc",
+        user_id,
+        created_after,
+        used_after,
+    )
+    .fetch_all(connection)
+    .await?)
 }
 
 /// `ended` as the edge should hear of them (the ended-sessions header): each with the time after
@@ -425,17 +496,49 @@ pub async fn revoked_since(
     since: OffsetDateTime,
     token_lifetime: Duration,
 ) -> Result<Vec<RevokedSession>> {
-    let rows: Vec<(Uuid, OffsetDateTime)> = sqlx::query_as(
-        "select id, revoked_at from sessions where revoked_at > $1 order by revoked_at",
+    let rows = sqlx::query!(
+        r#"select id, revoked_at as "revoked_at!" from sessions
+           where revoked_at > $1 order by revoked_at"#,
+        since,
     )
-    .bind(since)
     .fetch_all(&mut *connection)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(sid, revoked_at)| RevokedSession {
-            sid,
-            until: (revoked_at + token_lifetime).unix_timestamp(),
+        .map(|row| RevokedSession {
+            sid: row.id,
+            until: (row.revoked_at + token_lifetime).unix_timestamp(),
         })
         .collect())
+}
+
+/// Deletes sessions (their refresh tokens go with them) that ended before `ended_before`, by
+/// being ended or by expiring under `policy`, and wipes seals the reuse rule can no longer accept
+/// at `now`. Returns how many sessions and seals went.
+pub async fn purge(
+    connection: &mut PgConnection,
+    policy: &SessionPolicy,
+    ended_before: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<(u64, u64)> {
+    // An unended session expired at the earlier of its idle and absolute limits.
+    let sessions = sqlx::query!(
+        "delete from sessions
+         where coalesce(revoked_at < $1, last_used_at < $2 or created_at < $3)",
+        ended_before,
+        ended_before - policy.idle_timeout,
+        ended_before - policy.max_lifetime,
+    )
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    let seals = sqlx::query!(
+        "update refresh_tokens set successor_sealed = null
+         where successor_sealed is not null and spent_at < $1",
+        now - policy.reuse_window,
+    )
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    Ok((sessions, seals))
 }

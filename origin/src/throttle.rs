@@ -76,10 +76,7 @@ impl Counters {
         email: &str,
         ip: Option<IpAddr>,
     ) -> Result<Self> {
-        let account: String = sqlx::query_scalar("select lower($1)")
-            .bind(email)
-            .fetch_one(&mut *connection)
-            .await?;
+        let account = crate::users::folded_email(connection, email).await?;
         let account_key = key(&["account", &account]);
         let mut keys = vec![(account_key, limits.per_account)];
         let (mut pair, mut trusted) = (None, None);
@@ -133,38 +130,38 @@ pub async fn reserve(
     let mut tx = sqlx::Connection::begin(&mut *connection).await?;
     let trusted = match counters.trusted {
         Some(key) => {
-            sqlx::query_scalar(
-                "select exists (select 1 from login_trusted_clients
-             where key = $1 and last_success > $2)",
+            sqlx::query_scalar!(
+                r#"select exists (select 1 from login_trusted_clients
+                   where key = $1 and last_success > $2) as "trusted!""#,
+                key.as_slice(),
+                now - time::Duration::days(TRUSTED_CLIENT_DAYS),
             )
-            .bind(key.as_slice())
-            .bind(now - time::Duration::days(TRUSTED_CLIENT_DAYS))
             .fetch_one(&mut *tx)
             .await?
         }
         None => false,
     };
     // `unnest` yields the keys in array order, which is key order: rows are locked in that order.
-    let rows: Vec<(Vec<u8>, i32, OffsetDateTime)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "insert into login_attempts as a (key, window_start, attempts)
          select k, $2, 1 from unnest($1::bytea[]) with ordinality as t(k, n) order by n
          on conflict (key) do update set
            attempts = case when a.window_start <= $3 then 1 else a.attempts + 1 end,
            window_start = case when a.window_start <= $3 then $2 else a.window_start end
          returning key, attempts, window_start",
+        &counters.key_bytes()[..],
+        now,
+        now - limits.window,
     )
-    .bind(counters.key_bytes())
-    .bind(now)
-    .bind(now - limits.window)
     .fetch_all(&mut *tx)
     .await?;
     let blocked_until = rows
         .iter()
-        .filter(|(key, attempts, _)| i64::from(*attempts) > i64::from(counters.limit_of(key)))
+        .filter(|row| i64::from(row.attempts) > i64::from(counters.limit_of(&row.key)))
         // A client the owner signs in from is held to its own limits, not the account-wide one,
         // so guesses from elsewhere cannot lock the owner out there.
-        .filter(|(key, _, _)| !(trusted && key.as_slice() == counters.account))
-        .map(|(_, _, start)| *start + limits.window)
+        .filter(|row| !(trusted && row.key.as_slice() == counters.account))
+        .map(|row| row.window_start + limits.window)
         .max();
     match blocked_until {
         Some(until) => {
@@ -185,15 +182,14 @@ pub async fn reserve(
 pub async fn release(connection: &mut PgConnection, counters: &Counters) -> Result<()> {
     for (key, _) in &counters.keys {
         if Some(*key) == counters.pair {
-            sqlx::query("delete from login_attempts where key = $1")
-                .bind(key.as_slice())
+            sqlx::query!("delete from login_attempts where key = $1", key.as_slice())
                 .execute(&mut *connection)
                 .await?;
         } else {
-            sqlx::query(
+            sqlx::query!(
                 "update login_attempts set attempts = greatest(attempts - 1, 0) where key = $1",
+                key.as_slice(),
             )
-            .bind(key.as_slice())
             .execute(&mut *connection)
             .await?;
         }
@@ -209,12 +205,12 @@ pub async fn give_back(db: &crate::db::Database, counters: &Counters, now: Offse
         let mut connection = db.acquire().await?;
         release(&mut connection, counters).await?;
         if let Some(key) = counters.trusted {
-            sqlx::query(
+            sqlx::query!(
                 "insert into login_trusted_clients (key, last_success) values ($1, $2)
                  on conflict (key) do update set last_success = excluded.last_success",
+                key.as_slice(),
+                now,
             )
-            .bind(key.as_slice())
-            .bind(now)
             .execute(&mut *connection)
             .await?;
         }
@@ -233,14 +229,18 @@ pub async fn purge(
     limits: &LoginLimits,
     now: OffsetDateTime,
 ) -> Result<u64> {
-    let counters = sqlx::query("delete from login_attempts where window_start <= $1")
-        .bind(now - limits.window)
-        .execute(&mut *connection)
-        .await?
-        .rows_affected();
-    sqlx::query("delete from login_trusted_clients where last_success <= $1")
-        .bind(now - time::Duration::days(TRUSTED_CLIENT_DAYS))
-        .execute(&mut *connection)
-        .await?;
+    let counters = sqlx::query!(
+        "delete from login_attempts where window_start <= $1",
+        now - limits.window,
+    )
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    sqlx::query!(
+        "delete from login_trusted_clients where last_success <= $1",
+        now - time::Duration::days(TRUSTED_CLIENT_DAYS),
+    )
+    .execute(&mut *connection)
+    .await?;
     Ok(counters)
 }

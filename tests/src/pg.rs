@@ -93,6 +93,40 @@ impl Postgres {
         Ok(())
     }
 
+    /// Drops database `name` if it exists.
+    pub fn drop_database(&self, name: &str) -> anyhow::Result<()> {
+        run(Command::new(self.bin.join("dropdb"))
+            .args(["--if-exists", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), name]))
+    }
+
+    /// Applies every `*.sql` file of `migrations`, in name order, to database `name` with psql,
+    /// each in one transaction: a schema without the sqlx bookkeeping, for describing queries.
+    pub fn apply_sql_files(&self, name: &str, migrations: &Path) -> anyhow::Result<()> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(migrations)
+            .with_context(|| format!("reading {}", migrations.display()))?
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+            .collect();
+        files.sort();
+        for file in files {
+            run(Command::new(self.bin.join("psql"))
+                .args(["-q", "-X", "-1", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "-p",
+                    &self.port.to_string(),
+                    "-d",
+                    name,
+                    "-f",
+                ])
+                .arg(&file))
+            .with_context(|| format!("applying {}", file.display()))?;
+        }
+        Ok(())
+    }
+
     /// Stops the server as an operator would (`pg_ctl stop -m fast`: sessions are cut, open
     /// transactions roll back, committed data stays).
     pub fn stop(&self) {

@@ -9,6 +9,7 @@ mod fuzz;
 // xtask share one implementation without xtask depending on the test crate.
 #[path = "../../tests/src/pg.rs"]
 mod pg;
+mod sqlx;
 mod storm;
 mod test;
 
@@ -23,7 +24,8 @@ commands:
   test    start a throwaway PostgreSQL and run every test [-- extra cargo test arguments]
   bench   measure the running stack (or start one) and print the figures
   fuzz    run schemathesis against the origin's OpenAPI description on a throwaway PostgreSQL
-  build-edge   install the edge's build tools if missing and build the worker into edge/build";
+  build-edge   install the edge's build tools if missing and build the worker into edge/build
+  sqlx-prepare describe the origin's queries against the migrations and rewrite .sqlx/";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Some("bench") => runtime.block_on(bench::run(&args[1..])),
         Some("fuzz") => fuzz::run_alone(),
         Some("build-edge") => edge::build().map(|()| ExitCode::SUCCESS),
+        Some("sqlx-prepare") => sqlx::prepare(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test of the project, with whatever it needs installed and started,
 //! and cleanup whatever the outcome:
 //! - the edge worker built (installing its tools when missing) for the end-to-end tests;
-//! - a fresh PostgreSQL for the origin and end-to-end tests;
+//! - a fresh PostgreSQL for the origin and end-to-end tests, on which the committed `.sqlx/`
+//!   query data is first checked against the migrations (see [`crate::sqlx`]);
 //! - the workspace's tests natively, then schemathesis against the origin's OpenAPI description,
 //!   then `shared`'s tests again on wasm32 under Node.
 
@@ -19,6 +20,12 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
     ignore_interrupts();
     let extra = extra.strip_prefix(&["--".to_owned()]).unwrap_or(extra);
     let mut totals = Totals::default();
+    let sqlx_fresh = crate::sqlx::is_fresh(&postgres)?;
+    if sqlx_fresh {
+        totals.passed += 1;
+    } else {
+        totals.failed += 1;
+    }
 
     let mut native = crate::cargo();
     native
@@ -61,11 +68,13 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         "\nxtask test: {} passed, {} failed",
         totals.passed, totals.failed
     );
-    Ok(if native_ok && fuzz_ok && wasm_ok && totals.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if sqlx_fresh && native_ok && fuzz_ok && wasm_ok && totals.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// Runs a `cargo test`, passing its output through and adding up each test binary's

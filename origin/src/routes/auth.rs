@@ -6,18 +6,19 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gatehouse_shared::api::{
-    FieldError, LoginRequest, Problem, RegisterRequest, TOKEN_TYPE, TokenResponse,
-    UpdateProfileRequest, UserProfile, VerifiedUser, VerifyResponse,
+    LoginRequest, Problem, RegisterRequest, TokenResponse, UpdateProfileRequest, UserProfile,
+    VerifiedUser, VerifyResponse,
 };
 use gatehouse_shared::input::{check_email, check_name, check_password, normalize_email};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::AppState;
-use crate::error::{ApiError, Result, invalid_field, on_constraint};
+use super::{ended_response, normalize_name, push_error, token_response};
+use crate::error::{ApiError, Result, invalid_field};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
-use crate::sessions::{self, EndReason, Grant, Which};
-use crate::throttle::{self, Counters};
+use crate::sessions::{self, EndReason, Which};
+use crate::users::{self, NameChange, NewUser};
+use crate::{AppState, credentials};
 
 /// The `/auth/*` routes; the API-key gate is layered on in [`crate::app`].
 pub fn router() -> Router<AppState> {
@@ -32,35 +33,7 @@ pub fn router() -> Router<AppState> {
                 .patch(update_profile)
                 .delete(deactivate_profile),
         )
-        .merge(super::sessions::router())
 }
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct UserRow {
-    id: Uuid,
-    email: String,
-    password_hash: String,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    is_active: bool,
-    created_at: OffsetDateTime,
-}
-
-impl From<UserRow> for UserProfile {
-    fn from(row: UserRow) -> Self {
-        UserProfile {
-            id: row.id,
-            email: row.email,
-            first_name: row.first_name,
-            last_name: row.last_name,
-            is_active: row.is_active,
-            created_at: row.created_at,
-        }
-    }
-}
-
-pub(crate) const USER_COLUMNS: &str =
-    "id, email, password_hash, first_name, last_name, is_active, created_at";
 
 /// `POST /auth/register`: creates the account and its first session.
 #[utoipa::path(
@@ -94,25 +67,19 @@ pub(crate) async fn register_user(
     // Hash before touching the database: no pooled connection waits on bcrypt.
     let password_hash = state.hasher.hash(request.password).await?;
 
-    let user_id = Uuid::now_v7();
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    let user: UserRow = sqlx::query_as(&format!(
-        "insert into users (id, email, password_hash, first_name, last_name)
-         values ($1, $2, $3, $4, $5) returning {USER_COLUMNS}"
-    ))
-    .bind(user_id)
-    .bind(&email)
-    .bind(&password_hash)
-    .bind(&first_name)
-    .bind(&last_name)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| {
-        on_constraint(e, |name| {
-            (name == "users_email_key").then_some(ApiError::EmailTaken)
-        })
-    })?;
+    let user = users::create(
+        &mut tx,
+        NewUser {
+            id: Uuid::now_v7(),
+            email: &email,
+            password_hash: &password_hash,
+            first_name: first_name.as_deref(),
+            last_name: last_name.as_deref(),
+        },
+    )
+    .await?;
     let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
     tx.commit().await?;
 
@@ -169,56 +136,26 @@ async fn check_login(
         return Err(invalid_field("password", "must be at most 72 bytes"));
     }
 
-    let now = state.clock.now();
-    let (counters, user): (Counters, Option<UserRow>) = {
-        let mut connection = state.db.acquire().await?;
-        let counters =
-            Counters::for_check(&mut connection, &state.login_limits, email, meta.ip).await?;
-        // Counted before the password is checked: concurrent guesses cannot all pass a limit.
-        throttle::reserve(&mut connection, &state.login_limits, &counters, now).await?;
-        let user = sqlx::query_as(&format!(
-            "select {USER_COLUMNS} from users where lower(email) = lower($1)"
-        ))
-        .bind(email)
-        .fetch_optional(&mut *connection)
-        .await?;
-        (counters, user)
-    };
-
     let password = request.password;
-    let stored = user.as_ref().map(|user| user.password_hash.clone());
-    let verified = state.hasher.verify(password.clone(), stored).await?;
-    let Some(mut user) = user.filter(|user| verified && user.is_active) else {
+    let Some(mut user) = credentials::check(
+        state,
+        credentials::Account::Email(email),
+        password.clone(),
+        meta.ip,
+    )
+    .await?
+    else {
         tracing::info!("login refused");
         return Err(ApiError::InvalidCredentials);
     };
-    throttle::give_back(&state.db, &counters, now).await;
+    credentials::upgrade_hash(state, &mut user, password).await;
 
-    if state.hasher.needs_rehash(&user.password_hash) {
-        // The cost was raised (or lowered) since this hash was made; OWASP Password Storage
-        // Cheat Sheet, "Upgrading the work factor".
-        // Best effort: the password is verified, so a busy hashing pool or database must not fail
-        // the login; the next login tries again.
-        match rehash(state, user.id, &user.password_hash, password).await {
-            Ok(Some(upgraded)) => {
-                tracing::info!(user_id = %user.id, cost = state.hasher.cost(), "password rehashed");
-                user.password_hash = upgraded;
-            }
-            // The hash changed meanwhile; the check below refuses the login.
-            Ok(None) => {}
-            Err(error) => tracing::warn!(user_id = %user.id, %error, "password rehash postponed"),
-        }
-    }
-
+    let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     // The hash verified above must still be the account's: a password change or deactivation
     // that committed while bcrypt ran would otherwise be outlived by this new session. The share
     // lock makes a concurrent change wait for this transaction, or this one see its result.
-    let current: Option<(String, bool)> =
-        sqlx::query_as("select password_hash, is_active from users where id = $1 for share")
-            .bind(user.id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let current = users::lock_credentials(&mut tx, user.id).await?;
     if current != Some((user.password_hash.clone(), true)) {
         tracing::info!(user_id = %user.id, "login refused: the account changed during the check");
         return Err(ApiError::InvalidCredentials);
@@ -228,28 +165,6 @@ async fn check_login(
 
     tracing::info!(user_id = %user.id, "login succeeded");
     Ok(Json(token_response(state, user, grant, now)))
-}
-
-/// Replaces `old_hash` with a hash at the configured cost; `None` when the stored hash was no
-/// longer `old_hash`.
-async fn rehash(
-    state: &AppState,
-    user_id: Uuid,
-    old_hash: &str,
-    password: String,
-) -> Result<Option<String>> {
-    let upgraded = state.hasher.hash(password).await?;
-    let mut connection = state.db.acquire().await?;
-    let replaced = sqlx::query(
-        "update users set password_hash = $2, updated_at = now() where id = $1 and password_hash = $3",
-    )
-    .bind(user_id)
-    .bind(&upgraded)
-    .bind(old_hash)
-    .execute(&mut *connection)
-    .await?
-    .rows_affected();
-    Ok((replaced == 1).then_some(upgraded))
 }
 
 /// `GET /auth/verify`: the token is valid, its session live, its account active.
@@ -291,10 +206,10 @@ pub(crate) async fn get_profile(
     user: AuthUser,
 ) -> Result<Json<UserProfile>> {
     let mut connection = state.db.acquire().await?;
-    let row: UserRow = sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1"))
-        .bind(user.user_id)
-        .fetch_one(&mut *connection)
-        .await?;
+    // The extractor has just seen the account active; a row gone since speaks for nobody.
+    let row = users::find(&mut connection, user.user_id)
+        .await?
+        .ok_or(ApiError::SessionEnded)?;
     Ok(Json(row.into()))
 }
 
@@ -322,19 +237,14 @@ pub(crate) async fn update_profile(
     }
 
     let mut connection = state.db.acquire().await?;
-    let row: UserRow = sqlx::query_as(&format!(
-        "update users set
-           first_name = case when $2 then $3 else first_name end,
-           last_name = case when $4 then $5 else last_name end,
-           updated_at = now()
-         where id = $1 returning {USER_COLUMNS}"
-    ))
-    .bind(user.user_id)
-    .bind(first_name.is_some())
-    .bind(first_name.flatten())
-    .bind(last_name.is_some())
-    .bind(last_name.flatten())
-    .fetch_one(&mut *connection)
+    let row = users::update_names(
+        &mut connection,
+        user.user_id,
+        NameChange {
+            first_name: first_name.as_ref().map(Option::as_deref),
+            last_name: last_name.as_ref().map(Option::as_deref),
+        },
+    )
     .await?;
     Ok(Json(row.into()))
 }
@@ -352,10 +262,7 @@ pub(crate) async fn deactivate_profile(
 ) -> Result<impl IntoResponse> {
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    sqlx::query("update users set is_active = false, updated_at = now() where id = $1")
-        .bind(user.user_id)
-        .execute(&mut *tx)
-        .await?;
+    users::deactivate(&mut tx, user.user_id).await?;
     let ended = sessions::end(
         &mut tx,
         &state.sessions,
@@ -367,47 +274,5 @@ pub(crate) async fn deactivate_profile(
     .await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, "account deactivated");
-    Ok(super::sessions::ended_response(&state, &ended, now))
-}
-
-/// The token response for `user` in the session `grant` describes, at `now`.
-pub(crate) fn token_response(
-    state: &AppState,
-    user: UserRow,
-    grant: Grant,
-    now: OffsetDateTime,
-) -> TokenResponse {
-    let issued = state.tokens.issue(
-        user.id,
-        &user.email,
-        grant.session_id,
-        now,
-        grant.expires_at,
-    );
-    TokenResponse {
-        access_token: issued.token,
-        token_type: TOKEN_TYPE.into(),
-        expires_in: issued.expires_in,
-        refresh_token: grant.refresh_token.expose().to_owned(),
-        session_id: grant.session_id,
-        user: user.into(),
-    }
-}
-
-/// Names are trimmed; an empty name is no name.
-fn normalize_name(name: Option<String>) -> Option<String> {
-    name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty())
-}
-
-pub(crate) fn push_error(
-    errors: &mut Vec<FieldError>,
-    field: &str,
-    outcome: std::result::Result<(), &str>,
-) {
-    if let Err(message) = outcome {
-        errors.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        });
-    }
+    Ok(ended_response(&state, &ended, now))
 }

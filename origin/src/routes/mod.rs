@@ -1,7 +1,73 @@
-//! HTTP routes, one module per concern, merged in [`crate::app`].
+//! HTTP routes, one module per concern, each router merged in [`crate::app`]; the answers more
+//! than one of them give are here.
 
 pub mod auth;
 pub mod edge;
 pub mod health;
 pub mod jwks;
 pub mod sessions;
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use gatehouse_shared::api::{ENDED_SESSIONS_HEADER, FieldError, TOKEN_TYPE, TokenResponse};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::sessions::{self as session_store, Grant};
+use crate::users::User;
+
+/// The token response for `user` in the session `grant` describes, at `now`.
+pub(crate) fn token_response(
+    state: &AppState,
+    user: User,
+    grant: Grant,
+    now: OffsetDateTime,
+) -> TokenResponse {
+    let issued = state.tokens.issue(
+        user.id,
+        &user.email,
+        grant.session_id,
+        now,
+        grant.expires_at,
+    );
+    TokenResponse {
+        access_token: issued.token,
+        token_type: TOKEN_TYPE.into(),
+        expires_in: issued.expires_in,
+        refresh_token: grant.refresh_token.expose().to_owned(),
+        session_id: grant.session_id,
+        user: user.into(),
+    }
+}
+
+/// 204, telling the edge which sessions ended so that it refuses their tokens at once.
+pub(crate) fn ended_response(state: &AppState, ended: &[Uuid], now: OffsetDateTime) -> Response {
+    let header = session_store::ended_header(ended, now, state.tokens.longest_validity());
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if !ended.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&header)
+    {
+        response.headers_mut().insert(ENDED_SESSIONS_HEADER, value);
+    }
+    response
+}
+
+/// Names are trimmed; an empty name is no name.
+pub(crate) fn normalize_name(name: Option<String>) -> Option<String> {
+    name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty())
+}
+
+/// Adds `field`'s refusal, if `outcome` is one, to `errors`.
+pub(crate) fn push_error(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    outcome: std::result::Result<(), &str>,
+) {
+    if let Err(message) = outcome {
+        errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}

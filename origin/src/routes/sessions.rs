@@ -2,26 +2,25 @@
 //! rules they follow are in [`crate::sessions`].
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use gatehouse_shared::api::{
-    ChangePasswordRequest, ENDED_SESSIONS_HEADER, LogoutScope, Problem, RefreshRequest,
-    SessionInfo, SessionList, TokenResponse,
+    ChangePasswordRequest, LogoutScope, Problem, RefreshRequest, SessionInfo, SessionList,
+    TokenResponse,
 };
 use gatehouse_shared::input::check_password;
 use gatehouse_shared::refresh::RefreshToken;
 use serde::Deserialize;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::{ended_response, push_error, token_response};
 use crate::AppState;
+use crate::credentials;
 use crate::error::{ApiError, Result};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, ClientMeta};
-use crate::routes::auth::{USER_COLUMNS, UserRow, push_error, token_response};
 use crate::sessions::{self, EndReason, Which};
-use crate::throttle::{self, Counters};
+use crate::users;
 
 /// The session routes; under `/auth`, so the API-key gate applies.
 pub fn router() -> Router<AppState> {
@@ -56,12 +55,9 @@ pub(crate) async fn refresh_session(
         state.tokens.longest_validity(),
     )
     .await?;
-    let user: Option<UserRow> = {
+    let user = {
         let mut connection = state.db.acquire().await?;
-        sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1"))
-            .bind(refreshed.user_id)
-            .fetch_optional(&mut *connection)
-            .await?
+        users::find(&mut connection, refreshed.user_id).await?
     };
     let user = user.ok_or(ApiError::InvalidRefreshToken)?;
     Ok(Json(token_response(
@@ -143,49 +139,25 @@ pub(crate) async fn change_password(
 
     // A stolen access token must not become a way to guess the password: the same limits as
     // login apply, on the same counters.
-    let now = state.clock.now();
-    let (counters, stored): (Counters, Option<String>) = {
-        let mut connection = state.db.acquire().await?;
-        let counters = Counters::for_check(
-            &mut connection,
-            &state.login_limits,
-            &user.claims.email,
-            meta.ip,
-        )
-        .await?;
-        throttle::reserve(&mut connection, &state.login_limits, &counters, now).await?;
-        let stored = sqlx::query_scalar("select password_hash from users where id = $1")
-            .bind(user.user_id)
-            .fetch_optional(&mut *connection)
-            .await?;
-        (counters, stored)
+    let account = credentials::Account::SignedIn {
+        id: user.user_id,
+        email: &user.claims.email,
     };
-    let stored = stored.ok_or(ApiError::SessionEnded)?;
-    if !state
-        .hasher
-        .verify(request.current_password, Some(stored.clone()))
-        .await?
-    {
+    let Some(checked) =
+        credentials::check(&state, account, request.current_password, meta.ip).await?
+    else {
         tracing::info!(user_id = %user.user_id, "password change refused");
         return Err(ApiError::WrongPassword);
-    }
-    throttle::give_back(&state.db, &counters, now).await;
+    };
     let new_hash = state.hasher.hash(request.new_password).await?;
 
+    let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    // Compare-and-set on the old hash: of two concurrent changes, the second finds the hash it
-    // verified against gone and is refused rather than silently overwriting the first.
-    let changed = sqlx::query(
-        "update users set password_hash = $2, updated_at = now()
-         where id = $1 and password_hash = $3",
-    )
-    .bind(user.user_id)
-    .bind(&new_hash)
-    .bind(&stored)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed == 0 {
+    // Of two concurrent changes, the second finds the hash it verified against gone and is
+    // refused rather than silently overwriting the first.
+    if !users::replace_password_hash(&mut tx, user.user_id, &checked.password_hash, &new_hash)
+        .await?
+    {
         return Err(ApiError::WrongPassword);
     }
     let ended = sessions::end(
@@ -202,15 +174,6 @@ pub(crate) async fn change_password(
     Ok(ended_response(&state, &ended, now))
 }
 
-#[derive(sqlx::FromRow)]
-struct SessionRow {
-    id: Uuid,
-    created_at: OffsetDateTime,
-    last_used_at: OffsetDateTime,
-    user_agent: Option<String>,
-    ip: Option<String>,
-}
-
 /// `GET /auth/sessions`: the user's live sessions, newest first.
 #[utoipa::path(
     get, path = "/auth/sessions", tag = "sessions", security(("api_key" = [], "bearer" = [])),
@@ -221,18 +184,8 @@ pub(crate) async fn list_sessions(
     user: AuthUser,
 ) -> Result<Json<SessionList>> {
     let now = state.clock.now();
-    let (created_after, used_after) = state.sessions.live_bounds(now);
     let mut connection = state.db.acquire().await?;
-    let rows: Vec<SessionRow> = sqlx::query_as(
-        "select id, created_at, last_used_at, user_agent, ip from sessions
-         where user_id = $1 and revoked_at is null and created_at > $2 and last_used_at > $3
-         order by created_at desc",
-    )
-    .bind(user.user_id)
-    .bind(created_after)
-    .bind(used_after)
-    .fetch_all(&mut *connection)
-    .await?;
+    let rows = sessions::list_live(&mut connection, &state.sessions, user.user_id, now).await?;
     let sessions = rows
         .into_iter()
         .map(|row| SessionInfo {
@@ -279,16 +232,4 @@ pub(crate) async fn end_session(
     }
     tracing::info!(user_id = %user.user_id, %session_id, "session ended by its user");
     Ok(ended_response(&state, &ended, now))
-}
-
-/// 204, telling the edge which sessions ended so that it refuses their tokens at once.
-pub(crate) fn ended_response(state: &AppState, ended: &[Uuid], now: OffsetDateTime) -> Response {
-    let header = sessions::ended_header(ended, now, state.tokens.longest_validity());
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    if !ended.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&header)
-    {
-        response.headers_mut().insert(ENDED_SESSIONS_HEADER, value);
-    }
-    response
 }

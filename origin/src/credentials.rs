@@ -1,0 +1,102 @@
+//! The one guarded password check, which login, password change and every later
+//! re-authentication call: brute-force limits reserved first, bcrypt on the hashing pool with no
+//! pooled connection held, the attempt given back only when the password was right.
+//!
+//! An unknown account costs exactly what a known one does (one verify against a dummy hash, the
+//! same counters), so neither the answer nor its timing tells who has an account (OWASP
+//! Authentication Cheat Sheet, "Authentication and Error Messages").
+
+use std::net::IpAddr;
+
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, Result};
+use crate::throttle::{self, Counters};
+use crate::users::{self, User};
+
+/// The account a password is checked against.
+#[derive(Debug, Clone, Copy)]
+pub enum Account<'a> {
+    /// Named by the address typed at login.
+    Email(&'a str),
+    /// The signed-in user, by id; `email` names the account's counters.
+    SignedIn {
+        /// The user's id.
+        id: Uuid,
+        /// The address in the user's access token.
+        email: &'a str,
+    },
+}
+
+impl Account<'_> {
+    fn email(&self) -> &str {
+        match self {
+            Account::Email(email) | Account::SignedIn { email, .. } => email,
+        }
+    }
+}
+
+/// Checks `password` for `account` from the client at `ip`: the active account when the
+/// password is right, `None` when it is wrong, the account unknown or deactivated (the caller
+/// answers all three alike). 429 before any hashing once a limit is reached. A signed-in user
+/// whose row has gone gets 401 `invalid_token`: the token speaks for nobody any more.
+pub async fn check(
+    state: &AppState,
+    account: Account<'_>,
+    password: String,
+    ip: Option<IpAddr>,
+) -> Result<Option<User>> {
+    let now = state.clock.now();
+    let (counters, user): (Counters, Option<User>) = {
+        let mut connection = state.db.acquire().await?;
+        let counters =
+            Counters::for_check(&mut connection, &state.login_limits, account.email(), ip).await?;
+        // Counted before the password is checked: concurrent guesses cannot all pass a limit.
+        throttle::reserve(&mut connection, &state.login_limits, &counters, now).await?;
+        let user = match account {
+            Account::Email(email) => users::find_by_email(&mut connection, email).await?,
+            Account::SignedIn { id, .. } => Some(
+                users::find(&mut connection, id)
+                    .await?
+                    .ok_or(ApiError::SessionEnded)?,
+            ),
+        };
+        (counters, user)
+    };
+    let stored = user.as_ref().map(|user| user.password_hash.clone());
+    let verified = state.hasher.verify(password, stored).await?;
+    let Some(user) = user.filter(|user| verified && user.is_active) else {
+        return Ok(None);
+    };
+    throttle::give_back(&state.db, &counters, now).await;
+    Ok(Some(user))
+}
+
+/// After a successful check: when the stored hash's cost differs from the configured one,
+/// replaces it with a hash of `password` at the configured cost (OWASP Password Storage Cheat
+/// Sheet, "Upgrading the work factor"). Best effort: the password is verified, so a busy hashing
+/// pool or database must not fail the request; the next sign-in tries again.
+pub async fn upgrade_hash(state: &AppState, user: &mut User, password: String) {
+    if !state.hasher.needs_rehash(&user.password_hash) {
+        return;
+    }
+    let outcome = async {
+        let upgraded = state.hasher.hash(password).await?;
+        let mut connection = state.db.acquire().await?;
+        let replaced =
+            users::replace_password_hash(&mut connection, user.id, &user.password_hash, &upgraded)
+                .await?;
+        Ok::<_, ApiError>(replaced.then_some(upgraded))
+    }
+    .await;
+    match outcome {
+        Ok(Some(upgraded)) => {
+            tracing::info!(user_id = %user.id, cost = state.hasher.cost(), "password rehashed");
+            user.password_hash = upgraded;
+        }
+        // The hash changed meanwhile; the caller's own compare-and-set refuses to build on it.
+        Ok(None) => {}
+        Err(error) => tracing::warn!(user_id = %user.id, %error, "password rehash postponed"),
+    }
+}

@@ -1,0 +1,194 @@
+//! The `users` table: accounts, their profile and their password hash. Every query on the table
+//! is here; handlers and the other modules call these functions.
+//!
+//! Addresses are matched as PostgreSQL's `lower()` folds them, the rule the unique index
+//! `users_email_key` enforces, so no spelling of an address reaches another account.
+
+use gatehouse_shared::api::UserProfile;
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{ApiError, Result, on_constraint};
+
+/// One account as stored.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// The id, also the access token's `sub`.
+    pub id: Uuid,
+    /// The address as registered.
+    pub email: String,
+    /// The bcrypt hash of the password.
+    pub password_hash: String,
+    /// First name, if given.
+    pub first_name: Option<String>,
+    /// Last name, if given.
+    pub last_name: Option<String>,
+    /// False once deactivated.
+    pub is_active: bool,
+    /// When the account was created.
+    pub created_at: OffsetDateTime,
+}
+
+impl From<User> for UserProfile {
+    fn from(user: User) -> Self {
+        UserProfile {
+            id: user.id,
+            email: user.email,
+            first_name: user.first_name,
+            last_name: user.last_name,
+            is_active: user.is_active,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// A new account's fields, validated and normalized by the caller.
+pub struct NewUser<'a> {
+    /// The account's id.
+    pub id: Uuid,
+    /// The normalized address.
+    pub email: &'a str,
+    /// The bcrypt hash of the password.
+    pub password_hash: &'a str,
+    /// First name, if given.
+    pub first_name: Option<&'a str>,
+    /// Last name, if given.
+    pub last_name: Option<&'a str>,
+}
+
+/// Inserts the account; 409 `email_taken` when the address (in any case) has one already. The
+/// unique index decides races, so of concurrent registrations exactly one wins.
+pub async fn create(connection: &mut PgConnection, new: NewUser<'_>) -> Result<User> {
+    sqlx::query_as!(
+        User,
+        "insert into users (id, email, password_hash, first_name, last_name)
+         values ($1, $2, $3, $4, $5)
+         returning id, email, password_hash, first_name, last_name, is_active, created_at",
+        new.id,
+        new.email,
+        new.password_hash,
+        new.first_name,
+        new.last_name,
+    )
+    .fetch_one(connection)
+    .await
+    .map_err(|e| {
+        on_constraint(e, |name| {
+            (name == "users_email_key").then_some(ApiError::EmailTaken)
+        })
+    })
+}
+
+/// The account with this id.
+pub async fn find(connection: &mut PgConnection, id: Uuid) -> Result<Option<User>> {
+    Ok(sqlx::query_as!(
+        User,
+        "select id, email, password_hash, first_name, last_name, is_active, created_at
+         from users where id = $1",
+        id,
+    )
+    .fetch_optional(connection)
+    .await?)
+}
+
+/// The account registered under `email`, in any case.
+pub async fn find_by_email(connection: &mut PgConnection, email: &str) -> Result<Option<User>> {
+    Ok(sqlx::query_as!(
+        User,
+        "select id, email, password_hash, first_name, last_name, is_active, created_at
+         from users where lower(email) = lower($1)",
+        email,
+    )
+    .fetch_optional(connection)
+    .await?)
+}
+
+/// `email` as accounts are matched: folded by PostgreSQL's `lower()`, which is what the unique
+/// index and [`find_by_email`] apply. Brute-force counters name accounts this way, so no
+/// spelling of an address counts apart from another.
+pub async fn folded_email(connection: &mut PgConnection, email: &str) -> Result<String> {
+    let folded = sqlx::query_scalar!(r#"select lower($1) as "folded!""#, email)
+        .fetch_one(connection)
+        .await?;
+    Ok(folded)
+}
+
+/// The password hash and active flag of the account, share-locked until the transaction ends:
+/// a password change or deactivation committing meanwhile waits for it, or is seen by it.
+pub async fn lock_credentials(
+    connection: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(String, bool)>> {
+    let row = sqlx::query!(
+        "select password_hash, is_active from users where id = $1 for share",
+        id,
+    )
+    .fetch_optional(connection)
+    .await?;
+    Ok(row.map(|row| (row.password_hash, row.is_active)))
+}
+
+/// Replaces the password hash `old_hash` with `new_hash`: a compare-and-set, so of two
+/// concurrent changes the second finds the hash it verified against gone. False when it was.
+pub async fn replace_password_hash(
+    connection: &mut PgConnection,
+    id: Uuid,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<bool> {
+    let replaced = sqlx::query!(
+        "update users set password_hash = $2, updated_at = now()
+         where id = $1 and password_hash = $3",
+        id,
+        new_hash,
+        old_hash,
+    )
+    .execute(connection)
+    .await?
+    .rows_affected();
+    Ok(replaced == 1)
+}
+
+/// A change to the names of a profile: `None` keeps a name, `Some(None)` clears it.
+pub struct NameChange<'a> {
+    /// The first name.
+    pub first_name: Option<Option<&'a str>>,
+    /// The last name.
+    pub last_name: Option<Option<&'a str>>,
+}
+
+/// Applies `change` and returns the account as it is now.
+pub async fn update_names(
+    connection: &mut PgConnection,
+    id: Uuid,
+    change: NameChange<'_>,
+) -> Result<User> {
+    Ok(sqlx::query_as!(
+        User,
+        "update users set
+           first_name = case when $2 then $3 else first_name end,
+           last_name = case when $4 then $5 else last_name end,
+           updated_at = now()
+         where id = $1
+         returning id, email, password_hash, first_name, last_name, is_active, created_at",
+        id,
+        change.first_name.is_some(),
+        change.first_name.flatten(),
+        change.last_name.is_some(),
+        change.last_name.flatten(),
+    )
+    .fetch_one(connection)
+    .await?)
+}
+
+/// Marks the account deactivated; its sessions are the caller's to end in the same transaction.
+pub async fn deactivate(connection: &mut PgConnection, id: Uuid) -> Result<()> {
+    sqlx::query!(
+        "update users set is_active = false, updated_at = now() where id = $1",
+        id,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
