@@ -1,13 +1,16 @@
 //! Configuration from environment variables. Every variable, its default and its meaning is
 //! listed in the README; a missing or invalid value stops start-up with a message naming it.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
 use gatehouse_shared::signing::{TokenSigner, public_key_from_pem};
 use gatehouse_shared::token::MAX_LEEWAY_SECS;
 
+use crate::db::PoolSettings;
 use crate::sessions::SessionPolicy;
 use crate::throttle::LoginLimits;
 
@@ -57,12 +60,8 @@ pub struct Config {
     pub metrics_listen_addr: Option<SocketAddr>,
     /// `DATABASE_URL`.
     pub database_url: String,
-    /// `DATABASE_MAX_CONNECTIONS`.
-    pub database_max_connections: u32,
-    /// `DATABASE_ACQUIRE_TIMEOUT_SECS`.
-    pub database_acquire_timeout: Duration,
-    /// `DATABASE_TEST_BEFORE_ACQUIRE`.
-    pub database_test_before_acquire: bool,
+    /// `DATABASE_MAX_CONNECTIONS`, `DATABASE_ACQUIRE_TIMEOUT_SECS`, `DATABASE_TEST_BEFORE_ACQUIRE`.
+    pub database: PoolSettings,
     /// `PASSWORD_HASH_ROUNDS`: the bcrypt cost.
     pub password_hash_rounds: u32,
     /// `HASH_WORKERS`: threads in the hashing pool.
@@ -112,24 +111,30 @@ impl std::fmt::Debug for Config {
 /// Default bcrypt cost: OWASP's floor for bcrypt is 10; 12 costs about a quarter second here.
 pub const DEFAULT_HASH_ROUNDS: u32 = 12;
 
+/// bcrypt costs accepted. bcrypt itself allows 4 to 31, but each step doubles the time: 18 is
+/// about 13 s per login here, past any sensible login latency; the cap catches typos.
+const HASH_ROUNDS: RangeInclusive<u32> = 4..=18;
+
+/// Below this cost a warning is logged: fine for tests, too cheap for real passwords.
+const MIN_RECOMMENDED_HASH_ROUNDS: u32 = 10;
+
 /// Shortest edge secret accepted: 32 characters of a random string is beyond guessing.
 const MIN_EDGE_SECRET_BYTES: usize = 32;
 
-/// Highest bcrypt cost accepted. bcrypt allows 31, but each step doubles the time: 18 is about
-/// 13 s per login here, past any sensible login latency; the cap catches typos.
-const MAX_HASH_ROUNDS: u32 = 18;
-
-/// Longest access-token lifetime accepted: a day. Access tokens are meant to be short-lived
+/// Access-token lifetimes accepted: up to a day. Access tokens are meant to be short-lived
 /// (RFC 9700 section 4.14); longer sessions are what refresh tokens are for.
-const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 86_400;
+const ACCESS_TOKEN_TTL_SECS: RangeInclusive<u64> = 1..=86_400;
 
-/// Longest reuse window accepted: a minute. The window only has to cover two requests racing
+/// Clock leeway accepted when checking token times: the ceiling `shared` enforces.
+const LEEWAY_SECS: RangeInclusive<u64> = 0..=MAX_LEEWAY_SECS;
+
+/// Reuse windows accepted: up to a minute. The window only has to cover two requests racing
 /// from one client; every second more is a second in which a stolen, spent token still works.
-const MAX_REFRESH_REUSE_WINDOW_SECS: u64 = 60;
+const REFRESH_REUSE_WINDOW_SECS: RangeInclusive<u64> = 0..=60;
 
-/// Longest session limits accepted: a year. Beyond it a session is no longer a session, and
-/// the time arithmetic stays far from overflow.
-const MAX_SESSION_SECS: u64 = 365 * 86_400;
+/// Session limits accepted: up to a year. Beyond it a session is no longer a session, and the
+/// time arithmetic stays far from overflow.
+const SESSION_SECS: RangeInclusive<u64> = 1..=365 * 86_400;
 
 /// Default idle timeout of a session: a week without a refresh (OWASP ASVS 5.0 7.3.1 leaves the
 /// value to the application's risk assessment; a week suits a "stay signed in" consumer app).
@@ -138,14 +143,11 @@ const DEFAULT_SESSION_IDLE_SECS: u64 = 7 * 86_400;
 /// Default absolute lifetime of a session: 30 days, then the user signs in again (ASVS 7.3.2).
 const DEFAULT_SESSION_MAX_LIFETIME_SECS: u64 = 30 * 86_400;
 
-/// Longest brute-force window accepted: a day.
-const MAX_LOGIN_WINDOW_SECS: u64 = 86_400;
+/// Brute-force windows accepted: up to a day.
+const LOGIN_WINDOW_SECS: RangeInclusive<u64> = 1..=86_400;
 
 /// OWASP ASVS 5.0 6.3.1's ceiling on failed attempts per account and hour; more logs a warning.
 const MAX_FAILED_LOGINS_PER_HOUR: u64 = 100;
-
-/// bcrypt accepts costs 4 to 31. Below this cost a warning is logged: fine for tests, too cheap for real passwords.
-const MIN_RECOMMENDED_HASH_ROUNDS: u32 = 10;
 
 impl Config {
     /// Reads the process environment.
@@ -190,13 +192,8 @@ impl Config {
             })
             .transpose()?;
 
-        let password_hash_rounds = env.parse("PASSWORD_HASH_ROUNDS", DEFAULT_HASH_ROUNDS)?;
-        if !(4..=MAX_HASH_ROUNDS).contains(&password_hash_rounds) {
-            return Err(ConfigError::new(
-                "PASSWORD_HASH_ROUNDS",
-                "must be between 4 and 18",
-            ));
-        }
+        let password_hash_rounds =
+            env.bounded("PASSWORD_HASH_ROUNDS", DEFAULT_HASH_ROUNDS, HASH_ROUNDS)?;
         if password_hash_rounds < MIN_RECOMMENDED_HASH_ROUNDS {
             tracing::warn!(
                 password_hash_rounds,
@@ -220,38 +217,24 @@ impl Config {
                     "required, e.g. postgres://user:pass@host/gatehouse",
                 )
             })?,
-            database_max_connections: env.positive("DATABASE_MAX_CONNECTIONS", 15)?,
-            database_acquire_timeout: Duration::from_secs(
-                env.positive("DATABASE_ACQUIRE_TIMEOUT_SECS", 30)?,
-            ),
-            database_test_before_acquire: env.parse("DATABASE_TEST_BEFORE_ACQUIRE", true)?,
+            database: read_pool(&env)?,
             password_hash_rounds,
             hash_workers: env.positive("HASH_WORKERS", cores)?,
             hash_queue_limit: env.positive("HASH_QUEUE_LIMIT", 128)?,
             issuer: env.non_empty("JWT_ISSUER", "gatehouse")?,
             audience: env.non_empty("JWT_AUDIENCE", "gatehouse")?,
-            access_token_ttl: Duration::from_secs(env.positive("ACCESS_TOKEN_TTL_SECS", 900)?),
-            leeway_secs: env.parse("JWT_LEEWAY_SECS", 5)?,
+            access_token_ttl: Duration::from_secs(env.bounded(
+                "ACCESS_TOKEN_TTL_SECS",
+                900,
+                ACCESS_TOKEN_TTL_SECS,
+            )?),
+            leeway_secs: env.bounded("JWT_LEEWAY_SECS", 5, LEEWAY_SECS)?,
             signing_key,
             previous_key,
             jwks_max_age: Duration::from_secs(env.parse("JWKS_MAX_AGE_SECS", 300)?),
             body_limit_bytes: env.positive("BODY_LIMIT_BYTES", 16 * 1024)?,
-            login_limits: LoginLimits {
-                window: Duration::from_secs(env.positive("LOGIN_LIMIT_WINDOW_SECS", 900)?),
-                per_account: env.positive("LOGIN_LIMIT_PER_ACCOUNT", 20)?,
-                per_account_and_ip: env.positive("LOGIN_LIMIT_PER_ACCOUNT_AND_IP", 10)?,
-                per_ip: env.positive("LOGIN_LIMIT_PER_IP", 100)?,
-            },
-            sessions: SessionPolicy {
-                idle_timeout: Duration::from_secs(
-                    env.positive("SESSION_IDLE_TIMEOUT_SECS", DEFAULT_SESSION_IDLE_SECS)?,
-                ),
-                max_lifetime: Duration::from_secs(env.positive(
-                    "SESSION_MAX_LIFETIME_SECS",
-                    DEFAULT_SESSION_MAX_LIFETIME_SECS,
-                )?),
-                reuse_window: Duration::from_secs(env.parse("REFRESH_REUSE_WINDOW_SECS", 10)?),
-            },
+            login_limits: read_login_limits(&env)?,
+            sessions: read_sessions(&env)?,
             edge_secret: env
                 .secret("EDGE_SECRET", "EDGE_SECRET_FILE")?
                 .map(|(secret, _)| secret.trim().to_owned()),
@@ -263,58 +246,73 @@ impl Config {
         {
             return Err(ConfigError::new(
                 "EDGE_SECRET",
-                "must be at least 32 characters",
+                format!("must be at least {MIN_EDGE_SECRET_BYTES} characters"),
             ));
-        }
-        if config.access_token_ttl.as_secs() > MAX_ACCESS_TOKEN_TTL_SECS {
-            return Err(ConfigError::new(
-                "ACCESS_TOKEN_TTL_SECS",
-                "must be at most 86400",
-            ));
-        }
-        let sessions = &config.sessions;
-        for (name, value) in [
-            ("SESSION_IDLE_TIMEOUT_SECS", sessions.idle_timeout),
-            ("SESSION_MAX_LIFETIME_SECS", sessions.max_lifetime),
-        ] {
-            if value.as_secs() > MAX_SESSION_SECS {
-                return Err(ConfigError::new(name, "must be at most 31536000 (a year)"));
-            }
-        }
-        if sessions.idle_timeout > sessions.max_lifetime {
-            return Err(ConfigError::new(
-                "SESSION_IDLE_TIMEOUT_SECS",
-                "must not exceed SESSION_MAX_LIFETIME_SECS",
-            ));
-        }
-        if config.sessions.reuse_window.as_secs() > MAX_REFRESH_REUSE_WINDOW_SECS {
-            return Err(ConfigError::new(
-                "REFRESH_REUSE_WINDOW_SECS",
-                "must be at most 60",
-            ));
-        }
-        let limits = &config.login_limits;
-        if limits.window.as_secs() > MAX_LOGIN_WINDOW_SECS {
-            return Err(ConfigError::new(
-                "LOGIN_LIMIT_WINDOW_SECS",
-                "must be at most 86400 (a day)",
-            ));
-        }
-        // Fixed windows: any hour overlaps at most ceil(3600 / window) + 1 of them.
-        let per_hour =
-            u64::from(limits.per_account) * (3600_u64.div_ceil(limits.window.as_secs()) + 1);
-        if per_hour > MAX_FAILED_LOGINS_PER_HOUR {
-            tracing::warn!(
-                per_hour,
-                "LOGIN_LIMIT_PER_ACCOUNT and LOGIN_LIMIT_WINDOW_SECS allow more than 100 failed \
-                 logins per account per hour (OWASP ASVS 5.0 6.3.1)"
-            );
-        }
-        if config.leeway_secs > MAX_LEEWAY_SECS {
-            return Err(ConfigError::new("JWT_LEEWAY_SECS", "must be at most 30"));
         }
         Ok(config)
     }
+}
+
+/// The database pool: its size, how long a request may wait for a connection, and whether
+/// connections are checked before use.
+fn read_pool(env: &Env) -> Result<PoolSettings, ConfigError> {
+    Ok(PoolSettings {
+        max_connections: env.positive("DATABASE_MAX_CONNECTIONS", 15)?,
+        acquire_timeout: Duration::from_secs(env.positive("DATABASE_ACQUIRE_TIMEOUT_SECS", 30)?),
+        test_before_acquire: env.parse("DATABASE_TEST_BEFORE_ACQUIRE", true)?,
+    })
+}
+
+/// Session lifetimes and the refresh-token reuse window.
+fn read_sessions(env: &Env) -> Result<SessionPolicy, ConfigError> {
+    let policy = SessionPolicy {
+        idle_timeout: Duration::from_secs(env.bounded(
+            "SESSION_IDLE_TIMEOUT_SECS",
+            DEFAULT_SESSION_IDLE_SECS,
+            SESSION_SECS,
+        )?),
+        max_lifetime: Duration::from_secs(env.bounded(
+            "SESSION_MAX_LIFETIME_SECS",
+            DEFAULT_SESSION_MAX_LIFETIME_SECS,
+            SESSION_SECS,
+        )?),
+        reuse_window: Duration::from_secs(env.bounded(
+            "REFRESH_REUSE_WINDOW_SECS",
+            10,
+            REFRESH_REUSE_WINDOW_SECS,
+        )?),
+    };
+    if policy.idle_timeout > policy.max_lifetime {
+        return Err(ConfigError::new(
+            "SESSION_IDLE_TIMEOUT_SECS",
+            "must not exceed SESSION_MAX_LIFETIME_SECS",
+        ));
+    }
+    Ok(policy)
+}
+
+/// The brute-force limits on password checks.
+fn read_login_limits(env: &Env) -> Result<LoginLimits, ConfigError> {
+    let limits = LoginLimits {
+        window: Duration::from_secs(env.bounded(
+            "LOGIN_LIMIT_WINDOW_SECS",
+            900,
+            LOGIN_WINDOW_SECS,
+        )?),
+        per_account: env.positive("LOGIN_LIMIT_PER_ACCOUNT", 20)?,
+        per_account_and_ip: env.positive("LOGIN_LIMIT_PER_ACCOUNT_AND_IP", 10)?,
+        per_ip: env.positive("LOGIN_LIMIT_PER_IP", 100)?,
+    };
+    // Fixed windows: any hour overlaps at most ceil(3600 / window) + 1 of them.
+    let per_hour = u64::from(limits.per_account) * (3600_u64.div_ceil(limits.window.as_secs()) + 1);
+    if per_hour > MAX_FAILED_LOGINS_PER_HOUR {
+        tracing::warn!(
+            per_hour,
+            "LOGIN_LIMIT_PER_ACCOUNT and LOGIN_LIMIT_WINDOW_SECS allow more than \
+             {MAX_FAILED_LOGINS_PER_HOUR} failed logins per account per hour (OWASP ASVS 5.0 6.3.1)"
+        );
+    }
+    Ok(limits)
 }
 
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -327,7 +325,7 @@ impl Env<'_> {
 
     fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
     where
-        T::Err: std::fmt::Display,
+        T::Err: Display,
     {
         match self.get(name) {
             None => Ok(default),
@@ -344,11 +342,32 @@ impl Env<'_> {
         default: T,
     ) -> Result<T, ConfigError>
     where
-        T::Err: std::fmt::Display,
+        T::Err: Display,
     {
         let value = self.parse(name, default)?;
         if value <= T::default() {
             return Err(ConfigError::new(name, "must be greater than zero"));
+        }
+        Ok(value)
+    }
+
+    /// A number that must lie in `range`; the refusal names the range.
+    fn bounded<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        range: RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display,
+        T::Err: Display,
+    {
+        let value = self.parse(name, default)?;
+        if !range.contains(&value) {
+            return Err(ConfigError::new(
+                name,
+                format!("must be between {} and {}", range.start(), range.end()),
+            ));
         }
         Ok(value)
     }
@@ -412,8 +431,9 @@ mod tests {
         assert_eq!(config.listen_addr.port(), 8007);
         assert_eq!(config.metrics_listen_addr.map(|a| a.port()), Some(9007));
         assert_eq!(config.password_hash_rounds, 12);
-        assert_eq!(config.database_max_connections, 15);
-        assert_eq!(config.database_acquire_timeout, Duration::from_secs(30));
+        assert_eq!(config.database.max_connections, 15);
+        assert_eq!(config.database.acquire_timeout, Duration::from_secs(30));
+        assert!(config.database.test_before_acquire);
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.environment, Environment::Production);
         assert_eq!(config.sessions.idle_timeout, Duration::from_secs(604_800));
@@ -494,6 +514,31 @@ mod tests {
             let error = config(&vars).unwrap_err();
 
             assert_eq!(error.name, name, "{name}={value}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_range_they_must_fall_in() {
+        let pem = key_pem();
+        for (name, value, reason) in [
+            ("PASSWORD_HASH_ROUNDS", "19", "must be between 4 and 18"),
+            ("ACCESS_TOKEN_TTL_SECS", "0", "must be between 1 and 86400"),
+            (
+                "REFRESH_REUSE_WINDOW_SECS",
+                "61",
+                "must be between 0 and 60",
+            ),
+            ("JWT_LEEWAY_SECS", "31", "must be between 0 and 30"),
+            ("EDGE_SECRET", "short", "must be at least 32 characters"),
+        ] {
+            let error = config(&[
+                ("DATABASE_URL", "postgres://x/g"),
+                ("JWT_SIGNING_KEY", &pem),
+                (name, value),
+            ])
+            .unwrap_err();
+
+            assert_eq!((error.name, error.reason.as_str()), (name, reason));
         }
     }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use gatehouse_origin::config::Config;
-use gatehouse_origin::db::{Database, MIGRATOR, PoolSettings};
+use gatehouse_origin::db::{Database, MIGRATOR};
 use gatehouse_origin::{AppState, api_keys, app, janitor, serve, telemetry};
 use gatehouse_shared::signing::TokenSigner;
 
@@ -59,15 +59,7 @@ async fn main() -> ExitCode {
 
 async fn run_server() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid configuration")?;
-    let db = Database::connect(
-        &config.database_url,
-        &PoolSettings {
-            max_connections: config.database_max_connections,
-            acquire_timeout: config.database_acquire_timeout,
-            test_before_acquire: config.database_test_before_acquire,
-        },
-    )
-    .context("DATABASE_URL")?;
+    let db = Database::connect(&config.database_url, &config.database).context("DATABASE_URL")?;
     MIGRATOR
         .run(db.pool())
         .await

@@ -9,15 +9,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
+use gatehouse_origin::config::{Config, SigningKeySource};
 use gatehouse_origin::db::Database;
-use gatehouse_origin::password::PasswordHasher;
 use gatehouse_origin::sessions::SessionPolicy;
 use gatehouse_origin::throttle::LoginLimits;
-use gatehouse_origin::tokens::Tokens;
 use gatehouse_origin::{AppState, Clock, api_keys, app};
 use gatehouse_shared::api::{API_KEY_HEADER, Problem, RegisterRequest, TokenResponse};
 use gatehouse_shared::signing::TokenSigner;
-use gatehouse_shared::token::Validation;
 use serde_json::Value;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -82,23 +80,30 @@ pub struct Options {
     pub login_limits: LoginLimits,
 }
 
-/// The login limits of test apps: the production defaults.
-pub const TEST_LOGIN_LIMITS: LoginLimits = LoginLimits {
-    window: Duration::from_secs(900),
-    per_account: 20,
-    per_account_and_ip: 10,
-    per_ip: 100,
-};
+/// What `Config::from_lookup` reads in tests: nothing beyond the test issuer, audience and edge
+/// secret, so every other value is the production default. Tests hand the app its pool, so the
+/// database URL is a placeholder; development mode lets the signing key come from [`Options`].
+fn test_variable(name: &str) -> Option<String> {
+    let value = match name {
+        "DATABASE_URL" => "postgres://the-test-passes-its-own-pool",
+        "GATEHOUSE_ENV" => "development",
+        "JWT_ISSUER" => ISSUER,
+        "JWT_AUDIENCE" => AUDIENCE,
+        "EDGE_SECRET" => EDGE_SECRET,
+        _ => return None,
+    };
+    Some(value.to_owned())
+}
 
-/// The session policy of test apps: the production defaults.
-pub const TEST_SESSIONS: SessionPolicy = SessionPolicy {
-    idle_timeout: Duration::from_secs(7 * 86_400),
-    max_lifetime: Duration::from_secs(30 * 86_400),
-    reuse_window: Duration::from_secs(10),
-};
+/// The configuration test apps start from: the origin's own defaults, read by
+/// `Config::from_lookup`, so tests cannot drift from what production runs with.
+pub fn test_config() -> Config {
+    Config::from_lookup(test_variable).expect("the test configuration is valid")
+}
 
 impl Default for Options {
     fn default() -> Self {
+        let defaults = test_config();
         Options {
             hash_cost: TEST_HASH_COST,
             hash_workers: 2,
@@ -106,8 +111,8 @@ impl Default for Options {
             signer: TokenSigner::generate(&mut rand_core::OsRng),
             previous: None,
             clock: ManualClock::new(),
-            sessions: TEST_SESSIONS,
-            login_limits: TEST_LOGIN_LIMITS,
+            sessions: defaults.sessions,
+            login_limits: defaults.login_limits,
         }
     }
 }
@@ -166,30 +171,20 @@ impl TestResponse {
     }
 }
 
-/// The state a test app runs on.
+/// The state a test app runs on: built by `AppState::from_config` as in production, from
+/// [`test_config`] with `options` applied, on the test's clock.
 pub fn test_state(db: Database, options: Options) -> AppState {
-    let hasher = PasswordHasher::new(
-        options.hash_workers,
-        options.hash_queue_limit,
-        options.hash_cost,
-    );
-    AppState {
-        db,
-        metrics: Arc::new(gatehouse_origin::metrics::Metrics::new(&hasher)),
-        hasher,
-        tokens: Arc::new(Tokens::new(
-            options.signer,
-            options.previous,
-            Validation::new(ISSUER, AUDIENCE).with_leeway(5),
-            Duration::from_secs(900),
-        )),
-        clock: options.clock.clock(),
-        jwks_max_age: Duration::from_secs(300),
-        body_limit_bytes: 16 * 1024,
-        sessions: options.sessions,
-        login_limits: options.login_limits,
-        edge_secret: Some(EDGE_SECRET.into()),
-    }
+    let mut config = test_config();
+    config.signing_key = SigningKeySource::Configured(options.signer);
+    config.previous_key = options.previous;
+    config.password_hash_rounds = options.hash_cost;
+    config.hash_workers = options.hash_workers;
+    config.hash_queue_limit = options.hash_queue_limit;
+    config.sessions = options.sessions;
+    config.login_limits = options.login_limits;
+    let mut state = AppState::from_config(config, db);
+    state.clock = options.clock.clock();
+    state
 }
 
 impl TestApp {
@@ -340,6 +335,85 @@ impl TestApp {
         .await
     }
 
+    /// Logs `email` in with [`PASSWORD`]; panics unless it succeeds.
+    pub async fn sign_in(&self, email: &str) -> TokenResponse {
+        let response = self.login(email, PASSWORD).await;
+        assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+        response.json()
+    }
+
+    /// Refreshes with `refresh_token`; panics unless it succeeds.
+    pub async fn refreshed(&self, refresh_token: &str) -> TokenResponse {
+        let response = self.refresh(refresh_token).await;
+        assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+        response.json()
+    }
+
+    /// `access_token` still verifies at the origin.
+    pub async fn assert_verifies(&self, access_token: &str) {
+        let response = self.get("/auth/verify", access_token).await;
+        assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    }
+
+    /// The session of `pair` has ended: its access token and its refresh token are both refused.
+    pub async fn assert_ended(&self, pair: &TokenResponse) {
+        assert_refused(
+            &self.get("/auth/verify", &pair.access_token).await,
+            "invalid_token",
+        );
+        assert_refused(
+            &self.refresh(&pair.refresh_token).await,
+            "invalid_refresh_token",
+        );
+    }
+
+    /// Whether the row of session `session_id` says it has not been ended.
+    pub async fn session_live(&self, session_id: uuid::Uuid) -> bool {
+        sqlx::query_scalar("select revoked_at is null from sessions where id = $1")
+            .bind(session_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The refresh tokens of session `session_id`: (unspent, all).
+    pub async fn refresh_tokens(&self, session_id: uuid::Uuid) -> (i64, i64) {
+        sqlx::query_as(
+            "select count(*) filter (where spent_at is null), count(*) from refresh_tokens
+             where session_id = $1",
+        )
+        .bind(session_id)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Moves the clock past the refresh-token reuse window, so that a spent token presented again
+    /// counts as reuse rather than a racing tab.
+    pub fn pass_reuse_window(&self) {
+        self.clock
+            .advance(self.state.sessions.reuse_window + Duration::from_secs(1));
+    }
+
+    /// Polls `/ready` until it answers `status`, and returns that answer. The database monitor
+    /// checks once a second and needs two failures to report an outage; panics after ten
+    /// seconds, so a readiness that never changes fails the test instead of hanging it.
+    pub async fn wait_until_ready_is(&self, status: StatusCode) -> TestResponse {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = self.call(Method::GET, "/ready", None, None).await;
+            if response.status == status {
+                return response;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/ready never answered {status}: {:?}",
+                response.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Number of accounts in the database.
     pub async fn user_count(&self) -> i64 {
         sqlx::query_scalar("select count(*) from users")
@@ -347,6 +421,17 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// `response` is a 401 with problem code `code`.
+pub fn assert_refused(response: &TestResponse, code: &str) {
+    assert_eq!(
+        response.status,
+        StatusCode::UNAUTHORIZED,
+        "{:?}",
+        response.body
+    );
+    assert_eq!(response.problem().code, code);
 }
 
 /// A registration body for `email` with [`PASSWORD`].

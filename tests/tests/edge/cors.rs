@@ -1,3 +1,6 @@
+//! CORS at the edge: preflights answered there for listed origins only, and responses that name
+//! a listed origin and never reflect another.
+
 use reqwest::{Method, StatusCode};
 use sqlx::PgPool;
 

@@ -1,3 +1,6 @@
+//! What the edge answers itself and what it forwards: verification without a round trip, requests
+//! forwarded intact, the client IP, origin failures as 502/504 problems, and size limits.
+
 use gatehouse_shared::api::{EDGE_SECRET_HEADER, TokenResponse, UserProfile, VerifyResponse};
 use gatehouse_tests::edge::{Edge, bindings};
 use gatehouse_tests::{EDGE_SECRET, PASSWORD};

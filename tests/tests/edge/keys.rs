@@ -1,3 +1,6 @@
+//! API keys at the edge: malformed keys refused without asking the origin, verdicts cached for a
+//! bounded time, revocation reaching the edge, and login floods stopped there.
+
 use gatehouse_origin::api_keys;
 use gatehouse_shared::api_key::ApiKey;
 use reqwest::{Method, StatusCode};

@@ -1,3 +1,6 @@
+//! Access tokens at the edge: bad tokens refused there, the key set fetched at most once per
+//! cooldown, and key rotation at the origin picked up without a restart.
+
 use gatehouse_shared::signing::TokenSigner;
 use gatehouse_shared::token::AccessClaims;
 use gatehouse_tests::{Options, PASSWORD, TestApp, spawn_server};

@@ -1,3 +1,5 @@
+//! `X-API-Key` at the origin: which routes need one, revocation, and keys stored only as hashes.
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use gatehouse_origin::api_keys;

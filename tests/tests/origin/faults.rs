@@ -19,15 +19,6 @@ const CLIENTS: usize = 4;
 /// otherwise wait out.
 const HANG: Duration = Duration::from_secs(10);
 
-/// Polls `/ready` until it answers `status`; panics after `HANG`.
-async fn wait_until_ready_is(app: &TestApp, status: StatusCode) {
-    let deadline = Instant::now() + HANG;
-    while app.call(Method::GET, "/ready", None, None).await.status != status {
-        assert!(Instant::now() < deadline, "/ready never answered {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the clients have made `count` more registrations with outcome `status`.
 async fn wait_for(outcomes: &std::sync::Mutex<Vec<Outcome>>, status: StatusCode, count: usize) {
     let start = outcomes
@@ -122,7 +113,8 @@ async fn registrations_survive_a_postgres_restart_and_every_201_is_kept() {
     })
     .await
     .unwrap();
-    wait_until_ready_is(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    app.wait_until_ready_is(StatusCode::SERVICE_UNAVAILABLE)
+        .await;
     wait_for(&outcomes, StatusCode::SERVICE_UNAVAILABLE, 10).await;
     let health = app.call(Method::GET, "/health", None, None).await;
     let postgres = tokio::task::spawn_blocking(move || {
@@ -131,7 +123,7 @@ async fn registrations_survive_a_postgres_restart_and_every_201_is_kept() {
     })
     .await
     .unwrap();
-    wait_until_ready_is(&app, StatusCode::OK).await;
+    app.wait_until_ready_is(StatusCode::OK).await;
     wait_for(&outcomes, StatusCode::CREATED, 10).await;
     running.store(false, Ordering::Relaxed);
     for client in clients {

@@ -1,3 +1,6 @@
+//! `POST /auth/login`: tokens for the right password, the same refusal for every wrong case at the
+//! same bcrypt cost, rehashing at a new cost, and invalid fields.
+
 use axum::http::{Method, StatusCode};
 use gatehouse_shared::api::TokenResponse;
 use gatehouse_tests::{Options, PASSWORD, TEST_HASH_COST, TestApp};

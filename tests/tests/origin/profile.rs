@@ -1,3 +1,5 @@
+//! `/auth/profile`: reading it, changing names, and deactivating the account.
+
 use axum::http::{Method, StatusCode};
 use gatehouse_shared::api::UserProfile;
 use gatehouse_tests::TestApp;

@@ -1,3 +1,6 @@
+//! `POST /auth/register`: a new account and its tokens, the password stored only as a bcrypt hash,
+//! duplicates however spelled, races, and bad fields and bodies.
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use futures_util::future::join_all;

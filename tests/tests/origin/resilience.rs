@@ -5,12 +5,8 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 use gatehouse_origin::db::{Database, PoolSettings};
 use gatehouse_tests::relay::Relay;
-use gatehouse_tests::{Options, TestApp, TestResponse, register_body};
+use gatehouse_tests::{Options, TestApp, register_body};
 use sqlx::PgPool;
-
-/// Upper bound on how long readiness may take to change: the monitor checks once a second.
-const RECOVERY_ATTEMPTS: usize = 100;
-const RECOVERY_POLL: Duration = Duration::from_millis(100);
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn database_outage_gives_fast_503_and_recovers_without_restart(pool: PgPool) {
@@ -54,7 +50,9 @@ async fn database_outage_gives_fast_503_and_recovers_without_restart(pool: PgPoo
     let during = register("during@example.com").await;
     let waited = started.elapsed();
     // The monitor needs two failed checks (about two seconds) before readiness drops.
-    let unready = wait_for_ready_status(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    let unready = app
+        .wait_until_ready_is(StatusCode::SERVICE_UNAVAILABLE)
+        .await;
     let health = app.call(Method::GET, "/health", None, None).await;
 
     assert_eq!(during.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -68,7 +66,7 @@ async fn database_outage_gives_fast_503_and_recovers_without_restart(pool: PgPoo
     assert_eq!(health.status, StatusCode::OK, "the process itself is fine");
 
     relay.restore().await;
-    let ready = wait_for_ready_status(&app, StatusCode::OK).await;
+    let ready = app.wait_until_ready_is(StatusCode::OK).await;
     let after = register("after@example.com").await;
 
     assert_eq!(ready.status, StatusCode::OK);
@@ -78,16 +76,4 @@ async fn database_outage_gives_fast_503_and_recovers_without_restart(pool: PgPoo
         .await
         .unwrap();
     assert_eq!(emails, ["before@example.com", "after@example.com"]);
-}
-
-/// Polls `/ready` until it answers `status`, within a bound.
-async fn wait_for_ready_status(app: &TestApp, status: StatusCode) -> TestResponse {
-    for _ in 0..RECOVERY_ATTEMPTS {
-        let response = app.call(Method::GET, "/ready", None, None).await;
-        if response.status == status {
-            return response;
-        }
-        tokio::time::sleep(RECOVERY_POLL).await;
-    }
-    panic!("/ready did not answer {status} within {RECOVERY_ATTEMPTS} polls");
 }

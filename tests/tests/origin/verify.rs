@@ -1,3 +1,5 @@
+//! `GET /auth/verify` at the origin: which tokens verify, and every way one is refused.
+
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};

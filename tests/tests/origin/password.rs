@@ -1,0 +1,85 @@
+//! Password change: the current password is needed, other sessions end, and a login racing the
+//! change cannot outlive it.
+
+use axum::http::StatusCode;
+use gatehouse_tests::{PASSWORD, RowLock, TestApp, assert_refused};
+use serde_json::json;
+use sqlx::PgPool;
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn password_change_needs_the_current_password_and_ends_other_sessions(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let first = app.register("ada@example.com").await;
+    let second = app.sign_in("ada@example.com").await;
+    let new_password = "a brand new passphrase";
+
+    let wrong = app
+        .put(
+            "/auth/password",
+            &first.access_token,
+            json!({"current_password": "not my password", "new_password": new_password}),
+        )
+        .await;
+    let weak = app
+        .put(
+            "/auth/password",
+            &first.access_token,
+            json!({"current_password": PASSWORD, "new_password": "short"}),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    assert_eq!(wrong.problem().code, "wrong_password");
+    assert_eq!(weak.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        app.get("/auth/verify", &second.access_token).await.status,
+        StatusCode::OK,
+        "refused changes end nothing"
+    );
+
+    let changed = app
+        .put(
+            "/auth/password",
+            &first.access_token,
+            json!({"current_password": PASSWORD, "new_password": new_password}),
+        )
+        .await;
+
+    assert_eq!(changed.status, StatusCode::NO_CONTENT);
+    app.assert_verifies(&first.access_token).await;
+    app.assert_ended(&second).await;
+    assert_eq!(
+        app.login("ada@example.com", PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login("ada@example.com", new_password).await.status,
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_login_racing_a_password_change_does_not_outlive_it(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+    // The test plays the password change itself: it holds the account row while the login with
+    // the old password verifies it, changes the hash, and commits.
+    let mut lock = RowLock::take(&app.pool, "users", registered.user.id).await;
+
+    let (login, ()) = tokio::join!(app.login("ada@example.com", PASSWORD), async {
+        lock.wait_for_waiters(1).await;
+        sqlx::query("update users set password_hash = 'changed' where id = $1")
+            .bind(registered.user.id)
+            .execute(&mut *lock.tx)
+            .await
+            .unwrap();
+        lock.release().await;
+    });
+
+    assert_refused(&login, "invalid_credentials");
+    let sessions: i64 = sqlx::query_scalar("select count(*) from sessions where user_id = $1")
+        .bind(registered.user.id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "only the registration's session");
+}

@@ -1,0 +1,110 @@
+//! How ended sessions reach the edge: the revocation list it polls and the header on responses
+//! that end sessions.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use gatehouse_shared::api::{EDGE_SECRET_HEADER, RevocationList};
+use gatehouse_tests::{EDGE_SECRET, PASSWORD, TestApp, TestResponse, assert_refused};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn revocations(app: &TestApp, secret: Option<&str>) -> TestResponse {
+    let mut request = Request::get("/edge/revocations");
+    if let Some(secret) = secret {
+        request = request.header(EDGE_SECRET_HEADER, secret);
+    }
+    app.send(request.body(Body::empty()).unwrap()).await
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn revocation_list_names_ended_sessions_until_their_tokens_expire(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let ended = app.register("ada@example.com").await;
+    let live = app.sign_in("ada@example.com").await;
+    app.post_empty("/auth/logout", &ended.access_token).await;
+    let logged_out_at = app.clock.clock().now().unix_timestamp();
+
+    let response = revocations(&app, Some(EDGE_SECRET)).await;
+    let without_secret = revocations(&app, None).await;
+    let wrong_secret = revocations(&app, Some(&EDGE_SECRET.replace('0', "1"))).await;
+
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    let list: RevocationList = response.json();
+    assert_eq!(list.revoked.len(), 1);
+    assert_eq!(list.revoked[0].sid, ended.session_id);
+    assert_eq!(list.revoked[0].until, logged_out_at + 900 + 5);
+    assert!(list.revoked.iter().all(|r| r.sid != live.session_id));
+    for refused in [without_secret, wrong_secret] {
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.problem().code, "not_from_edge");
+    }
+
+    app.clock.advance(Duration::from_secs(906));
+    let later: RevocationList = revocations(&app, Some(EDGE_SECRET)).await.json();
+    assert!(later.revoked.is_empty(), "entries expire with the tokens");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn responses_that_end_sessions_name_them_for_the_edge(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let first = app.register("ada@example.com").await;
+    let second = app.sign_in("ada@example.com").await;
+    let now = app.clock.clock().now().unix_timestamp();
+
+    let logout = app
+        .post_empty("/auth/logout?scope=others", &first.access_token)
+        .await;
+    let header = logout.header("x-gatehouse-ended-sessions").unwrap();
+    assert_eq!(header, format!("{}={}", second.session_id, now + 905));
+
+    let next = app.refreshed(&first.refresh_token).await;
+    app.pass_reuse_window();
+    let reuse = app.refresh(&first.refresh_token).await;
+    assert_refused(&reuse, "refresh_token_reused");
+    assert_eq!(
+        reuse.header("x-gatehouse-ended-sessions").unwrap(),
+        format!("{}={}", first.session_id, now + 11 + 905)
+    );
+    assert!(
+        app.post_empty("/auth/logout", &next.access_token)
+            .await
+            .header("x-gatehouse-ended-sessions")
+            .is_none(),
+        "an ended session cannot log out again"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn every_kind_of_ending_reaches_the_revocation_list(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let reused = app.register("ada@example.com").await;
+    let kept = app.sign_in("ada@example.com").await;
+    let password_victim = app.sign_in("ada@example.com").await;
+    let deactivated = app.register("grace@example.com").await;
+
+    app.refreshed(&reused.refresh_token).await;
+    app.pass_reuse_window();
+    app.refresh(&reused.refresh_token).await;
+    app.put(
+        "/auth/password",
+        &kept.access_token,
+        json!({"current_password": PASSWORD, "new_password": "a new passphrase"}),
+    )
+    .await;
+    app.delete("/auth/profile", &deactivated.access_token).await;
+
+    let list: RevocationList = revocations(&app, Some(EDGE_SECRET)).await.json();
+    let mut listed: Vec<Uuid> = list.revoked.iter().map(|r| r.sid).collect();
+    listed.sort();
+    let mut expected = vec![
+        reused.session_id,
+        password_victim.session_id,
+        deactivated.session_id,
+    ];
+    expected.sort();
+    assert_eq!(listed, expected);
+}
