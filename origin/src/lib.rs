@@ -33,6 +33,8 @@ use gatehouse_shared::token::Validation;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{Config, SigningKeySource};
 use crate::db::Database;
@@ -144,12 +146,14 @@ pub fn app(state: AppState) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ));
-    let router = Router::new()
+    let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(auth)
         .merge(routes::edge::router())
         .merge(routes::jwks::router())
         .merge(routes::health::router())
-        .merge(openapi::router())
+        .split_for_parts();
+    let router = routes
+        .merge(openapi::router(api))
         .route_layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,

@@ -7,8 +7,9 @@
 //! problem details. Length limits counted in bytes (passwords, emails) are checked by the server
 //! and not stated as `maxLength`, which JSON Schema counts in characters.
 
-use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
+use axum::http::header;
 use axum::routing::get;
 use gatehouse_shared::api::{FieldError, LogoutScope, PROBLEM_CONTENT_TYPE, Problem};
 use utoipa::openapi::path::Operation;
@@ -17,35 +18,17 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::AppState;
-use crate::routes::{auth, edge, health, jwks, sessions};
 
-/// The generated description.
+/// The description's fixed parts; the paths come from the routers themselves (each route is
+/// registered with `utoipa_axum::routes!`, so a route cannot be served undocumented), and
+/// [`router`] adds the responses common to every operation once they are all merged.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Gatehouse",
         description = "Registration, login, sessions with rotating refresh tokens, and token verification. Errors are RFC 9457 problem details with a stable `code`."
     ),
-    paths(
-        auth::register_user,
-        auth::login_user,
-        auth::verify_token,
-        auth::check_api_key,
-        auth::get_profile,
-        auth::update_profile,
-        auth::deactivate_profile,
-        sessions::refresh_session,
-        sessions::logout_user,
-        sessions::change_password,
-        sessions::list_sessions,
-        sessions::end_session,
-        edge::list_revocations,
-        health::health,
-        health::ready,
-        jwks::get_jwks,
-    ),
-    components(schemas(Problem, FieldError, LogoutScope)),
-    modifiers(&CommonResponses)
+    components(schemas(Problem, FieldError, LogoutScope))
 )]
 pub struct ApiDoc;
 
@@ -135,7 +118,16 @@ fn problem(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
-/// `GET /openapi.json`.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+/// `GET /openapi.json`, serving `api` (the document collected from the routers) with the common
+/// responses and security schemes added. It is serialised once, here, not per request.
+pub fn router(mut api: utoipa::openapi::OpenApi) -> Router<AppState> {
+    CommonResponses.modify(&mut api);
+    let document = Bytes::from(serde_json::to_vec(&api).expect("the OpenAPI document serialises"));
+    Router::new().route(
+        "/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+        }),
+    )
 }

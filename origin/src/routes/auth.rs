@@ -1,16 +1,17 @@
 //! Registration, login, token verification and the profile: everything under `/auth`.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use gatehouse_shared::api::{
     LoginRequest, Problem, RegisterRequest, TokenResponse, UpdateProfileRequest, UserProfile,
     VerifiedUser, VerifyResponse,
 };
 use gatehouse_shared::input::{check_email, check_name, check_password, normalize_email};
 use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{ended_response, normalize_name, push_error, token_response};
@@ -21,18 +22,13 @@ use crate::users::{self, NameChange, NewUser};
 use crate::{AppState, credentials};
 
 /// The `/auth/*` routes; the API-key gate is layered on in [`crate::app`].
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/register", post(register_user))
-        .route("/auth/login", post(login_user))
-        .route("/auth/verify", get(verify_token))
-        .route("/auth/api-key", get(check_api_key))
-        .route(
-            "/auth/profile",
-            get(get_profile)
-                .patch(update_profile)
-                .delete(deactivate_profile),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register_user))
+        .routes(routes!(login_user))
+        .routes(routes!(verify_token))
+        .routes(routes!(check_api_key))
+        .routes(routes!(get_profile, update_profile, deactivate_profile))
 }
 
 /// `POST /auth/register`: creates the account and its first session.

@@ -1,11 +1,12 @@
 //! Routes only the Gatehouse edge calls, authenticated by the edge secret.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use gatehouse_shared::api::{Problem, RevocationList};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::Result;
@@ -13,8 +14,8 @@ use crate::extract::FromEdge;
 use crate::sessions;
 
 /// `GET /edge/revocations`.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/edge/revocations", get(list_revocations))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_revocations))
 }
 
 /// The sessions ended recently enough that one of their access tokens may still be unexpired.

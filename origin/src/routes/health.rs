@@ -1,17 +1,18 @@
 //! Liveness and readiness probes.
 
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use gatehouse_shared::api::{HealthResponse, Problem};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::{ApiError, Result};
 
 /// `GET /health` and `GET /ready`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
 }
 
 /// The process is up and serving; touches nothing else.

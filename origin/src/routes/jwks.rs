@@ -1,18 +1,19 @@
 //! The public signing keys (RFC 7517), for the edge and for anyone verifying tokens.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 #[allow(unused_imports)] // named by the OpenAPI annotation
 use gatehouse_shared::jwk::JwkSet;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
 /// `GET /.well-known/jwks.json`.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/.well-known/jwks.json", get(get_jwks))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_jwks))
 }
 
 #[utoipa::path(

@@ -1,10 +1,9 @@
 //! The session routes: refresh, logout, password change, and listing and ending sessions. The
 //! rules they follow are in [`crate::sessions`].
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
 use gatehouse_shared::api::{
     ChangePasswordRequest, LogoutScope, Problem, RefreshRequest, SessionInfo, SessionList,
     TokenResponse,
@@ -12,6 +11,8 @@ use gatehouse_shared::api::{
 use gatehouse_shared::input::check_password;
 use gatehouse_shared::refresh::RefreshToken;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{ended_response, push_error, token_response};
@@ -23,13 +24,13 @@ use crate::sessions::{self, EndReason, Which};
 use crate::users;
 
 /// The session routes; under `/auth`, so the API-key gate applies.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/refresh", post(refresh_session))
-        .route("/auth/logout", post(logout_user))
-        .route("/auth/password", put(change_password))
-        .route("/auth/sessions", get(list_sessions))
-        .route("/auth/sessions/{id}", delete(end_session))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(refresh_session))
+        .routes(routes!(logout_user))
+        .routes(routes!(change_password))
+        .routes(routes!(list_sessions))
+        .routes(routes!(end_session))
 }
 
 /// `POST /auth/refresh`: a new access token and the next refresh token of the session.
