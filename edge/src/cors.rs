@@ -5,21 +5,25 @@ use worker::{Headers, Request, Response};
 
 use crate::config::EdgeConfig;
 use crate::error::AppError;
+use crate::routes;
 
-const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 const ALLOWED_HEADERS: &str = "authorization, content-type, x-api-key, x-request-id";
 const EXPOSED_HEADERS: &str = "x-request-id, retry-after, www-authenticate";
 /// How long a browser may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_SECS: &str = "600";
 
-/// Answers a preflight: 204 for a listed origin, 403 for any other.
-pub fn preflight(request: &Request, config: &EdgeConfig) -> Result<Response, AppError> {
+/// Answers a preflight: 204 for a listed origin, with the methods the path serves from the route
+/// table, 403 for any other origin.
+pub fn preflight(request: &Request, path: &str, config: &EdgeConfig) -> Result<Response, AppError> {
     let origin = request.headers().get("origin")?;
     if !is_allowed(origin.as_deref(), config) {
         return Err(AppError::OriginNotAllowed);
     }
     let headers = Headers::new();
-    headers.set("access-control-allow-methods", ALLOWED_METHODS)?;
+    headers.set(
+        "access-control-allow-methods",
+        &routes::allowed_methods(path),
+    )?;
     headers.set("access-control-allow-headers", ALLOWED_HEADERS)?;
     headers.set("access-control-max-age", PREFLIGHT_MAX_AGE_SECS)?;
     Ok(Response::builder()

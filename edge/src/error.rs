@@ -27,8 +27,8 @@ pub enum AppError {
     RateLimited,
     /// A path the edge does not serve (404).
     NotFound,
-    /// A method the API does not use (405).
-    MethodNotAllowed,
+    /// A method the path does not serve (405), with the methods it does for `Allow`.
+    MethodNotAllowed { allow: String },
     /// The origin could not be reached or answered with a server error when asked (502).
     OriginUnreachable,
     /// The origin did not answer within `ORIGIN_TIMEOUT_MS` (504).
@@ -68,7 +68,7 @@ impl AppError {
             AppError::UnreadableBody => ProblemKind::UnreadableBody,
             AppError::NotFound => ProblemKind::NotFound,
             AppError::RateLimited => ProblemKind::TooManyRequests,
-            AppError::MethodNotAllowed => ProblemKind::MethodNotAllowed,
+            AppError::MethodNotAllowed { .. } => ProblemKind::MethodNotAllowed,
             AppError::OriginUnreachable => ProblemKind::OriginUnreachable,
             AppError::OriginTimeout => ProblemKind::OriginTimeout,
             AppError::Config(_) | AppError::Internal(_) => ProblemKind::InternalError,
@@ -95,6 +95,9 @@ impl AppError {
             if let Ok(value) = value.to_str() {
                 let _ = headers.set(name.as_str(), value);
             }
+        }
+        if let AppError::MethodNotAllowed { allow } = &self {
+            let _ = headers.set("allow", allow);
         }
         Response::builder()
             .with_status(reply.status().as_u16())

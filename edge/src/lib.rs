@@ -1,6 +1,7 @@
 //! The Gatehouse edge: a Cloudflare Worker in front of the origin.
 //!
-//! It answers what it can next to the user and forwards the rest:
+//! It answers what it can next to the user and forwards the rest, route by route as the table in
+//! [`routes`] says (a path it does not list is 404 here, a method it does not list 405):
 //! - every `/auth/*` request must carry a valid `X-API-Key`, checked here ([`api_keys`]);
 //! - `GET /auth/verify` is answered here from the token alone, with `gatehouse_shared`'s
 //!   validation against the origin's published keys ([`jwks`]): no origin round trip;
@@ -19,27 +20,16 @@ mod error;
 mod jwks;
 mod proxy;
 mod revocations;
+pub mod routes;
 
 use gatehouse_shared::api::{API_KEY_HEADER, REQUEST_ID_HEADER, VerifiedUser, VerifyResponse};
 use gatehouse_shared::token::{AccessClaims, TokenError};
 use wasm_bindgen::prelude::wasm_bindgen;
-use worker::{Context, Date, Env, Method, Request, Response, event};
+use worker::{Context, Date, Env, Request, Response, event};
 
 use crate::config::EdgeConfig;
 use crate::error::AppError;
-
-/// Methods the API uses. The runtime's method type reads any other as GET, so the raw method is
-/// checked first: `FOO /auth/verify` must not be answered as a verify.
-const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-
-/// Routes that act for a signed-in user: a request without a valid token stops here. The session
-/// routes are guarded ahead of the origin serving them.
-const USER_ROUTES: &[&str] = &[
-    "/auth/profile",
-    "/auth/sessions",
-    "/auth/logout",
-    "/auth/password",
-];
+use crate::routes::Gate;
 
 #[wasm_bindgen]
 extern "C" {
@@ -82,15 +72,18 @@ async fn fetch(request: Request, env: Env, _ctx: Context) -> worker::Result<Resp
 /// The request id the edge and the origin log: Cloudflare's `cf-ray` when present, else a UUID.
 /// A client-supplied `X-Request-Id` is not trusted, so logs cannot be forged to collide.
 fn request_id(request: &Request) -> String {
-    request
-        .headers()
-        .get("cf-ray")
-        .ok()
-        .flatten()
-        .filter(|ray| {
-            ray.len() <= 64 && ray.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-        .unwrap_or_else(random_uuid)
+    let ray = request.headers().get("cf-ray").ok().flatten();
+    trusted_ray(ray).unwrap_or_else(random_uuid)
+}
+
+/// `cf-ray` as a request id, when it looks like one: short, letters, digits and dashes only, so
+/// that it cannot break a log line or a header.
+fn trusted_ray(ray: Option<String>) -> Option<String> {
+    ray.filter(|ray| {
+        !ray.is_empty()
+            && ray.len() <= 64
+            && ray.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
 }
 
 async fn handle(
@@ -98,40 +91,26 @@ async fn handle(
     config: &EdgeConfig,
     request_id: &str,
 ) -> Result<Response, AppError> {
-    if !ALLOWED_METHODS.contains(&request.inner().method().as_str()) {
-        return Err(AppError::MethodNotAllowed);
-    }
-    if request.method() == Method::Options
-        && request.headers().has("access-control-request-method")?
-    {
-        return cors::preflight(&request, config);
-    }
     let path = request.path();
-    // The origin's routes for the edge itself: the edge secret it adds to what it forwards must
-    // never open them to a client.
-    if path == "/edge" || path.starts_with("/edge/") {
-        return Err(AppError::NotFound);
+    let method = request.inner().method();
+    if method == "OPTIONS" && request.headers().has("access-control-request-method")? {
+        return cors::preflight(&request, &path, config);
     }
-    if !path.starts_with("/auth/") {
-        let mut response = proxy::forward(request, config, request_id).await?;
-        revocations::learn_from(&mut response)?;
-        return Ok(response);
-    }
+    let route = routes::classify(&method, &path)?;
 
     // Before anything costs the origin a request, including the API-key lookup.
-    throttle_credentials(&request, &path, config).await?;
-    let key = request.headers().get(API_KEY_HEADER)?;
-    api_keys::require_valid(key.as_deref(), config, request_id).await?;
-
-    if path == "/auth/verify" && request.method() == Method::Get {
-        let claims = authenticate(&request, config, request_id).await?;
-        return verify_response(claims);
+    if route.throttled {
+        throttle_credentials(&request, config).await?;
     }
-    if USER_ROUTES
-        .iter()
-        .any(|route| path == *route || path.starts_with(&format!("{route}/")))
-    {
-        authenticate(&request, config, request_id).await?;
+    if route.gate != Gate::Open {
+        let key = request.headers().get(API_KEY_HEADER)?;
+        api_keys::require_valid(key.as_deref(), config, request_id).await?;
+    }
+    if route.gate == Gate::User {
+        let claims = authenticate(&request, config, request_id).await?;
+        if route.answered_here && method == "GET" {
+            return verify_response(claims);
+        }
     }
     let mut response = proxy::forward(request, config, request_id).await?;
     // The origin names the sessions a request ended; refused here from now on.
@@ -139,27 +118,11 @@ async fn handle(
     Ok(response)
 }
 
-/// Routes that run bcrypt: the expensive ones a flood targets. Refresh is not among them: it costs
-/// one indexed lookup, and a whole office behind one address refreshes routinely.
-const CREDENTIAL_ROUTES: &[(&str, &str)] = &[
-    ("POST", "/auth/login"),
-    ("POST", "/auth/register"),
-    ("PUT", "/auth/password"),
-];
-
-/// Throttles credential routes per client address with the Workers rate-limiting binding, so a
+/// Throttles a credential route ([`routes::Route::throttled`]) per client address with the Workers rate-limiting binding, so a
 /// flood from one address stops here. The origin keeps its own per-account limits in PostgreSQL;
 /// these two layers answer different attacks (one address hammering versus one account guessed
 /// from many).
-async fn throttle_credentials(
-    request: &Request,
-    path: &str,
-    config: &EdgeConfig,
-) -> Result<(), AppError> {
-    let method = request.inner().method();
-    if !CREDENTIAL_ROUTES.contains(&(method.as_str(), path)) {
-        return Ok(());
-    }
+async fn throttle_credentials(request: &Request, config: &EdgeConfig) -> Result<(), AppError> {
     let Some(limiter) = &config.auth_rate_limiter else {
         return Ok(());
     };
@@ -210,4 +173,23 @@ fn verify_response(claims: AccessClaims) -> Result<Response, AppError> {
     let mut response = Response::from_json(&body)?;
     response.headers_mut().set("cache-control", "no-store")?;
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trusted_ray;
+
+    #[test]
+    fn a_cf_ray_is_the_request_id_when_it_looks_like_one() {
+        let ray = "8f1c2a3b4c5d6e7f-AMS".to_owned();
+        assert_eq!(trusted_ray(Some(ray.clone())), Some(ray));
+    }
+
+    #[test]
+    fn a_cf_ray_that_could_break_a_log_line_or_a_header_is_not_used() {
+        for ray in ["", "a b", "id\nforged: 1", "id\"}", &"a".repeat(65)] {
+            assert_eq!(trusted_ray(Some(ray.to_owned())), None, "{ray:?}");
+        }
+        assert_eq!(trusted_ray(None), None);
+    }
 }

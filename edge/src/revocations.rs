@@ -22,35 +22,56 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::thread::LocalKey;
 
-use gatehouse_shared::api::{
-    EDGE_SECRET_HEADER, ENDED_SESSIONS_HEADER, RevocationList, RevokedSession,
-};
+use gatehouse_shared::api::{ENDED_SESSIONS_HEADER, RevocationList, RevokedSession};
 use uuid::Uuid;
-use worker::{Date, Headers, Method, Request, RequestInit, Response};
+use worker::{Date, Response};
 
-use crate::cache;
+use crate::cache::{self, Document, Held, Lifetime};
 use crate::config::EdgeConfig;
 use crate::error::AppError;
-use crate::proxy;
 
-/// After a failed fetch, how long the held list is used before the origin is asked again, so an
-/// outage does not make every verification wait for it.
-const RETRY_AFTER_FAILURE_MS: u64 = 2_000;
+/// The origin's list: session id → Unix second after which its tokens are all expired anyway.
+struct Revoked(HashMap<Uuid, i64>);
 
-#[derive(Default)]
-struct Held {
-    /// Session id → Unix second after which its tokens are all expired anyway.
-    revoked: HashMap<Uuid, i64>,
-    /// When the fetch of this list was sent (ms since the epoch).
-    fetched_at: u64,
-    /// Until when (ms) the list is used without asking again.
-    fresh_until: u64,
+impl Document for Revoked {
+    const NAME: &'static str = "the revocation list";
+    const PATH: &'static str = "/edge/revocations";
+    const EDGE_ONLY: bool = true;
+    const RETRY_AFTER_FAILURE_MS: u64 = 2_000;
+
+    fn slot() -> &'static LocalKey<RefCell<Option<Held<Self>>>> {
+        thread_local! {
+            static HELD: RefCell<Option<Held<Revoked>>> = const { RefCell::new(None) };
+        }
+        &HELD
+    }
+
+    fn parse(body: &str) -> Option<Self> {
+        let list: RevocationList = serde_json::from_str(body).ok()?;
+        Some(Revoked(
+            list.revoked
+                .into_iter()
+                .map(|entry| (entry.sid, entry.until))
+                .collect(),
+        ))
+    }
+
+    /// The origin's max-age is not used: the refresh interval is the edge's own promise.
+    fn lifetime(_: Option<u64>, config: &EdgeConfig) -> Lifetime {
+        Lifetime {
+            fresh_ms: config.revocation_refresh_secs * 1000,
+            usable_ms: config.revocation_max_stale_secs * 1000,
+        }
+    }
+
+    fn unavailable() -> AppError {
+        AppError::RevocationsUnavailable
+    }
 }
 
 thread_local! {
-    static HELD: RefCell<Option<Rc<Held>>> = const { RefCell::new(None) };
     /// Sessions this isolate saw end (from the origin's header), kept until their `until` even
     /// when a list fetched before the end replaces the held one.
     static LEARNT: RefCell<HashMap<Uuid, i64>> = RefCell::new(HashMap::new());
@@ -67,8 +88,10 @@ pub async fn check(
     if learnt.is_some_and(|until| until >= now) {
         return Err(AppError::SessionEnded);
     }
-    let held = current(config, request_id).await?;
-    if held.revoked.get(&sid).is_some_and(|until| *until >= now) {
+    let list = cache::current::<Revoked>(config, request_id)
+        .await?
+        .document;
+    if list.0.get(&sid).is_some_and(|until| *until >= now) {
         return Err(AppError::SessionEnded);
     }
     Ok(())
@@ -90,114 +113,4 @@ pub fn learn_from(response: &mut Response) -> Result<(), AppError> {
         }
     });
     Ok(())
-}
-
-/// A fresh list from memory, else from the Cache API, else from the origin; the held list while
-/// the origin is unreachable, up to `REVOCATION_MAX_STALE_SECS` old.
-async fn current(config: &EdgeConfig, request_id: &str) -> Result<Rc<Held>, AppError> {
-    let now = Date::now().as_millis();
-    let held = HELD.with_borrow(Clone::clone);
-    if let Some(held) = &held
-        && held.fresh_until > now
-    {
-        return Ok(Rc::clone(held));
-    }
-    if let Some(cached) = from_cache(config, now).await {
-        return Ok(remember(cached));
-    }
-    match fetch_from_origin(config, request_id).await {
-        Ok(fetched) => Ok(remember(fetched)),
-        Err(error) => {
-            let max_stale = config.revocation_max_stale_secs * 1000;
-            match held.filter(|held| now.saturating_sub(held.fetched_at) <= max_stale) {
-                Some(stale) => {
-                    worker::console_warn!(
-                        "request {request_id}: using a stale revocation list; the origin is unavailable"
-                    );
-                    Ok(remember(Held {
-                        revoked: stale.revoked.clone(),
-                        fetched_at: stale.fetched_at,
-                        fresh_until: now + RETRY_AFTER_FAILURE_MS,
-                    }))
-                }
-                None => {
-                    worker::console_error!(
-                        "request {request_id}: no usable revocation list; refusing to vouch for tokens"
-                    );
-                    Err(match error {
-                        AppError::OriginTimeout => AppError::OriginTimeout,
-                        _ => AppError::RevocationsUnavailable,
-                    })
-                }
-            }
-        }
-    }
-}
-
-fn remember(held: Held) -> Rc<Held> {
-    let held = Rc::new(held);
-    HELD.with_borrow_mut(|slot| *slot = Some(Rc::clone(&held)));
-    held
-}
-
-fn list_url(config: &EdgeConfig) -> String {
-    format!("{}/edge/revocations", config.origin_url)
-}
-
-fn parse(list: RevocationList, fetched_at: u64, config: &EdgeConfig) -> Held {
-    Held {
-        revoked: list
-            .revoked
-            .into_iter()
-            .map(|entry| (entry.sid, entry.until))
-            .collect(),
-        fetched_at,
-        fresh_until: fetched_at + config.revocation_refresh_secs * 1000,
-    }
-}
-
-/// The Cache API's copy, when it is younger than the refresh interval.
-async fn from_cache(config: &EdgeConfig, now: u64) -> Option<Held> {
-    let (mut response, fetched_at) = cache::get_copy(list_url(config)).await?;
-    if fetched_at + config.revocation_refresh_secs * 1000 <= now {
-        return None;
-    }
-    let list: RevocationList = response.json().await.ok()?;
-    Some(parse(list, fetched_at, config))
-}
-
-/// Asks the origin, with the edge secret, and stores the answer in the Cache API.
-async fn fetch_from_origin(config: &EdgeConfig, request_id: &str) -> Result<Held, AppError> {
-    // Freshness counts from the moment the request leaves: the list cannot be newer than that.
-    let fetched_at = Date::now().as_millis();
-    let headers = Headers::new();
-    headers.set(EDGE_SECRET_HEADER, &config.edge_secret)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Get).with_headers(headers);
-    let request = Request::new_with_init(&list_url(config), &init)?;
-    let mut response = proxy::send(request, config, request_id).await?;
-    if response.status_code() != 200 {
-        worker::console_error!(
-            "request {request_id}: origin answered {} for the revocation list",
-            response.status_code()
-        );
-        return Err(AppError::RevocationsUnavailable);
-    }
-    let body = proxy::within_deadline(response.text(), config)
-        .await
-        .ok_or(AppError::OriginTimeout)?
-        .map_err(|_| AppError::RevocationsUnavailable)?;
-    let list: RevocationList =
-        serde_json::from_str(&body).map_err(|_| AppError::RevocationsUnavailable)?;
-
-    if config.revocation_refresh_secs > 0 {
-        cache::put_copy(
-            list_url(config),
-            body,
-            config.revocation_refresh_secs,
-            fetched_at,
-        )
-        .await;
-    }
-    Ok(parse(list, fetched_at, config))
 }

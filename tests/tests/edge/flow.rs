@@ -272,7 +272,39 @@ async fn unknown_methods_are_refused_not_treated_as_get(pool: PgPool) {
         .unwrap();
 
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "GET, HEAD, OPTIONS");
     assert_eq!(problem(response).await.0, "method_not_allowed");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn paths_and_methods_the_api_does_not_serve_are_answered_at_the_edge(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let before = stack.relay.seen().len();
+
+    // Exact paths, not prefixes: nothing below a route is that route.
+    for path in [
+        "/auth/password/forgot",
+        "/auth/profile/",
+        "/",
+        "/auth/verify/x",
+    ] {
+        let response = stack.request(Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(problem(response).await.0, "not_found", "{path}");
+    }
+    let wrong_method = stack
+        .request(Method::GET, "/auth/login")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.headers()["allow"], "POST, OPTIONS");
+
+    assert_eq!(
+        stack.relay.seen().len(),
+        before,
+        "none of them reached the origin"
+    );
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]

@@ -60,3 +60,32 @@ async fn the_description_covers_every_route_and_its_errors(pool: PgPool) {
         assert!(problem.get(field).is_some(), "Problem.{field}");
     }
 }
+
+/// The edge gates and forwards by its own route table, and answers 404 for a path not in it: the
+/// table must list exactly the routes the origin serves to clients (all but its `/edge/*` ones),
+/// so a route added to the origin and not to the edge fails here, not in production.
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn the_edge_route_table_lists_every_route_of_the_origin(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let doc = app
+        .call(Method::GET, "/openapi.json", None, None)
+        .await
+        .body;
+
+    let mut served: Vec<(String, String)> = vec![("GET".into(), "/openapi.json".into())];
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if path.starts_with("/edge/") {
+            continue;
+        }
+        for method in item.as_object().unwrap().keys() {
+            served.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    let mut routed: Vec<(String, String)> = gatehouse_edge::routes::ROUTES
+        .iter()
+        .map(|route| (route.method.to_owned(), route.path.to_owned()))
+        .collect();
+    served.sort();
+    routed.sort();
+    assert_eq!(routed, served);
+}
