@@ -91,8 +91,10 @@ fn remember(fingerprint: [u8; 32], valid: bool, expires: u64) {
 }
 
 fn cache_url(fingerprint: &[u8; 32]) -> String {
-    let hex: String = fingerprint.iter().map(|b| format!("{b:02x}")).collect();
-    format!("https://gatehouse-edge.internal/api-key/{hex}")
+    format!(
+        "https://gatehouse-edge.internal/api-key/{}",
+        hex::encode(fingerprint)
+    )
 }
 
 /// A verdict from the Cache API: body `"<0|1> <expiry ms>"`.

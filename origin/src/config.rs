@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use gatehouse_shared::signing::{TokenSigner, public_key_from_pem};
 use gatehouse_shared::token::MAX_LEEWAY_SECS;
+use gatehouse_shared::{ExposeSecret, SecretString};
 
 use crate::db::PoolSettings;
 use crate::sessions::SessionPolicy;
@@ -43,6 +44,7 @@ impl ConfigError {
 }
 
 /// Where the signing key came from.
+#[derive(Debug)]
 pub enum SigningKeySource {
     /// Loaded from `JWT_SIGNING_KEY` or `JWT_SIGNING_KEY_FILE`.
     Configured(TokenSigner),
@@ -50,7 +52,9 @@ pub enum SigningKeySource {
     Ephemeral(TokenSigner),
 }
 
-/// Everything the origin reads from its environment.
+/// Everything the origin reads from its environment. The database URL (which may carry a
+/// password) and the edge secret are [`SecretString`]s, so `Debug` shows neither.
+#[derive(Debug)]
 pub struct Config {
     /// `GATEHOUSE_ENV`.
     pub environment: Environment,
@@ -59,7 +63,7 @@ pub struct Config {
     /// `METRICS_LISTEN_ADDR` (`off` disables): where `/metrics` is served, apart from the API.
     pub metrics_listen_addr: Option<SocketAddr>,
     /// `DATABASE_URL`.
-    pub database_url: String,
+    pub database_url: SecretString,
     /// `DATABASE_MAX_CONNECTIONS`, `DATABASE_ACQUIRE_TIMEOUT_SECS`, `DATABASE_TEST_BEFORE_ACQUIRE`.
     pub database: PoolSettings,
     /// `PASSWORD_HASH_ROUNDS`: the bcrypt cost.
@@ -91,21 +95,7 @@ pub struct Config {
     pub sessions: SessionPolicy,
     /// `EDGE_SECRET` or `EDGE_SECRET_FILE`: proves a request came through the edge, whose
     /// client-IP header is then believed.
-    pub edge_secret: Option<String>,
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("environment", &self.environment)
-            .field("listen_addr", &self.listen_addr)
-            .field("database_url", &"***")
-            .field("edge_secret", &self.edge_secret.as_ref().map(|_| "***"))
-            .field("password_hash_rounds", &self.password_hash_rounds)
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .finish_non_exhaustive()
-    }
+    pub edge_secret: Option<SecretString>,
 }
 
 /// Default bcrypt cost: OWASP's floor for bcrypt is 10; 12 costs about a quarter second here.
@@ -211,12 +201,15 @@ impl Config {
                     SocketAddr::from(([127, 0, 0, 1], 9007)),
                 )?),
             },
-            database_url: env.get("DATABASE_URL").ok_or_else(|| {
-                ConfigError::new(
-                    "DATABASE_URL",
-                    "required, e.g. postgres://user:pass@host/gatehouse",
-                )
-            })?,
+            database_url: env
+                .get("DATABASE_URL")
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "DATABASE_URL",
+                        "required, e.g. postgres://user:pass@host/gatehouse",
+                    )
+                })?
+                .into(),
             database: read_pool(&env)?,
             password_hash_rounds,
             hash_workers: env.positive("HASH_WORKERS", cores)?,
@@ -237,12 +230,12 @@ impl Config {
             sessions: read_sessions(&env)?,
             edge_secret: env
                 .secret("EDGE_SECRET", "EDGE_SECRET_FILE")?
-                .map(|(secret, _)| secret.trim().to_owned()),
+                .map(|(secret, _)| secret.trim().into()),
         };
         if config
             .edge_secret
             .as_ref()
-            .is_some_and(|secret| secret.len() < MIN_EDGE_SECRET_BYTES)
+            .is_some_and(|secret| secret.expose_secret().len() < MIN_EDGE_SECRET_BYTES)
         {
             return Err(ConfigError::new(
                 "EDGE_SECRET",
@@ -563,5 +556,25 @@ mod tests {
         .unwrap();
 
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn debug_output_hides_the_edge_secret_and_the_signing_key() {
+        let pem = key_pem();
+        let secret = "s".repeat(MIN_EDGE_SECRET_BYTES);
+        let config = config(&[
+            ("DATABASE_URL", "postgres://x/g"),
+            ("JWT_SIGNING_KEY", &pem),
+            ("EDGE_SECRET", &secret),
+        ])
+        .unwrap();
+        let pem_body = pem.lines().nth(1).unwrap();
+
+        let debug = format!("{config:?}");
+
+        assert!(debug.contains("kid"), "{debug}");
+        assert!(!debug.contains(&secret), "{debug}");
+        assert!(!debug.contains(pem_body), "{debug}");
+        assert!(!debug.contains("secret_key"), "{debug}");
     }
 }

@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 
+use gatehouse_shared::SecretString;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -44,7 +45,7 @@ impl Account<'_> {
 pub async fn check(
     state: &AppState,
     account: Account<'_>,
-    password: String,
+    password: SecretString,
     ip: Option<IpAddr>,
 ) -> Result<Option<User>> {
     let now = state.clock.now();
@@ -77,7 +78,7 @@ pub async fn check(
 /// replaces it with a hash of `password` at the configured cost (OWASP Password Storage Cheat
 /// Sheet, "Upgrading the work factor"). Best effort: the password is verified, so a busy hashing
 /// pool or database must not fail the request; the next sign-in tries again.
-pub async fn upgrade_hash(state: &AppState, user: &mut User, password: String) {
+pub async fn upgrade_hash(state: &AppState, user: &mut User, password: SecretString) {
     if !state.hasher.needs_rehash(&user.password_hash) {
         return;
     }

@@ -29,6 +29,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use axum::middleware;
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::token::Validation;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -127,7 +128,9 @@ impl AppState {
             body_limit_bytes: config.body_limit_bytes,
             sessions: config.sessions,
             login_limits: config.login_limits,
-            edge_secret: config.edge_secret.map(Arc::from),
+            edge_secret: config
+                .edge_secret
+                .map(|secret| Arc::from(secret.expose_secret())),
         }
     }
 }

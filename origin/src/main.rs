@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use gatehouse_origin::config::Config;
 use gatehouse_origin::db::{Database, MIGRATOR};
 use gatehouse_origin::{AppState, api_keys, app, janitor, serve, telemetry};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::signing::TokenSigner;
 
 const USAGE: &str = "\
@@ -59,7 +60,8 @@ async fn main() -> ExitCode {
 
 async fn run_server() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid configuration")?;
-    let db = Database::connect(&config.database_url, &config.database).context("DATABASE_URL")?;
+    let db = Database::connect(config.database_url.expose_secret(), &config.database)
+        .context("DATABASE_URL")?;
     MIGRATOR
         .run(db.pool())
         .await

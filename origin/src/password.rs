@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Instant;
 
+use gatehouse_shared::{ExposeSecret, SecretString};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::oneshot;
@@ -114,9 +115,9 @@ impl PasswordHasher {
     /// Hashes a new password. The caller has already refused passwords over 72 bytes, so
     /// bcrypt's silent truncation cannot apply (a 72-byte password uses every byte: bcrypt
     /// drops only the terminating NUL it appends).
-    pub async fn hash(&self, password: String) -> Result<String, HashError> {
+    pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
         let cost = self.inner.cost;
-        self.run(move || bcrypt::hash(password, cost).map_err(HashError::from))
+        self.run(move || bcrypt::hash(password.expose_secret(), cost).map_err(HashError::from))
             .await
     }
 
@@ -124,7 +125,7 @@ impl PasswordHasher {
     /// both cases cost one bcrypt verification. Only `Ok(true)` means the password is right.
     pub async fn verify(
         &self,
-        password: String,
+        password: SecretString,
         stored: Option<String>,
     ) -> Result<bool, HashError> {
         let exists = stored.is_some();
@@ -132,7 +133,7 @@ impl PasswordHasher {
         let counter = Arc::clone(&self.inner.verifications);
         let matches = self
             .run(move || {
-                let outcome = bcrypt::verify(password, &hash);
+                let outcome = bcrypt::verify(password.expose_secret(), &hash);
                 counter.fetch_add(1, Ordering::Relaxed);
                 outcome.map_err(HashError::from)
             })
@@ -245,11 +246,19 @@ mod tests {
         let hasher = PasswordHasher::new(1, 8, TEST_COST);
         let password = "a".repeat(71) + "b";
 
-        let hash = hasher.hash(password.clone()).await.unwrap();
+        let hash = hasher.hash(password.clone().into()).await.unwrap();
 
-        assert!(hasher.verify(password, Some(hash.clone())).await.unwrap());
         assert!(
-            !hasher.verify("a".repeat(72), Some(hash)).await.unwrap(),
+            hasher
+                .verify(password.into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify("a".repeat(72).into(), Some(hash))
+                .await
+                .unwrap(),
             "the 72nd byte counts"
         );
     }

@@ -51,11 +51,7 @@ impl ApiKey {
         rng.fill_bytes(&mut id);
         rng.fill_bytes(&mut secret);
         ApiKey {
-            text: format!(
-                "{PREFIX}{}_{}",
-                crate::hex::encode(&id),
-                crate::hex::encode(&secret)
-            ),
+            text: format!("{PREFIX}{}_{}", hex::encode(id), hex::encode(secret)),
         }
     }
 
@@ -63,10 +59,9 @@ impl ApiKey {
     pub fn parse(text: &str) -> Result<Self, ApiKeyError> {
         let body = text.strip_prefix(PREFIX).ok_or(ApiKeyError::Malformed)?;
         let (id, secret) = body.split_once('_').ok_or(ApiKeyError::Malformed)?;
-        let lower_hex = |s: &str, len: usize| {
-            s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        };
-        if !lower_hex(id, 2 * ID_BYTES) || !lower_hex(secret, 2 * SECRET_BYTES) {
+        let lower_hex =
+            |s: &str, len: usize| crate::decode_lower_hex(s).is_some_and(|b| b.len() == len);
+        if !lower_hex(id, ID_BYTES) || !lower_hex(secret, SECRET_BYTES) {
             return Err(ApiKeyError::Malformed);
         }
         Ok(ApiKey {

@@ -17,6 +17,11 @@ pub mod refresh;
 pub mod signing;
 pub mod token;
 
+/// Passwords, tokens and other secrets are [`SecretString`]s wherever they are held: `Debug`
+/// prints `[REDACTED]`, the memory is wiped on drop, and reading one takes an explicit
+/// [`ExposeSecret::expose_secret`] (OWASP Logging Cheat Sheet: never log secrets).
+pub use secrecy::{ExposeSecret, SecretString};
+
 pub(crate) mod b64 {
     //! Unpadded base64url (RFC 4648 section 5), the encoding JOSE uses everywhere (RFC 7515 section 2).
     use base64::Engine as _;
@@ -31,26 +36,9 @@ pub(crate) mod b64 {
     }
 }
 
-pub(crate) mod hex {
-    //! Lowercase hexadecimal, the text form of API keys and refresh tokens.
-
-    pub fn encode(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// Decodes lowercase hex only, so every secret has exactly one text form.
-    pub fn decode_lower(text: &str) -> Option<Vec<u8>> {
-        let digit = |b: u8| match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            _ => None,
-        };
-        if !text.len().is_multiple_of(2) {
-            return None;
-        }
-        text.as_bytes()
-            .chunks_exact(2)
-            .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-            .collect()
-    }
+/// Decodes lowercase hex only, so every secret has exactly one text form (`hex` alone would also
+/// take uppercase).
+pub(crate) fn decode_lower_hex(text: &str) -> Option<Vec<u8>> {
+    let lowercase = text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    lowercase.then(|| hex::decode(text).ok()).flatten()
 }

@@ -56,7 +56,7 @@ impl RefreshToken {
 
     fn from_bytes(bytes: [u8; TOKEN_BYTES]) -> Self {
         RefreshToken {
-            text: format!("{PREFIX}{}", crate::hex::encode(&bytes)),
+            text: format!("{PREFIX}{}", hex::encode(bytes)),
             bytes,
         }
     }
@@ -66,7 +66,7 @@ impl RefreshToken {
         let body = text
             .strip_prefix(PREFIX)
             .ok_or(RefreshTokenError::Malformed)?;
-        let bytes = crate::hex::decode_lower(body).ok_or(RefreshTokenError::Malformed)?;
+        let bytes = crate::decode_lower_hex(body).ok_or(RefreshTokenError::Malformed)?;
         let bytes: [u8; TOKEN_BYTES] =
             bytes.try_into().map_err(|_| RefreshTokenError::Malformed)?;
         Ok(RefreshToken::from_bytes(bytes))

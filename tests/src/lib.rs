@@ -14,6 +14,7 @@ use gatehouse_origin::db::Database;
 use gatehouse_origin::sessions::SessionPolicy;
 use gatehouse_origin::throttle::LoginLimits;
 use gatehouse_origin::{AppState, Clock, api_keys, app};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{API_KEY_HEADER, Problem, RegisterRequest, TokenResponse};
 use gatehouse_shared::signing::TokenSigner;
 use serde_json::Value;
@@ -358,11 +359,13 @@ impl TestApp {
     /// The session of `pair` has ended: its access token and its refresh token are both refused.
     pub async fn assert_ended(&self, pair: &TokenResponse) {
         assert_refused(
-            &self.get("/auth/verify", &pair.access_token).await,
+            &self
+                .get("/auth/verify", pair.access_token.expose_secret())
+                .await,
             "invalid_token",
         );
         assert_refused(
-            &self.refresh(&pair.refresh_token).await,
+            &self.refresh(pair.refresh_token.expose_secret()).await,
             "invalid_refresh_token",
         );
     }

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{LoginRequest, RefreshRequest, RegisterRequest, TokenResponse};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -674,7 +675,7 @@ impl Bench {
                 .client
                 .get(format!("{}{path}", self.url))
                 .header("x-api-key", &self.api_key)
-                .bearer_auth(&token)
+                .bearer_auth(token.expose_secret())
                 .send()
                 .await?;
             expect(response.status(), StatusCode::OK, path)?;
@@ -787,7 +788,12 @@ impl Bench {
     }
 
     pub(crate) async fn token(&self) -> anyhow::Result<String> {
-        Ok(self.session().await?.access_token)
+        Ok(self
+            .session()
+            .await?
+            .access_token
+            .expose_secret()
+            .to_owned())
     }
 
     /// A new account and its first session.

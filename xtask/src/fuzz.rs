@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{EDGE_SECRET_HEADER, RegisterRequest, TokenResponse};
 
 use crate::pg::Postgres;
@@ -122,7 +123,12 @@ async fn bearer_token(url: &str, api_key: &str, index: usize) -> anyhow::Result<
     if !response.status().is_success() {
         bail!("registering the fuzzing user: {}", response.status());
     }
-    Ok(response.json::<TokenResponse>().await?.access_token)
+    Ok(response
+        .json::<TokenResponse>()
+        .await?
+        .access_token
+        .expose_secret()
+        .to_owned())
 }
 
 /// The schemathesis executable, installed into `target/` when missing.

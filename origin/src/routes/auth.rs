@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{
     LoginRequest, Problem, RegisterRequest, TokenResponse, UpdateProfileRequest, UserProfile,
     VerifiedUser, VerifyResponse,
@@ -50,7 +51,11 @@ pub(crate) async fn register_user(
     let last_name = normalize_name(request.last_name);
     let mut errors = Vec::new();
     push_error(&mut errors, "email", check_email(&email));
-    push_error(&mut errors, "password", check_password(&request.password));
+    push_error(
+        &mut errors,
+        "password",
+        check_password(request.password.expose_secret()),
+    );
     for (field, value) in [("first_name", &first_name), ("last_name", &last_name)] {
         if let Some(name) = value {
             push_error(&mut errors, field, check_name(name));
@@ -127,7 +132,7 @@ async fn check_login(
     if let Err(message) = check_email(email) {
         return Err(invalid_field("email", message));
     }
-    if request.password.len() > gatehouse_shared::input::MAX_PASSWORD_BYTES {
+    if request.password.expose_secret().len() > gatehouse_shared::input::MAX_PASSWORD_BYTES {
         // No stored password can be this long, so refusing says nothing about the account.
         return Err(invalid_field("password", "must be at most 72 bytes"));
     }

@@ -32,10 +32,10 @@ pub(crate) fn token_response(
         grant.expires_at,
     );
     TokenResponse {
-        access_token: issued.token,
+        access_token: issued.token.into(),
         token_type: TOKEN_TYPE.into(),
         expires_in: issued.expires_in,
-        refresh_token: grant.refresh_token.expose().to_owned(),
+        refresh_token: grant.refresh_token.expose().into(),
         session_id: grant.session_id,
         user: user.into(),
     }

@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{
     ChangePasswordRequest, LogoutScope, Problem, RefreshRequest, SessionInfo, SessionList,
     TokenResponse,
@@ -46,8 +47,8 @@ pub(crate) async fn refresh_session(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Json<TokenResponse>> {
-    let presented =
-        RefreshToken::parse(&request.refresh_token).map_err(|_| ApiError::InvalidRefreshToken)?;
+    let presented = RefreshToken::parse(request.refresh_token.expose_secret())
+        .map_err(|_| ApiError::InvalidRefreshToken)?;
     let refreshed = sessions::refresh(
         &state.db,
         &state.sessions,
@@ -129,12 +130,13 @@ pub(crate) async fn change_password(
     push_error(
         &mut errors,
         "new_password",
-        check_password(&request.new_password),
+        check_password(request.new_password.expose_secret()),
     );
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    if request.current_password.len() > gatehouse_shared::input::MAX_PASSWORD_BYTES {
+    if request.current_password.expose_secret().len() > gatehouse_shared::input::MAX_PASSWORD_BYTES
+    {
         return Err(ApiError::WrongPassword);
     }
 

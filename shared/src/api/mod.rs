@@ -3,11 +3,18 @@
 
 mod problem;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::{ExposeSecret, SecretString};
 pub use problem::{Challenge, ChallengeSpec, ProblemKind, ProblemReply, REALM, Scheme};
+
+/// Writes a secret member as plain text. `secrecy` leaves `SecretString` unserializable on
+/// purpose; the API types that carry one over the wire opt in here, field by field.
+fn expose<S: Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose_secret())
+}
 
 /// The header that carries the API key on every `/auth/*` request.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -77,15 +84,16 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 pub const TOKEN_TYPE: &str = "Bearer";
 
 /// `POST /auth/register`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The address to sign in with; surrounding white space is ignored, case is not significant.
     #[cfg_attr(feature = "openapi", schema(format = "email"))]
     pub email: String,
     /// 8 characters to 72 bytes.
-    #[cfg_attr(feature = "openapi", schema(min_length = 8))]
-    pub password: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, min_length = 8))]
+    #[serde(serialize_with = "expose")]
+    pub password: SecretString,
     /// Optional first name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_name: Option<String>,
@@ -94,67 +102,40 @@ pub struct RegisterRequest {
     pub last_name: Option<String>,
 }
 
-impl std::fmt::Debug for RegisterRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegisterRequest")
-            .field("email", &self.email)
-            .field("password", &"***")
-            .field("first_name", &self.first_name)
-            .field("last_name", &self.last_name)
-            .finish()
-    }
-}
-
 /// `POST /auth/login`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     /// The address the account was registered with.
     #[cfg_attr(feature = "openapi", schema(format = "email"))]
     pub email: String,
     /// The account's password.
-    pub password: String,
-}
-
-impl std::fmt::Debug for LoginRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginRequest")
-            .field("email", &self.email)
-            .field("password", &"***")
-            .finish()
-    }
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub password: SecretString,
 }
 
 /// The answer to a successful register or login (RFC 6749 section 5.1 field names).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// The signed access token.
-    pub access_token: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub access_token: SecretString,
     /// Always `Bearer`.
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
     /// The session's refresh token (`gtr_...`): exchange it at `POST /auth/refresh` for a new
     /// pair. Each one works once; see the README for the rule on concurrent refreshes.
-    pub refresh_token: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub refresh_token: SecretString,
     /// The session the tokens belong to (the access token's `sid`).
     pub session_id: Uuid,
     /// The signed-in user.
     pub user: UserProfile,
-}
-
-impl std::fmt::Debug for TokenResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenResponse")
-            .field("access_token", &"***")
-            .field("token_type", &self.token_type)
-            .field("expires_in", &self.expires_in)
-            .field("refresh_token", &"***")
-            .field("session_id", &self.session_id)
-            .field("user", &self.user)
-            .finish()
-    }
 }
 
 /// `GET /auth/profile`, and the `user` of a token response.
@@ -203,35 +184,29 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<S
 }
 
 /// `POST /auth/refresh`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The refresh token of the last token response.
-    pub refresh_token: String,
-}
-
-impl std::fmt::Debug for RefreshRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RefreshRequest { refresh_token: *** }")
-    }
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub refresh_token: SecretString,
 }
 
 /// `PUT /auth/password`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     /// The password in use now (OWASP ASVS 5.0 6.2.3: changing it requires it).
-    pub current_password: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub current_password: SecretString,
     /// The new password, under the same rules as at registration.
-    pub new_password: String,
-}
-
-impl std::fmt::Debug for ChangePasswordRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChangePasswordRequest { current_password: ***, new_password: *** }")
-    }
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub new_password: SecretString,
 }
 
 /// Which sessions `POST /auth/logout` ends (`?scope=`).
@@ -461,8 +436,37 @@ mod tests {
             password: "hunter2hunter2".into(),
         };
 
-        assert!(!format!("{register:?}").contains("hunter2"));
-        assert!(!format!("{login:?}").contains("hunter2"));
+        let change = ChangePasswordRequest {
+            current_password: "hunter2hunter2".into(),
+            new_password: "hunter3hunter3".into(),
+        };
+        let refresh = RefreshRequest {
+            refresh_token: "gtr_hunter2".into(),
+        };
+
+        for debug in [
+            format!("{register:?}"),
+            format!("{login:?}"),
+            format!("{change:?}"),
+            format!("{refresh:?}"),
+        ] {
+            assert!(!debug.contains("hunter"), "{debug}");
+            assert!(debug.contains("REDACTED"), "{debug}");
+        }
+    }
+
+    #[test]
+    fn secrets_still_cross_the_wire_as_plain_strings() {
+        let login = LoginRequest {
+            email: "a@b.c".into(),
+            password: "hunter2hunter2".into(),
+        };
+
+        let json = serde_json::to_value(&login).unwrap();
+        let back: LoginRequest = serde_json::from_value(json.clone()).unwrap();
+
+        assert_eq!(json["password"], "hunter2hunter2");
+        assert_eq!(back.password.expose_secret(), "hunter2hunter2");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! CORS at the edge: preflights answered there for listed origins only, and responses that name
 //! a listed origin and never reflect another.
 
+use gatehouse_shared::ExposeSecret;
 use reqwest::{Method, StatusCode};
 use sqlx::PgPool;
 
@@ -52,21 +53,21 @@ async fn responses_name_listed_origins_and_never_reflect_others(pool: PgPool) {
 
     let listed = stack
         .request(Method::GET, "/auth/verify")
-        .bearer_auth(&token)
+        .bearer_auth(token.expose_secret())
         .header("origin", ALLOWED)
         .send()
         .await
         .unwrap();
     let forwarded = stack
         .request(Method::GET, "/auth/profile")
-        .bearer_auth(&token)
+        .bearer_auth(token.expose_secret())
         .header("origin", ALLOWED)
         .send()
         .await
         .unwrap();
     let unlisted = stack
         .request(Method::GET, "/auth/verify")
-        .bearer_auth(&token)
+        .bearer_auth(token.expose_secret())
         .header("origin", "https://evil.example.net")
         .send()
         .await

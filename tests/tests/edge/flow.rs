@@ -1,6 +1,7 @@
 //! What the edge answers itself and what it forwards: verification without a round trip, requests
 //! forwarded intact, the client IP, origin failures as 502/504 problems, and size limits.
 
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{EDGE_SECRET_HEADER, TokenResponse, UserProfile, VerifyResponse};
 use gatehouse_tests::edge::{Edge, bindings};
 use gatehouse_tests::{EDGE_SECRET, PASSWORD};
@@ -23,12 +24,12 @@ async fn verify_is_answered_at_the_edge_and_the_rest_is_forwarded(pool: PgPool) 
         .unwrap();
     assert_eq!(login.status(), StatusCode::OK);
     let token = login.json::<TokenResponse>().await.unwrap().access_token;
-    let verify = stack.verify(&token).await;
+    let verify = stack.verify(token.expose_secret()).await;
     let verify_status = verify.status();
     let verified: VerifyResponse = verify.json().await.unwrap();
     let profile = stack
         .request(Method::GET, "/auth/profile")
-        .bearer_auth(&token)
+        .bearer_auth(token.expose_secret())
         .send()
         .await
         .unwrap();
@@ -76,11 +77,17 @@ async fn repeated_verifies_cost_the_origin_nothing(pool: PgPool) {
     let token = stack.register("ada@example.com").await.access_token;
     // The first verify learns the keys and the revocation list; the API key is known from
     // registering.
-    assert_eq!(stack.verify(&token).await.status(), StatusCode::OK);
+    assert_eq!(
+        stack.verify(token.expose_secret()).await.status(),
+        StatusCode::OK
+    );
     let before = stack.relay.seen().len();
 
     for _ in 0..20 {
-        assert_eq!(stack.verify(&token).await.status(), StatusCode::OK);
+        assert_eq!(
+            stack.verify(token.expose_secret()).await.status(),
+            StatusCode::OK
+        );
     }
 
     assert_eq!(
@@ -97,7 +104,7 @@ async fn forwarded_requests_keep_method_path_query_and_body(pool: PgPool) {
 
     let patched = stack
         .request(Method::PATCH, "/auth/profile?source=edge-test")
-        .bearer_auth(&token)
+        .bearer_auth(token.expose_secret())
         .json(&json!({ "first_name": "Augusta" }))
         .send()
         .await
@@ -266,7 +273,7 @@ async fn unknown_methods_are_refused_not_treated_as_get(pool: PgPool) {
 
     let response = stack
         .request(Method::from_bytes(b"PROPFIND").unwrap(), "/auth/verify")
-        .bearer_auth(&token)
+        .bearer_auth(token.expose_secret())
         .send()
         .await
         .unwrap();

@@ -2,6 +2,7 @@
 //! bounded time, revocation reaching the edge, and login floods stopped there.
 
 use gatehouse_origin::api_keys;
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api_key::ApiKey;
 use reqwest::{Method, StatusCode};
 use sqlx::PgPool;
@@ -75,7 +76,10 @@ async fn valid_key_is_looked_up_once_then_cached(pool: PgPool) {
     let token = stack.register("ada@example.com").await.access_token;
 
     for _ in 0..5 {
-        assert_eq!(stack.verify(&token).await.status(), StatusCode::OK);
+        assert_eq!(
+            stack.verify(token.expose_secret()).await.status(),
+            StatusCode::OK
+        );
     }
 
     assert_eq!(
@@ -89,14 +93,17 @@ async fn valid_key_is_looked_up_once_then_cached(pool: PgPool) {
 async fn revoked_key_stops_working_within_the_cache_ttl(pool: PgPool) {
     let stack = Stack::start(pool).await;
     let token = stack.register("ada@example.com").await.access_token;
-    assert_eq!(stack.verify(&token).await.status(), StatusCode::OK);
+    assert_eq!(
+        stack.verify(token.expose_secret()).await.status(),
+        StatusCode::OK
+    );
     let id = ApiKey::parse(&stack.app.api_key).unwrap().id().to_owned();
 
     assert!(api_keys::revoke(&stack.app.pool, &id).await.unwrap());
     let revoked_at = std::time::Instant::now();
     let mut refused = None;
     for _ in 0..REVOCATION_POLLS {
-        let response = stack.verify(&token).await;
+        let response = stack.verify(token.expose_secret()).await;
         if response.status() == StatusCode::UNAUTHORIZED {
             refused = Some((revoked_at.elapsed(), problem(response).await.0));
             break;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{SessionList, TokenResponse};
 use gatehouse_tests::{Options, PASSWORD};
 use reqwest::{Method, StatusCode};
@@ -49,13 +50,16 @@ async fn logout_through_the_edge_is_refused_there_at_once(pool: PgPool) {
     let stack = stack_refreshing_every(pool, 60).await;
     let registered = stack.register("ada@example.com").await;
     assert_eq!(
-        stack.verify(&registered.access_token).await.status(),
+        stack
+            .verify(registered.access_token.expose_secret())
+            .await
+            .status(),
         StatusCode::OK
     );
 
     let logout = stack
         .request(Method::POST, "/auth/logout")
-        .bearer_auth(&registered.access_token)
+        .bearer_auth(registered.access_token.expose_secret())
         .send()
         .await
         .unwrap();
@@ -65,7 +69,7 @@ async fn logout_through_the_edge_is_refused_there_at_once(pool: PgPool) {
         logout.headers().get("x-gatehouse-ended-sessions").is_none(),
         "the origin's note to the edge does not reach the client"
     );
-    assert_session_ended_at_edge(&stack, &registered.access_token).await;
+    assert_session_ended_at_edge(&stack, registered.access_token.expose_secret()).await;
     assert_eq!(
         stack.relay.count("GET /edge/revocations"),
         1,
@@ -73,7 +77,7 @@ async fn logout_through_the_edge_is_refused_there_at_once(pool: PgPool) {
     );
     let profile = stack
         .request(Method::GET, "/auth/profile")
-        .bearer_auth(&registered.access_token)
+        .bearer_auth(registered.access_token.expose_secret())
         .send()
         .await
         .unwrap();
@@ -92,20 +96,26 @@ async fn a_session_ended_directly_at_the_origin_is_refused_by_the_edge(pool: PgP
     let registered = stack.register("ada@example.com").await;
     let other = login(&stack, "ada@example.com").await;
     assert_eq!(
-        stack.verify(&registered.access_token).await.status(),
+        stack
+            .verify(registered.access_token.expose_secret())
+            .await
+            .status(),
         StatusCode::OK
     );
 
     // The origin ends the session with no request through the edge.
     let logout = stack
         .app
-        .post_empty("/auth/logout", &registered.access_token)
+        .post_empty("/auth/logout", registered.access_token.expose_secret())
         .await;
 
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
-    assert_session_ended_at_edge(&stack, &registered.access_token).await;
+    assert_session_ended_at_edge(&stack, registered.access_token.expose_secret()).await;
     assert_eq!(
-        stack.verify(&other.access_token).await.status(),
+        stack
+            .verify(other.access_token.expose_secret())
+            .await
+            .status(),
         StatusCode::OK,
         "other sessions are unaffected"
     );
@@ -118,7 +128,10 @@ async fn the_revocation_list_is_fetched_once_per_interval(pool: PgPool) {
 
     for _ in 0..10 {
         assert_eq!(
-            stack.verify(&registered.access_token).await.status(),
+            stack
+                .verify(registered.access_token.expose_secret())
+                .await
+                .status(),
             StatusCode::OK
         );
     }
@@ -140,26 +153,33 @@ async fn the_revocation_list_is_fetched_once_per_interval(pool: PgPool) {
 async fn refresh_reuse_through_the_edge_ends_the_session_there(pool: PgPool) {
     let stack = stack_refreshing_every(pool, 60).await;
     let registered = stack.register("ada@example.com").await;
-    let refresh = |token: String| {
+    let refresh = |token: &str| {
         stack
             .request(Method::POST, "/auth/refresh")
             .json(&json!({ "refresh_token": token }))
             .send()
     };
 
-    let rotated = refresh(registered.refresh_token.clone()).await.unwrap();
+    let rotated = refresh(registered.refresh_token.expose_secret())
+        .await
+        .unwrap();
     assert_eq!(rotated.status(), StatusCode::OK);
     let rotated: TokenResponse = rotated.json().await.unwrap();
     assert_eq!(
-        stack.verify(&rotated.access_token).await.status(),
+        stack
+            .verify(rotated.access_token.expose_secret())
+            .await
+            .status(),
         StatusCode::OK
     );
     stack.app.clock.advance(Duration::from_secs(11));
-    let reuse = refresh(registered.refresh_token.clone()).await.unwrap();
+    let reuse = refresh(registered.refresh_token.expose_secret())
+        .await
+        .unwrap();
 
     assert_eq!(reuse.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(problem(reuse).await.0, "refresh_token_reused");
-    assert_session_ended_at_edge(&stack, &rotated.access_token).await;
+    assert_session_ended_at_edge(&stack, rotated.access_token.expose_secret()).await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -170,14 +190,17 @@ async fn password_change_and_session_routes_work_through_the_edge(pool: PgPool) 
     let third = login(&stack, "ada@example.com").await;
     for session in [&first, &second, &third] {
         assert_eq!(
-            stack.verify(&session.access_token).await.status(),
+            stack
+                .verify(session.access_token.expose_secret())
+                .await
+                .status(),
             StatusCode::OK
         );
     }
 
     let listed = stack
         .request(Method::GET, "/auth/sessions")
-        .bearer_auth(&first.access_token)
+        .bearer_auth(first.access_token.expose_secret())
         .send()
         .await
         .unwrap();
@@ -192,16 +215,16 @@ async fn password_change_and_session_routes_work_through_the_edge(pool: PgPool) 
             Method::DELETE,
             &format!("/auth/sessions/{}", third.session_id),
         )
-        .bearer_auth(&first.access_token)
+        .bearer_auth(first.access_token.expose_secret())
         .send()
         .await
         .unwrap();
     assert_eq!(ended.status(), StatusCode::NO_CONTENT);
-    assert_session_ended_at_edge(&stack, &third.access_token).await;
+    assert_session_ended_at_edge(&stack, third.access_token.expose_secret()).await;
 
     let wrong = stack
         .request(Method::PUT, "/auth/password")
-        .bearer_auth(&first.access_token)
+        .bearer_auth(first.access_token.expose_secret())
         .json(&json!({ "current_password": "not it at all", "new_password": "a new passphrase" }))
         .send()
         .await
@@ -211,15 +234,18 @@ async fn password_change_and_session_routes_work_through_the_edge(pool: PgPool) 
 
     let changed = stack
         .request(Method::PUT, "/auth/password")
-        .bearer_auth(&first.access_token)
+        .bearer_auth(first.access_token.expose_secret())
         .json(&json!({ "current_password": PASSWORD, "new_password": "a new passphrase" }))
         .send()
         .await
         .unwrap();
     assert_eq!(changed.status(), StatusCode::NO_CONTENT);
-    assert_session_ended_at_edge(&stack, &second.access_token).await;
+    assert_session_ended_at_edge(&stack, second.access_token.expose_secret()).await;
     assert_eq!(
-        stack.verify(&first.access_token).await.status(),
+        stack
+            .verify(first.access_token.expose_secret())
+            .await
+            .status(),
         StatusCode::OK
     );
 }
@@ -236,7 +262,7 @@ async fn an_edge_that_cannot_read_revocations_refuses_to_vouch(pool: PgPool) {
     .await;
     let registered = stack.register("ada@example.com").await;
 
-    let verify = stack.verify(&registered.access_token).await;
+    let verify = stack.verify(registered.access_token.expose_secret()).await;
 
     assert_eq!(verify.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(verify.headers()["retry-after"], "1");
@@ -307,21 +333,27 @@ async fn an_origin_outage_is_bridged_with_the_last_list(pool: PgPool) {
     // Ended at the origin directly, so only the list tells the edge.
     stack
         .app
-        .post_empty("/auth/logout", &ended.access_token)
+        .post_empty("/auth/logout", ended.access_token.expose_secret())
         .await;
     assert_eq!(
-        stack.verify(&live.access_token).await.status(),
+        stack
+            .verify(live.access_token.expose_secret())
+            .await
+            .status(),
         StatusCode::OK
     );
 
     stack.relay.retarget(&unreachable_origin());
 
     assert_eq!(
-        stack.verify(&live.access_token).await.status(),
+        stack
+            .verify(live.access_token.expose_secret())
+            .await
+            .status(),
         StatusCode::OK,
         "the last list still vouches"
     );
-    assert_session_ended_at_edge(&stack, &ended.access_token).await;
+    assert_session_ended_at_edge(&stack, ended.access_token.expose_secret()).await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -329,12 +361,15 @@ async fn a_list_too_stale_to_trust_makes_verification_unavailable(pool: PgPool) 
     let stack = stack_with_max_stale(pool, 0).await;
     let live = stack.register("ada@example.com").await;
     assert_eq!(
-        stack.verify(&live.access_token).await.status(),
+        stack
+            .verify(live.access_token.expose_secret())
+            .await
+            .status(),
         StatusCode::OK
     );
 
     stack.relay.retarget(&unreachable_origin());
-    let verify = stack.verify(&live.access_token).await;
+    let verify = stack.verify(live.access_token.expose_secret()).await;
 
     assert_eq!(verify.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(problem(verify).await.0, "revocations_unavailable");

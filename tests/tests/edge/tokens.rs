@@ -1,6 +1,7 @@
 //! Access tokens at the edge: bad tokens refused there, the key set fetched at most once per
 //! cooldown, and key rotation at the origin picked up without a restart.
 
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::signing::TokenSigner;
 use gatehouse_shared::token::AccessClaims;
 use gatehouse_tests::{Options, PASSWORD, TestApp, spawn_server};
@@ -24,7 +25,7 @@ async fn claims_of(stack: &Stack, token: &str) -> AccessClaims {
 async fn bad_tokens_are_refused_at_the_edge(pool: PgPool) {
     let stack = Stack::start(pool).await;
     let token = stack.register("ada@example.com").await.access_token;
-    let claims = claims_of(&stack, &token).await;
+    let claims = claims_of(&stack, token.expose_secret()).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
 
     let expired = stack.app.signer.sign(&AccessClaims {
@@ -38,7 +39,7 @@ async fn bad_tokens_are_refused_at_the_edge(pool: PgPool) {
         ..claims.clone()
     });
     let unknown_kid = TokenSigner::generate(&mut rand_core::OsRng).sign(&claims);
-    let (header, rest) = token.split_once('.').unwrap();
+    let (header, rest) = token.expose_secret().split_once('.').unwrap();
     let (payload, _) = rest.split_once('.').unwrap();
     let forged_signature = format!("{header}.{payload}.{}", "A".repeat(86));
     // {"alg":"none","typ":"at+jwt"}
@@ -96,7 +97,7 @@ async fn a_flood_of_unknown_kids_fetches_the_keys_at_most_once_per_cooldown(pool
     })
     .await;
     let token = stack.register("ada@example.com").await.access_token;
-    let claims = claims_of(&stack, &token).await;
+    let claims = claims_of(&stack, token.expose_secret()).await;
 
     for _ in 0..20 {
         let stranger = TokenSigner::generate(&mut rand_core::OsRng).sign(&claims);
@@ -128,7 +129,10 @@ async fn a_key_rotation_at_the_origin_is_picked_up_without_a_restart(pool: PgPoo
     )
     .await;
     let old_token = stack.register("ada@example.com").await.access_token;
-    assert_eq!(stack.verify(&old_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        stack.verify(old_token.expose_secret()).await.status(),
+        StatusCode::OK
+    );
 
     // The origin is redeployed with a new signing key, keeping the old one verifiable.
     let rotated = TestApp::with(
@@ -154,16 +158,16 @@ async fn a_key_rotation_at_the_origin_is_picked_up_without_a_restart(pool: PgPoo
         .access_token;
 
     assert_ne!(
-        gatehouse_shared::token::key_id(&new_token),
-        gatehouse_shared::token::key_id(&old_token)
+        gatehouse_shared::token::key_id(new_token.expose_secret()),
+        gatehouse_shared::token::key_id(old_token.expose_secret())
     );
     assert_eq!(
-        stack.verify(&new_token).await.status(),
+        stack.verify(new_token.expose_secret()).await.status(),
         StatusCode::OK,
         "new key learnt"
     );
     assert_eq!(
-        stack.verify(&old_token).await.status(),
+        stack.verify(old_token.expose_secret()).await.status(),
         StatusCode::OK,
         "previous key still accepted"
     );

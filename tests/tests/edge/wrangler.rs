@@ -1,6 +1,7 @@
 //! One run through `wrangler dev`, so that `wrangler.toml` itself (entry point, build command,
 //! the `local` environment) is exercised, not only the built worker.
 
+use gatehouse_shared::ExposeSecret;
 use std::process::Stdio;
 
 use gatehouse_tests::edge::{CountingRelay, edge_dir};
@@ -89,7 +90,7 @@ async fn wrangler_dev_serves_the_worker_described_by_wrangler_toml(pool: PgPool)
     let verified = client
         .get(format!("{edge}/auth/verify"))
         .header("x-api-key", &app.api_key)
-        .bearer_auth(&token)
+        .bearer_auth(token.expose_secret())
         .send()
         .await
         .unwrap();

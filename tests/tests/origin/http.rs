@@ -1,5 +1,6 @@
 //! Over a real socket: the way clients and the edge reach the origin.
 
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{
     LoginRequest, Problem, RegisterRequest, TokenResponse, UserProfile, VerifyResponse,
 };
@@ -48,7 +49,7 @@ async fn full_flow_over_http_with_the_shared_types(pool: PgPool) {
         client
             .get(format!("{base}{path}"))
             .header("x-api-key", key)
-            .bearer_auth(&token)
+            .bearer_auth(token.expose_secret())
             .send()
     };
     let verified: VerifyResponse = get("/auth/verify").await.unwrap().json().await.unwrap();
@@ -78,7 +79,15 @@ async fn published_jwks_verifies_issued_tokens(pool: PgPool) {
     assert_eq!(jwks.keys.len(), 1);
     let keys = KeySet::from_jwks(&jwks);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    assert!(validate(&token, &keys, &Validation::new(ISSUER, AUDIENCE), now).is_ok());
+    assert!(
+        validate(
+            token.expose_secret(),
+            &keys,
+            &Validation::new(ISSUER, AUDIENCE),
+            now
+        )
+        .is_ok()
+    );
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]

@@ -2,6 +2,7 @@
 //! same bcrypt cost, rehashing at a new cost, and invalid fields.
 
 use axum::http::{Method, StatusCode};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::TokenResponse;
 use gatehouse_tests::{Options, PASSWORD, TEST_HASH_COST, TestApp};
 use serde_json::json;
@@ -20,7 +21,7 @@ async fn login_with_the_right_password_returns_a_token(pool: PgPool) {
     let claims = app
         .state
         .tokens
-        .verify(&body.access_token, app.state.clock.now())
+        .verify(body.access_token.expose_secret(), app.state.clock.now())
         .unwrap();
     assert_eq!(claims.sub, registered.user.id);
 }
@@ -36,9 +37,13 @@ async fn each_login_starts_its_own_session(pool: PgPool) {
     let first = app
         .state
         .tokens
-        .verify(&registered.access_token, now)
+        .verify(registered.access_token.expose_secret(), now)
         .unwrap();
-    let second = app.state.tokens.verify(&login.access_token, now).unwrap();
+    let second = app
+        .state
+        .tokens
+        .verify(login.access_token.expose_secret(), now)
+        .unwrap();
     assert_ne!(first.sid, second.sid);
     let sessions: i64 = sqlx::query_scalar("select count(*) from sessions")
         .fetch_one(&app.pool)
@@ -52,7 +57,9 @@ async fn wrong_password_unknown_email_and_deactivated_account_look_the_same(pool
     let app = TestApp::new(pool).await;
     app.register("ada@example.com").await;
     let gone = app.register("gone@example.com").await;
-    let deleted = app.delete("/auth/profile", &gone.access_token).await;
+    let deleted = app
+        .delete("/auth/profile", gone.access_token.expose_secret())
+        .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
 
     let wrong_password = app.login("ada@example.com", "not the password").await;

@@ -3,6 +3,7 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_tests::{PASSWORD, TestApp};
 use sqlx::PgPool;
 use tower::ServiceExt as _;
@@ -41,16 +42,21 @@ async fn metrics_count_requests_logins_and_token_checks(pool: PgPool) {
     app.login("ada@example.com", PASSWORD).await;
     app.login("ada@example.com", "wrong guess").await;
     app.login("ghost@example.com", "wrong guess").await;
-    app.get("/auth/verify", &token).await;
+    app.get("/auth/verify", token.expose_secret()).await;
     app.get("/auth/verify", "not.a.token").await;
     app.delete(
         "/auth/sessions/0190a0b0-0000-7000-8000-000000000000",
-        &token,
+        token.expose_secret(),
     )
     .await;
-    app.get("/no/such/route", &token).await;
-    app.call(Method::PUT, "/auth/verify", Some(&token), None)
-        .await;
+    app.get("/no/such/route", token.expose_secret()).await;
+    app.call(
+        Method::PUT,
+        "/auth/verify",
+        Some(token.expose_secret()),
+        None,
+    )
+    .await;
 
     let text = scrape(&app).await;
 

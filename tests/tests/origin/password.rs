@@ -2,6 +2,7 @@
 //! change cannot outlive it.
 
 use axum::http::StatusCode;
+use gatehouse_shared::ExposeSecret;
 use gatehouse_tests::{PASSWORD, RowLock, TestApp, assert_refused};
 use serde_json::json;
 use sqlx::PgPool;
@@ -16,14 +17,14 @@ async fn password_change_needs_the_current_password_and_ends_other_sessions(pool
     let wrong = app
         .put(
             "/auth/password",
-            &first.access_token,
+            first.access_token.expose_secret(),
             json!({"current_password": "not my password", "new_password": new_password}),
         )
         .await;
     let weak = app
         .put(
             "/auth/password",
-            &first.access_token,
+            first.access_token.expose_secret(),
             json!({"current_password": PASSWORD, "new_password": "short"}),
         )
         .await;
@@ -31,7 +32,9 @@ async fn password_change_needs_the_current_password_and_ends_other_sessions(pool
     assert_eq!(wrong.problem().code, "wrong_password");
     assert_eq!(weak.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        app.get("/auth/verify", &second.access_token).await.status,
+        app.get("/auth/verify", second.access_token.expose_secret())
+            .await
+            .status,
         StatusCode::OK,
         "refused changes end nothing"
     );
@@ -39,13 +42,14 @@ async fn password_change_needs_the_current_password_and_ends_other_sessions(pool
     let changed = app
         .put(
             "/auth/password",
-            &first.access_token,
+            first.access_token.expose_secret(),
             json!({"current_password": PASSWORD, "new_password": new_password}),
         )
         .await;
 
     assert_eq!(changed.status, StatusCode::NO_CONTENT);
-    app.assert_verifies(&first.access_token).await;
+    app.assert_verifies(first.access_token.expose_secret())
+        .await;
     app.assert_ended(&second).await;
     assert_eq!(
         app.login("ada@example.com", PASSWORD).await.status,

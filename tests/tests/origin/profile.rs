@@ -1,6 +1,7 @@
 //! `/auth/profile`: reading it, changing names, and deactivating the account.
 
 use axum::http::{Method, StatusCode};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::UserProfile;
 use gatehouse_tests::TestApp;
 use serde_json::json;
@@ -11,7 +12,9 @@ async fn profile_shows_the_account(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
 
-    let response = app.get("/auth/profile", &registered.access_token).await;
+    let response = app
+        .get("/auth/profile", registered.access_token.expose_secret())
+        .await;
 
     assert_eq!(response.status, StatusCode::OK);
     let profile: UserProfile = response.json();
@@ -27,10 +30,18 @@ async fn patch_sets_clears_and_keeps_names(pool: PgPool) {
     let token = app.register("ada@example.com").await.access_token;
 
     let renamed = app
-        .patch("/auth/profile", &token, json!({"first_name": "  Augusta "}))
+        .patch(
+            "/auth/profile",
+            token.expose_secret(),
+            json!({"first_name": "  Augusta "}),
+        )
         .await;
     let cleared = app
-        .patch("/auth/profile", &token, json!({"last_name": null}))
+        .patch(
+            "/auth/profile",
+            token.expose_secret(),
+            json!({"last_name": null}),
+        )
         .await;
 
     assert_eq!(renamed.status, StatusCode::OK);
@@ -44,7 +55,7 @@ async fn patch_sets_clears_and_keeps_names(pool: PgPool) {
     let cleared: UserProfile = cleared.json();
     assert_eq!(cleared.first_name.as_deref(), Some("Augusta"));
     assert_eq!(cleared.last_name, None);
-    let stored: UserProfile = app.get("/auth/profile", &token).await.json();
+    let stored: UserProfile = app.get("/auth/profile", token.expose_secret()).await.json();
     assert_eq!(stored, cleared);
 }
 
@@ -56,14 +67,14 @@ async fn patch_refuses_bad_names_and_unknown_members(pool: PgPool) {
     let too_long = app
         .patch(
             "/auth/profile",
-            &token,
+            token.expose_secret(),
             json!({"first_name": "x".repeat(101)}),
         )
         .await;
     let unknown = app
         .patch(
             "/auth/profile",
-            &token,
+            token.expose_secret(),
             json!({"email": "evil@example.com"}),
         )
         .await;
@@ -71,7 +82,7 @@ async fn patch_refuses_bad_names_and_unknown_members(pool: PgPool) {
     assert_eq!(too_long.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(too_long.problem().errors[0].field, "first_name");
     assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let profile: UserProfile = app.get("/auth/profile", &token).await.json();
+    let profile: UserProfile = app.get("/auth/profile", token.expose_secret()).await.json();
     assert_eq!(profile.email, "ada@example.com");
     assert_eq!(profile.first_name.as_deref(), Some("Ada"));
 }
@@ -83,7 +94,7 @@ async fn delete_deactivates_and_ends_every_session(pool: PgPool) {
     app.login("ada@example.com", gatehouse_tests::PASSWORD)
         .await;
 
-    let response = app.delete("/auth/profile", &token).await;
+    let response = app.delete("/auth/profile", token.expose_secret()).await;
 
     assert_eq!(response.status, StatusCode::NO_CONTENT);
     let active: bool = sqlx::query_scalar("select is_active from users")

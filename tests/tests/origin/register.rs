@@ -4,6 +4,7 @@
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use futures_util::future::join_all;
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{API_KEY_HEADER, TokenResponse};
 use gatehouse_tests::{PASSWORD, TestApp, register_body};
 use serde_json::json;
@@ -27,7 +28,7 @@ async fn registration_returns_a_token_and_the_new_user(pool: PgPool) {
     let claims = app
         .state
         .tokens
-        .verify(&body.access_token, app.state.clock.now())
+        .verify(body.access_token.expose_secret(), app.state.clock.now())
         .unwrap();
     assert_eq!(claims.sub, body.user.id);
     assert_eq!(claims.email, "ada@example.com");

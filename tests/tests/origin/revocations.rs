@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{EDGE_SECRET_HEADER, RevocationList};
 use gatehouse_tests::{EDGE_SECRET, PASSWORD, TestApp, TestResponse, assert_refused};
 use serde_json::json;
@@ -24,7 +25,8 @@ async fn revocation_list_names_ended_sessions_until_their_tokens_expire(pool: Pg
     let app = TestApp::new(pool).await;
     let ended = app.register("ada@example.com").await;
     let live = app.sign_in("ada@example.com").await;
-    app.post_empty("/auth/logout", &ended.access_token).await;
+    app.post_empty("/auth/logout", ended.access_token.expose_secret())
+        .await;
     let logged_out_at = app.clock.clock().now().unix_timestamp();
 
     let response = revocations(&app, Some(EDGE_SECRET)).await;
@@ -56,21 +58,24 @@ async fn responses_that_end_sessions_name_them_for_the_edge(pool: PgPool) {
     let now = app.clock.clock().now().unix_timestamp();
 
     let logout = app
-        .post_empty("/auth/logout?scope=others", &first.access_token)
+        .post_empty(
+            "/auth/logout?scope=others",
+            first.access_token.expose_secret(),
+        )
         .await;
     let header = logout.header("x-gatehouse-ended-sessions").unwrap();
     assert_eq!(header, format!("{}={}", second.session_id, now + 905));
 
-    let next = app.refreshed(&first.refresh_token).await;
+    let next = app.refreshed(first.refresh_token.expose_secret()).await;
     app.pass_reuse_window();
-    let reuse = app.refresh(&first.refresh_token).await;
+    let reuse = app.refresh(first.refresh_token.expose_secret()).await;
     assert_refused(&reuse, "refresh_token_reused");
     assert_eq!(
         reuse.header("x-gatehouse-ended-sessions").unwrap(),
         format!("{}={}", first.session_id, now + 11 + 905)
     );
     assert!(
-        app.post_empty("/auth/logout", &next.access_token)
+        app.post_empty("/auth/logout", next.access_token.expose_secret())
             .await
             .header("x-gatehouse-ended-sessions")
             .is_none(),
@@ -86,16 +91,17 @@ async fn every_kind_of_ending_reaches_the_revocation_list(pool: PgPool) {
     let password_victim = app.sign_in("ada@example.com").await;
     let deactivated = app.register("grace@example.com").await;
 
-    app.refreshed(&reused.refresh_token).await;
+    app.refreshed(reused.refresh_token.expose_secret()).await;
     app.pass_reuse_window();
-    app.refresh(&reused.refresh_token).await;
+    app.refresh(reused.refresh_token.expose_secret()).await;
     app.put(
         "/auth/password",
-        &kept.access_token,
+        kept.access_token.expose_secret(),
         json!({"current_password": PASSWORD, "new_password": "a new passphrase"}),
     )
     .await;
-    app.delete("/auth/profile", &deactivated.access_token).await;
+    app.delete("/auth/profile", deactivated.access_token.expose_secret())
+        .await;
 
     let list: RevocationList = revocations(&app, Some(EDGE_SECRET)).await.json();
     let mut listed: Vec<Uuid> = list.revoked.iter().map(|r| r.sid).collect();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{SessionList, TokenResponse};
 use gatehouse_tests::{PASSWORD, RowLock, TestApp, assert_refused};
 use serde_json::json;
@@ -17,12 +18,15 @@ async fn logout_ends_only_the_current_session(pool: PgPool) {
     let first = app.register("ada@example.com").await;
     let second = app.sign_in("ada@example.com").await;
 
-    let logout = app.post_empty("/auth/logout", &first.access_token).await;
+    let logout = app
+        .post_empty("/auth/logout", first.access_token.expose_secret())
+        .await;
 
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
     app.assert_ended(&first).await;
-    app.assert_verifies(&second.access_token).await;
-    app.refreshed(&second.refresh_token).await;
+    app.assert_verifies(second.access_token.expose_secret())
+        .await;
+    app.refreshed(second.refresh_token.expose_secret()).await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -33,14 +37,15 @@ async fn logout_with_scope_all_ends_every_session(pool: PgPool) {
     let stranger = app.register("grace@example.com").await;
 
     let logout = app
-        .post_empty("/auth/logout?scope=all", &first.access_token)
+        .post_empty("/auth/logout?scope=all", first.access_token.expose_secret())
         .await;
 
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
     for session in [&first, &second] {
         app.assert_ended(session).await;
     }
-    app.assert_verifies(&stranger.access_token).await;
+    app.assert_verifies(stranger.access_token.expose_secret())
+        .await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -50,16 +55,24 @@ async fn logout_with_scope_others_keeps_the_current_session(pool: PgPool) {
     let second = app.sign_in("ada@example.com").await;
 
     let logout = app
-        .post_empty("/auth/logout?scope=others", &first.access_token)
+        .post_empty(
+            "/auth/logout?scope=others",
+            first.access_token.expose_secret(),
+        )
         .await;
     let bogus = app
-        .post_empty("/auth/logout?scope=everyone", &first.access_token)
+        .post_empty(
+            "/auth/logout?scope=everyone",
+            first.access_token.expose_secret(),
+        )
         .await;
 
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
-    app.assert_verifies(&first.access_token).await;
+    app.assert_verifies(first.access_token.expose_secret())
+        .await;
     assert_refused(
-        &app.get("/auth/verify", &second.access_token).await,
+        &app.get("/auth/verify", second.access_token.expose_secret())
+            .await,
         "invalid_token",
     );
     assert_eq!(bogus.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -73,8 +86,8 @@ async fn a_logout_racing_a_refresh_leaves_nothing_alive(pool: PgPool) {
     let mut lock = RowLock::take(&app.pool, "sessions", registered.session_id).await;
 
     let (refresh, logout, ()) = tokio::join!(
-        app.refresh(&registered.refresh_token),
-        app.post_empty("/auth/logout", &registered.access_token),
+        app.refresh(registered.refresh_token.expose_secret()),
+        app.post_empty("/auth/logout", registered.access_token.expose_secret()),
         async {
             lock.wait_for_waiters(2).await;
             lock.release().await;
@@ -87,11 +100,12 @@ async fn a_logout_racing_a_refresh_leaves_nothing_alive(pool: PgPool) {
     if refresh.status == StatusCode::OK {
         let pair: TokenResponse = refresh.json();
         assert_refused(
-            &app.refresh(&pair.refresh_token).await,
+            &app.refresh(pair.refresh_token.expose_secret()).await,
             "invalid_refresh_token",
         );
         assert_refused(
-            &app.get("/auth/verify", &pair.access_token).await,
+            &app.get("/auth/verify", pair.access_token.expose_secret())
+                .await,
             "invalid_token",
         );
     } else {
@@ -115,7 +129,9 @@ async fn sessions_are_listed_with_the_current_one_marked(pool: PgPool) {
     let second: TokenResponse = app.send(request).await.json();
     app.register("grace@example.com").await;
 
-    let response = app.get("/auth/sessions", &first.access_token).await;
+    let response = app
+        .get("/auth/sessions", first.access_token.expose_secret())
+        .await;
 
     assert_eq!(response.status, StatusCode::OK);
     let list: SessionList = response.json();
@@ -144,17 +160,18 @@ async fn the_list_leaves_out_ended_and_expired_sessions(pool: PgPool) {
     app.clock
         .advance(app.state.sessions.idle_timeout + Duration::from_secs(1));
     let ended = app.sign_in("ada@example.com").await;
-    app.post_empty("/auth/logout", &ended.access_token).await;
+    app.post_empty("/auth/logout", ended.access_token.expose_secret())
+        .await;
     let current = app.sign_in("ada@example.com").await;
 
     let list: SessionList = app
-        .get("/auth/sessions", &current.access_token)
+        .get("/auth/sessions", current.access_token.expose_secret())
         .await
         .json();
     let delete_expired = app
         .delete(
             &format!("/auth/sessions/{}", expired.session_id),
-            &current.access_token,
+            current.access_token.expose_secret(),
         )
         .await;
 
@@ -171,24 +188,31 @@ async fn a_session_can_be_ended_by_id_by_its_user_only(pool: PgPool) {
     let stranger = app.register("grace@example.com").await;
     let path = format!("/auth/sessions/{}", second.session_id);
 
-    let by_stranger = app.delete(&path, &stranger.access_token).await;
-    let ended = app.delete(&path, &first.access_token).await;
-    let again = app.delete(&path, &first.access_token).await;
+    let by_stranger = app
+        .delete(&path, stranger.access_token.expose_secret())
+        .await;
+    let ended = app.delete(&path, first.access_token.expose_secret()).await;
+    let again = app.delete(&path, first.access_token.expose_secret()).await;
     let garbage = app
-        .delete("/auth/sessions/not-a-uuid", &first.access_token)
+        .delete(
+            "/auth/sessions/not-a-uuid",
+            first.access_token.expose_secret(),
+        )
         .await;
 
     assert_eq!(by_stranger.status, StatusCode::NOT_FOUND);
     assert_eq!(by_stranger.problem().code, "session_not_found");
     assert_eq!(ended.status, StatusCode::NO_CONTENT);
     assert_refused(
-        &app.get("/auth/verify", &second.access_token).await,
+        &app.get("/auth/verify", second.access_token.expose_secret())
+            .await,
         "invalid_token",
     );
     assert_eq!(again.status, StatusCode::NOT_FOUND);
     assert_eq!(garbage.status, StatusCode::NOT_FOUND);
     assert_eq!(garbage.problem().code, "not_found");
-    app.assert_verifies(&first.access_token).await;
+    app.assert_verifies(first.access_token.expose_secret())
+        .await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -199,13 +223,16 @@ async fn the_current_session_keeps_refreshing_after_ending_the_others(pool: PgPo
     let third = app.sign_in("ada@example.com").await;
 
     let others = app
-        .post_empty("/auth/logout?scope=others", &current.access_token)
+        .post_empty(
+            "/auth/logout?scope=others",
+            current.access_token.expose_secret(),
+        )
         .await;
-    let after_others = app.refreshed(&current.refresh_token).await;
+    let after_others = app.refreshed(current.refresh_token.expose_secret()).await;
     let changed = app
         .put(
             "/auth/password",
-            &after_others.access_token,
+            after_others.access_token.expose_secret(),
             json!({"current_password": PASSWORD, "new_password": "a new passphrase"}),
         )
         .await;
@@ -213,12 +240,13 @@ async fn the_current_session_keeps_refreshing_after_ending_the_others(pool: PgPo
     assert_eq!(others.status, StatusCode::NO_CONTENT);
     for ended in [&other, &third] {
         assert_refused(
-            &app.refresh(&ended.refresh_token).await,
+            &app.refresh(ended.refresh_token.expose_secret()).await,
             "invalid_refresh_token",
         );
     }
     assert_eq!(changed.status, StatusCode::NO_CONTENT);
-    app.refreshed(&after_others.refresh_token).await;
+    app.refreshed(after_others.refresh_token.expose_secret())
+        .await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -227,12 +255,14 @@ async fn deactivation_ends_every_session_and_its_refresh_tokens(pool: PgPool) {
     let first = app.register("ada@example.com").await;
     let second = app.sign_in("ada@example.com").await;
 
-    let deleted = app.delete("/auth/profile", &first.access_token).await;
+    let deleted = app
+        .delete("/auth/profile", first.access_token.expose_secret())
+        .await;
 
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     for session in [&first, &second] {
         assert_refused(
-            &app.refresh(&session.refresh_token).await,
+            &app.refresh(session.refresh_token.expose_secret()).await,
             "invalid_refresh_token",
         );
     }
@@ -249,7 +279,7 @@ async fn session_routes_need_a_token_and_an_api_key(pool: PgPool) {
             Request::post("/auth/refresh")
                 .header("content-type", "application/json")
                 .body(Body::from(
-                    json!({"refresh_token": registered.refresh_token}).to_string(),
+                    json!({"refresh_token": registered.refresh_token.expose_secret()}).to_string(),
                 ))
                 .unwrap(),
         )
@@ -263,7 +293,8 @@ async fn session_routes_need_a_token_and_an_api_key(pool: PgPool) {
 async fn the_janitor_deletes_only_what_has_long_expired(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let ended = app.register("ada@example.com").await;
-    app.post_empty("/auth/logout", &ended.access_token).await;
+    app.post_empty("/auth/logout", ended.access_token.expose_secret())
+        .await;
     app.login("ghost@example.com", "wrong guess").await;
     app.clock
         .advance(gatehouse_origin::janitor::RETENTION + Duration::from_secs(1));
@@ -276,5 +307,5 @@ async fn the_janitor_deletes_only_what_has_long_expired(pool: PgPool) {
     assert_eq!(purged.sessions, 1);
     assert_eq!(purged.counters, 1, "the stale failure counter");
     assert!(app.session_live(live.session_id).await);
-    app.refreshed(&live.refresh_token).await;
+    app.refreshed(live.refresh_token.expose_secret()).await;
 }

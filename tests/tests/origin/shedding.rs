@@ -2,6 +2,7 @@
 //! `Retry-After` at once or after the acquire timeout, never by waiting for a client to give up,
 //! and nothing is half-written.
 
+use gatehouse_shared::ExposeSecret;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -70,9 +71,9 @@ async fn an_exhausted_pool_answers_503_after_the_acquire_timeout(pool: PgPool) {
 
     // The pool's only connection is busy elsewhere for the whole request.
     let held = app.state.db.pool().acquire().await.unwrap();
-    let verify = app.get("/auth/verify", &token).await;
+    let verify = app.get("/auth/verify", token.expose_secret()).await;
     drop(held);
-    let after = app.get("/auth/verify", &token).await;
+    let after = app.get("/auth/verify", token.expose_secret()).await;
 
     assert_eq!(verify.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(verify.problem().code, "database_unavailable");

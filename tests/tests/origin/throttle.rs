@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gatehouse_origin::throttle::LoginLimits;
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER};
 use gatehouse_tests::{EDGE_SECRET, Options, PASSWORD, TestApp, TestResponse};
 use serde_json::json;
@@ -214,7 +215,7 @@ async fn password_changes_share_the_login_limits(pool: PgPool) {
     let change = |current: &'static str| {
         let request = Request::put("/auth/password")
             .header("x-api-key", &app.api_key)
-            .header("authorization", format!("Bearer {token}"))
+            .header("authorization", format!("Bearer {}", token.expose_secret()))
             .header("content-type", "application/json")
             .header(EDGE_SECRET_HEADER, EDGE_SECRET)
             .header(CLIENT_IP_HEADER, "203.0.113.1")

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::VerifyResponse;
 use gatehouse_shared::signing::TokenSigner;
 use gatehouse_shared::token::AccessClaims;
@@ -14,7 +15,9 @@ async fn valid_token_verifies_with_its_user_and_expiry(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
 
-    let response = app.get("/auth/verify", &registered.access_token).await;
+    let response = app
+        .get("/auth/verify", registered.access_token.expose_secret())
+        .await;
 
     assert_eq!(response.status, StatusCode::OK);
     let body: VerifyResponse = response.json();
@@ -83,7 +86,9 @@ async fn expired_token_is_rejected(pool: PgPool) {
     let registered = app.register("ada@example.com").await;
 
     app.clock.advance(Duration::from_secs(900 + 6));
-    let response = app.get("/auth/verify", &registered.access_token).await;
+    let response = app
+        .get("/auth/verify", registered.access_token.expose_secret())
+        .await;
 
     assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     assert_eq!(response.problem().detail, "token has expired");
@@ -96,7 +101,10 @@ async fn token_signed_by_an_unknown_key_is_rejected(pool: PgPool) {
     let claims = app
         .state
         .tokens
-        .verify(&registered.access_token, app.state.clock.now())
+        .verify(
+            registered.access_token.expose_secret(),
+            app.state.clock.now(),
+        )
         .unwrap();
     let stranger = TokenSigner::generate(&mut rand_core::OsRng);
 
@@ -111,7 +119,11 @@ async fn token_signed_by_an_unknown_key_is_rejected(pool: PgPool) {
 async fn unsigned_token_is_rejected(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
-    let (header_and_claims, _) = registered.access_token.rsplit_once('.').unwrap();
+    let (header_and_claims, _) = registered
+        .access_token
+        .expose_secret()
+        .rsplit_once('.')
+        .unwrap();
     let (_, claims) = header_and_claims.split_once('.').unwrap();
     // {"alg":"none","typ":"at+jwt"}
     let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiYXQrand0In0";
@@ -142,7 +154,10 @@ async fn token_for_another_audience_is_rejected(pool: PgPool) {
     let mut claims: AccessClaims = app
         .state
         .tokens
-        .verify(&registered.access_token, app.state.clock.now())
+        .verify(
+            registered.access_token.expose_secret(),
+            app.state.clock.now(),
+        )
         .unwrap();
     claims.aud = vec!["another-service".into()];
 
@@ -175,18 +190,22 @@ async fn tokens_of_the_previous_key_stay_valid_after_a_rotation(pool: PgPool) {
         },
     )
     .await;
-    let old_token = after.get("/auth/verify", &registered.access_token).await;
+    let old_token = after
+        .get("/auth/verify", registered.access_token.expose_secret())
+        .await;
     let new_token = after
         .login("ada@example.com", gatehouse_tests::PASSWORD)
         .await
         .json::<gatehouse_shared::api::TokenResponse>();
-    let new_verified = after.get("/auth/verify", &new_token.access_token).await;
+    let new_verified = after
+        .get("/auth/verify", new_token.access_token.expose_secret())
+        .await;
 
     assert_eq!(old_token.status, StatusCode::OK);
     assert_eq!(new_verified.status, StatusCode::OK);
     assert_ne!(
-        gatehouse_shared::token::key_id(&registered.access_token),
-        gatehouse_shared::token::key_id(&new_token.access_token)
+        gatehouse_shared::token::key_id(registered.access_token.expose_secret()),
+        gatehouse_shared::token::key_id(new_token.access_token.expose_secret())
     );
 }
 
@@ -199,9 +218,15 @@ async fn deactivated_account_tokens_stop_working_at_once(pool: PgPool) {
         .await
         .json::<gatehouse_shared::api::TokenResponse>();
 
-    let deleted = app.delete("/auth/profile", &registered.access_token).await;
-    let first_after = app.get("/auth/verify", &registered.access_token).await;
-    let second_after = app.get("/auth/profile", &second.access_token).await;
+    let deleted = app
+        .delete("/auth/profile", registered.access_token.expose_secret())
+        .await;
+    let first_after = app
+        .get("/auth/verify", registered.access_token.expose_secret())
+        .await;
+    let second_after = app
+        .get("/auth/profile", second.access_token.expose_secret())
+        .await;
 
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     for response in [first_after, second_after] {
