@@ -187,7 +187,7 @@ mod tests {
         assert!(debug.contains(signer.kid()), "{debug}");
         let secret = signer.key.to_bytes();
         assert!(!debug.contains(&format!("{secret:?}")), "{debug}");
-        assert!(!debug.contains(&format!("{:?}", &secret[..8]).trim_end_matches(']')));
+        assert!(!debug.contains(format!("{:?}", &secret[..8]).trim_end_matches(']')));
         let pem = signer.to_pkcs8_pem();
         let body = pem.lines().nth(1).unwrap();
         assert!(!debug.contains(body), "the key material is not printed");
