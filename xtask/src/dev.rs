@@ -1,7 +1,8 @@
 //! `cargo xtask dev`: a local stack for trying Gatehouse by hand. Starts PostgreSQL (unless
 //! `DATABASE_URL` is given), migrates, creates an API key, starts the origin and, in front of it,
 //! the edge worker under `wrangler dev`; prints how to use them and writes
-//! `target/gatehouse-dev.env`. Ctrl-C stops everything it started.
+//! `target/gatehouse-dev.env`. Ctrl-C stops everything it started. With `--release` the origin is
+//! the optimised build that is deployed (and that `cargo xtask bench` measures).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -29,8 +30,13 @@ const EDGE_STARTUP: Duration = Duration::from_secs(120);
 const STARTUP_ATTEMPTS: u32 = 300;
 const STARTUP_POLL: Duration = Duration::from_millis(100);
 
-pub async fn run() -> anyhow::Result<ExitCode> {
-    let mut stack = Stack::start(false, None, &[]).await?;
+pub async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
+    let release = match args {
+        [] => false,
+        [flag] if flag == "--release" => true,
+        _ => bail!("usage: cargo xtask dev [--release]"),
+    };
+    let mut stack = Stack::start(release, None, &[]).await?;
     stack.print_usage();
     let edge_exit = async {
         match stack.edge.as_mut() {
@@ -234,25 +240,17 @@ pub fn start_origin(
     log: Option<&Path>,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(Child, String)> {
+    let sh = xshell::Shell::new()?;
     let key_file = crate::target_dir().join("gatehouse-dev-signing-key.pem");
     if !key_file.exists() {
-        let output = std::process::Command::new(binary).arg("keygen").output()?;
-        if !output.status.success() {
-            bail!("gatehouse-origin keygen failed");
-        }
-        std::fs::write(&key_file, &output.stdout)?;
+        let key = xshell::cmd!(sh, "{binary} keygen").read()?;
+        std::fs::write(&key_file, key + "\n")?;
     }
-    let created = std::process::Command::new(binary)
-        .args(["api-key", "create", "development"])
+    let api_key = xshell::cmd!(sh, "{binary} api-key create development")
         .env("DATABASE_URL", database_url)
-        .output()?;
-    if !created.status.success() {
-        bail!(
-            "creating an API key failed: {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-    }
-    let api_key = String::from_utf8(created.stdout)?.trim().to_owned();
+        .quiet()
+        .read()
+        .context("creating an API key")?;
     let origin = Command::new(binary)
         .arg("serve")
         .env("DATABASE_URL", database_url)

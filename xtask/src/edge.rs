@@ -5,10 +5,10 @@
 //! `WASM_OPT_BIN`, `ESBUILD_BIN`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context as _, bail};
 use sha2::{Digest as _, Sha256};
+use xshell::{Shell, cmd};
 
 /// The worker-build release this project is built and tested with.
 const WORKER_BUILD_VERSION: &str = "0.8.7";
@@ -30,7 +30,8 @@ pub fn node_bin(name: &str) -> PathBuf {
 
 /// Installs whatever the edge build and tests need and is missing.
 pub fn ensure_tools() -> anyhow::Result<()> {
-    run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    let sh = Shell::new()?;
+    cmd!(sh, "rustup target add wasm32-unknown-unknown").run()?;
     // npm ci again whenever package-lock.json changed since the last install.
     let lock =
         std::fs::read(dir().join("package-lock.json")).context("reading edge/package-lock.json")?;
@@ -39,14 +40,13 @@ pub fn ensure_tools() -> anyhow::Result<()> {
     let installed = std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp);
     if !installed || !node_bin("wrangler").exists() || !node_bin("wasm-opt").exists() {
         eprintln!("xtask: installing the edge's npm tools (npm ci)");
-        run(Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(dir()))?;
+        sh.change_dir(dir());
+        cmd!(sh, "npm ci --no-audit --no-fund").run()?;
         std::fs::write(&stamp_path, &stamp)?;
     }
     let wasm_bindgen = wasm_bindgen_version()?;
-    install_if_missing("worker-build", "worker-build", WORKER_BUILD_VERSION)?;
-    install_if_missing("wasm-bindgen-cli", "wasm-bindgen", &wasm_bindgen)?;
+    install_if_missing(&sh, "worker-build", "worker-build", WORKER_BUILD_VERSION)?;
+    install_if_missing(&sh, "wasm-bindgen-cli", "wasm-bindgen", &wasm_bindgen)?;
     Ok(())
 }
 
@@ -58,17 +58,14 @@ pub fn build() -> anyhow::Result<()> {
         eprintln!("xtask: edge/build is up to date");
         return Ok(());
     }
-    let status = Command::new(cargo_bin("worker-build"))
-        .arg("--release")
-        .current_dir(dir())
+    let sh = Shell::new()?;
+    sh.change_dir(dir());
+    let worker_build = cargo_bin("worker-build");
+    cmd!(sh, "{worker_build} --release")
         .env("WASM_BINDGEN_BIN", cargo_bin("wasm-bindgen"))
         .env("WASM_OPT_BIN", node_bin("wasm-opt"))
         .env("ESBUILD_BIN", node_bin("esbuild"))
-        .status()
-        .context("running worker-build")?;
-    if !status.success() {
-        bail!("worker-build failed");
-    }
+        .run()?;
     Ok(())
 }
 
@@ -121,31 +118,25 @@ fn wasm_bindgen_version() -> anyhow::Result<String> {
 /// `cargo install --debug` (same output as a release build of the tool, several times faster to
 /// compile) unless the binary already reports `version`. Not `--locked`: one of wasm-bindgen-cli's
 /// locked dependencies is no longer on crates.io.
-fn install_if_missing(krate: &str, binary: &str, version: &str) -> anyhow::Result<()> {
-    let installed = Command::new(cargo_bin(binary))
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| {
-            // "worker-build 0.8.7": the version is the last word, compared exactly.
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .last()
-                == Some(version)
-        });
+fn install_if_missing(sh: &Shell, krate: &str, binary: &str, version: &str) -> anyhow::Result<()> {
+    let binary = cargo_bin(binary);
+    let installed = cmd!(sh, "{binary} --version")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        // "worker-build 0.8.7": the version is the last word, compared exactly.
+        .is_ok_and(|out| out.split_whitespace().last() == Some(version));
     if installed {
         return Ok(());
     }
     eprintln!("xtask: installing {krate} {version} (a few minutes, once)");
-    run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
-            "install",
-            krate,
-            "--version",
-            version,
-            "--debug",
-            "--force",
-        ]),
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    cmd!(
+        sh,
+        "{cargo} install {krate} --version {version} --debug --force"
     )
+    .run()?;
+    Ok(())
 }
 
 /// Where `cargo install` puts binaries.
@@ -155,14 +146,4 @@ pub fn cargo_bin(name: &str) -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from(".cargo"));
     home.join("bin").join(name)
-}
-
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed");
-    }
-    Ok(())
 }

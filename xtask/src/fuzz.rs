@@ -7,11 +7,12 @@
 //! bearer token supplied to every request so the generated inputs reach the handlers.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::{Context as _, bail};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{EDGE_SECRET_HEADER, RegisterRequest, TokenResponse};
+
+use xshell::{Shell, cmd};
 
 use crate::pg::Postgres;
 
@@ -139,25 +140,20 @@ fn install() -> anyhow::Result<PathBuf> {
         return Ok(executable);
     }
     eprintln!("xtask: installing schemathesis {SCHEMATHESIS_VERSION} from PyPI");
-    let created = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .context("python3 -m venv (Python 3 is needed for schemathesis)")?;
-    if !created.success() {
-        bail!(
-            "creating a virtual environment at {} failed",
-            venv.display()
-        );
-    }
-    let installed = Command::new(venv.join("bin").join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}"))
-        .status()
-        .context("pip install schemathesis")?;
-    if !installed.success() {
+    let sh = Shell::new()?;
+    cmd!(sh, "python3 -m venv {venv}")
+        .run()
+        .context("creating a virtual environment (Python 3 is needed for schemathesis)")?;
+    let pip = venv.join("bin").join("pip");
+    let requirement = format!("schemathesis=={SCHEMATHESIS_VERSION}");
+    let installed = cmd!(
+        sh,
+        "{pip} install --quiet --disable-pip-version-check {requirement}"
+    )
+    .run();
+    if installed.is_err() {
         let _ = std::fs::remove_dir_all(&venv);
-        bail!("pip install schemathesis=={SCHEMATHESIS_VERSION} failed");
     }
+    installed?;
     Ok(executable)
 }

@@ -10,7 +10,6 @@ mod fuzz;
 #[path = "../../tests/src/pg.rs"]
 mod pg;
 mod sqlx;
-mod storm;
 mod test;
 
 use std::path::PathBuf;
@@ -20,7 +19,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  dev     start PostgreSQL (unless DATABASE_URL is set) and the origin; print URLs and a key
+  dev     start PostgreSQL (unless DATABASE_URL is set), the origin and the edge; print URLs
+          and a key [--release: the origin as it is deployed, optimised]
   test    start a throwaway PostgreSQL and run every test [-- extra cargo test arguments]
   bench   measure the running stack (or start one) and print the figures
   fuzz    run schemathesis against the origin's OpenAPI description on a throwaway PostgreSQL
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         .build()
         .expect("a tokio runtime starts");
     let outcome = match args.first().map(String::as_str) {
-        Some("dev") => runtime.block_on(dev::run()),
+        Some("dev") => runtime.block_on(dev::run(&args[1..])),
         Some("test") => test::run(&args[1..]),
         Some("bench") => runtime.block_on(bench::run(&args[1..])),
         Some("fuzz") => fuzz::run_alone(),
