@@ -22,7 +22,7 @@ mod proxy;
 mod revocations;
 pub mod routes;
 
-use gatehouse_shared::api::{API_KEY_HEADER, REQUEST_ID_HEADER, VerifiedUser, VerifyResponse};
+use gatehouse_shared::api::{API_KEY_HEADER, REQUEST_ID_HEADER, VerifyResponse};
 use gatehouse_shared::token::{AccessClaims, TokenError};
 use wasm_bindgen::prelude::wasm_bindgen;
 use worker::{Context, Date, Env, Request, Response, event};
@@ -160,16 +160,8 @@ async fn authenticate(
 }
 
 fn verify_response(claims: AccessClaims) -> Result<Response, AppError> {
-    let expires_at = time::OffsetDateTime::from_unix_timestamp(claims.exp)
-        .map_err(|_| AppError::InvalidToken(TokenError::InvalidClaims))?;
-    let body = VerifyResponse {
-        valid: true,
-        user: VerifiedUser {
-            id: claims.sub,
-            email: claims.email,
-        },
-        expires_at,
-    };
+    let body = VerifyResponse::from_claims(claims)
+        .ok_or(AppError::InvalidToken(TokenError::InvalidClaims))?;
     let mut response = Response::from_json(&body)?;
     response.headers_mut().set("cache-control", "no-store")?;
     Ok(response)

@@ -69,6 +69,13 @@ pub const ROUTES: &[Route] = &[
     Route::new("POST", "/auth/refresh", Gate::ApiKey),
     Route::new("POST", "/auth/logout", Gate::User),
     Route::new("PUT", "/auth/password", Gate::User).throttled(),
+    // Emailed links and the requests that mail them carry no access token: their holder may have
+    // none (a forgotten password) or a stale one. Each sends mail or runs bcrypt, so each is
+    // throttled.
+    Route::new("POST", "/auth/password/forgot", Gate::ApiKey).throttled(),
+    Route::new("POST", "/auth/password/reset", Gate::ApiKey).throttled(),
+    Route::new("POST", "/auth/email/verify", Gate::ApiKey).throttled(),
+    Route::new("POST", "/auth/email/verify/resend", Gate::ApiKey).throttled(),
     Route::new("GET", "/auth/sessions", Gate::User),
     Route::new("DELETE", "/auth/sessions/{id}", Gate::User),
     Route::new("GET", "/.well-known/jwks.json", Gate::Open),

@@ -12,6 +12,8 @@ use gatehouse_shared::token::MAX_LEEWAY_SECS;
 use gatehouse_shared::{ExposeSecret, SecretString};
 
 use crate::db::PoolSettings;
+use crate::mail::MailConfig;
+use crate::server_secret::{MIN_SECRET_BYTES, ServerKeys};
 use crate::sessions::SessionPolicy;
 use crate::throttle::LoginLimits;
 
@@ -96,6 +98,10 @@ pub struct Config {
     /// `EDGE_SECRET` or `EDGE_SECRET_FILE`: proves a request came through the edge, whose
     /// client-IP header is then believed.
     pub edge_secret: Option<SecretString>,
+    /// `SERVER_SECRET` or `SERVER_SECRET_FILE`: the root of every server-side key.
+    pub server_keys: ServerKeys,
+    /// `MAIL_ENABLED` and the mail settings; `None` when mail is disabled.
+    pub mail: Option<MailConfig>,
 }
 
 /// Default bcrypt cost: OWASP's floor for bcrypt is 10; 12 costs about a quarter second here.
@@ -110,6 +116,10 @@ const MIN_RECOMMENDED_HASH_ROUNDS: u32 = 10;
 
 /// Shortest edge secret accepted: 32 characters of a random string is beyond guessing.
 const MIN_EDGE_SECRET_BYTES: usize = 32;
+
+/// Longest wait between two delivery attempts of one mail: up to an hour, so a mail delayed by
+/// an outage goes out within the hour after it ends.
+const MAIL_RETRY_MAX_SECS: RangeInclusive<u64> = 1..=3_600;
 
 /// Access-token lifetimes accepted: up to a day. Access tokens are meant to be short-lived
 /// (RFC 9700 section 4.14); longer sessions are what refresh tokens are for.
@@ -231,6 +241,8 @@ impl Config {
             edge_secret: env
                 .secret("EDGE_SECRET", "EDGE_SECRET_FILE")?
                 .map(|(secret, _)| secret.trim().into()),
+            server_keys: read_server_keys(&env, environment)?,
+            mail: read_mail(&env, environment)?,
         };
         if config
             .edge_secret
@@ -244,6 +256,87 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// The keys derived from the root secret. Development without one gets a random secret: links
+/// queued in the outbox then die with the process.
+fn read_server_keys(env: &Env, environment: Environment) -> Result<ServerKeys, ConfigError> {
+    match env.secret("SERVER_SECRET", "SERVER_SECRET_FILE")? {
+        Some((secret, source)) => {
+            let secret = secret.trim();
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(ConfigError::new(
+                    source,
+                    format!(
+                        "must be at least {MIN_SECRET_BYTES} bytes, e.g. `openssl rand -hex 32`"
+                    ),
+                ));
+            }
+            Ok(ServerKeys::new(secret.as_bytes()))
+        }
+        None if environment == Environment::Development => {
+            tracing::warn!(
+                "DEVELOPMENT MODE: SERVER_SECRET is not set, so a random one is used; mail links \
+                 queued now cannot be sent after a restart"
+            );
+            Ok(ServerKeys::random())
+        }
+        None => Err(ConfigError::new(
+            "SERVER_SECRET",
+            format!(
+                "required (or SERVER_SECRET_FILE), at least {MIN_SECRET_BYTES} bytes, e.g. `openssl rand -hex 32`"
+            ),
+        )),
+    }
+}
+
+/// Mail, unless `MAIL_ENABLED` is false. Production names each missing setting; development
+/// defaults to a local SMTP server such as the one `cargo xtask dev` starts.
+fn read_mail(env: &Env, environment: Environment) -> Result<Option<MailConfig>, ConfigError> {
+    if !env.parse("MAIL_ENABLED", true)? {
+        return Ok(None);
+    }
+    let required = |name: &'static str, development: &str| match env.get(name) {
+        Some(value) => Ok(value.trim().to_owned()),
+        None if environment == Environment::Development => Ok(development.to_owned()),
+        None => Err(ConfigError::new(
+            name,
+            "required while MAIL_ENABLED is true (set MAIL_ENABLED=false to run without mail)",
+        )),
+    };
+    let smtp_url = required("SMTP_URL", "smtp://127.0.0.1:1025")?;
+    if !(smtp_url.starts_with("smtp://") || smtp_url.starts_with("smtps://")) {
+        return Err(ConfigError::new(
+            "SMTP_URL",
+            "must be an smtp:// or smtps:// URL",
+        ));
+    }
+    let from = required("MAIL_FROM", "Gatehouse <gatehouse@localhost>")?;
+    let from = from.parse().map_err(|_| {
+        ConfigError::new(
+            "MAIL_FROM",
+            "must be an address, or a name and an address: Gatehouse <no-reply@example.com>",
+        )
+    })?;
+    let link_base_url = required("MAIL_LINK_BASE_URL", "http://localhost:3000")?;
+    if !(link_base_url.starts_with("https://") || link_base_url.starts_with("http://")) {
+        return Err(ConfigError::new(
+            "MAIL_LINK_BASE_URL",
+            "must be an http:// or https:// URL",
+        ));
+    }
+    Ok(Some(MailConfig {
+        smtp_url: smtp_url.into(),
+        from,
+        link_base_url: link_base_url.trim_end_matches('/').to_owned(),
+        limit_per_address: env.positive("MAIL_LIMIT_PER_ADDRESS", 3)?,
+        limit_per_ip: env.positive("MAIL_LIMIT_PER_IP", 30)?,
+        retry_max: Duration::from_secs(env.bounded(
+            "MAIL_RETRY_MAX_SECS",
+            300,
+            MAIL_RETRY_MAX_SECS,
+        )?),
+    }))
 }
 
 /// The database pool: its size, how long a request may wait for a connection, and whether
@@ -397,9 +490,19 @@ mod tests {
 
     use super::*;
 
+    /// Production settings every test would otherwise repeat; a test unsets one by giving it as
+    /// an empty value (blank variables count as unset).
+    const BASE: &[(&str, &str)] = &[
+        ("SERVER_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("SMTP_URL", "smtp://mail.example.com:587?tls=required"),
+        ("MAIL_FROM", "Gatehouse <no-reply@example.com>"),
+        ("MAIL_LINK_BASE_URL", "https://app.example.com/"),
+    ];
+
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = vars
+        let vars: HashMap<String, String> = BASE
             .iter()
+            .chain(vars)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|name| vars.get(name).cloned())
@@ -446,6 +549,59 @@ mod tests {
             config.signing_key,
             SigningKeySource::Configured(_)
         ));
+        let mail = config.mail.expect("mail is on by default");
+        assert_eq!(mail.link_base_url, "https://app.example.com");
+        assert_eq!((mail.limit_per_address, mail.limit_per_ip), (3, 30));
+        assert_eq!(mail.retry_max, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn production_names_each_missing_secret_and_mail_setting() {
+        let pem = key_pem();
+        for name in [
+            "SERVER_SECRET",
+            "SMTP_URL",
+            "MAIL_FROM",
+            "MAIL_LINK_BASE_URL",
+        ] {
+            let error = config(&[
+                ("DATABASE_URL", "postgres://x/g"),
+                ("JWT_SIGNING_KEY", &pem),
+                (name, ""),
+            ])
+            .unwrap_err();
+
+            assert_eq!(error.name, name);
+        }
+    }
+
+    #[test]
+    fn mail_can_be_turned_off_and_then_needs_no_settings() {
+        let pem = key_pem();
+        let mut vars = vec![
+            ("DATABASE_URL", "postgres://x/g"),
+            ("JWT_SIGNING_KEY", pem.as_str()),
+            ("MAIL_ENABLED", "false"),
+        ];
+        vars.extend(["SMTP_URL", "MAIL_FROM", "MAIL_LINK_BASE_URL"].map(|name| (name, "")));
+
+        let config = config(&vars).unwrap();
+
+        assert!(config.mail.is_none());
+    }
+
+    #[test]
+    fn development_fills_in_a_local_mail_server_and_a_random_secret() {
+        let config = config(&[
+            ("DATABASE_URL", "postgres://x/g"),
+            ("GATEHOUSE_ENV", "development"),
+            ("SERVER_SECRET", ""),
+            ("SMTP_URL", ""),
+        ])
+        .unwrap();
+
+        let mail = config.mail.unwrap();
+        assert_eq!(mail.smtp_url.expose_secret(), "smtp://127.0.0.1:1025");
     }
 
     #[test]
@@ -497,6 +653,11 @@ mod tests {
             ("SESSION_IDLE_TIMEOUT_SECS", "2592001"),
             ("GATEHOUSE_ENV", "staging"),
             ("JWT_SIGNING_KEY_FILE", "/nonexistent/key.pem"),
+            ("SMTP_URL", "mail.example.com:25"),
+            ("MAIL_FROM", "not an address"),
+            ("MAIL_LINK_BASE_URL", "app.example.com"),
+            ("MAIL_LIMIT_PER_ADDRESS", "0"),
+            ("MAIL_ENABLED", "maybe"),
         ] {
             let mut vars = base.to_vec();
             if name == "JWT_SIGNING_KEY_FILE" {
@@ -523,6 +684,12 @@ mod tests {
             ),
             ("JWT_LEEWAY_SECS", "31", "must be between 0 and 30"),
             ("EDGE_SECRET", "short", "must be at least 32 characters"),
+            (
+                "SERVER_SECRET",
+                "short",
+                "must be at least 32 bytes, e.g. `openssl rand -hex 32`",
+            ),
+            ("MAIL_RETRY_MAX_SECS", "3601", "must be between 1 and 3600"),
         ] {
             let error = config(&[
                 ("DATABASE_URL", "postgres://x/g"),
@@ -547,15 +714,20 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_hides_the_database_url() {
+    fn debug_output_hides_the_database_url_the_smtp_password_and_the_server_secret() {
         let pem = key_pem();
         let config = config(&[
             ("DATABASE_URL", "postgres://u:hunter2@x/g"),
             ("JWT_SIGNING_KEY", &pem),
+            ("SMTP_URL", "smtps://mailer:hunter3@mail.example.com:465"),
         ])
         .unwrap();
 
-        assert!(!format!("{config:?}").contains("hunter2"));
+        let debug = format!("{config:?}");
+
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("hunter3"), "{debug}");
+        assert!(!debug.contains(BASE[0].1), "{debug}");
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub enum ApiError {
     InvalidCredentials,
     /// The email address belongs to an account already (409).
     EmailTaken,
+    /// An emailed link's token is unknown, voided, malformed or for another purpose (400).
+    LinkTokenInvalid,
+    /// An emailed link's token has expired (410).
+    LinkTokenExpired,
+    /// An emailed link's token was already used (409).
+    LinkTokenUsed,
     /// No such route (404).
     NotFound,
     /// The route exists but not for this method (405).
@@ -95,6 +101,9 @@ impl ApiError {
             ApiError::NotFromEdge => ProblemKind::NotFromEdge,
             ApiError::InvalidCredentials => ProblemKind::InvalidCredentials,
             ApiError::EmailTaken => ProblemKind::EmailTaken,
+            ApiError::LinkTokenInvalid => ProblemKind::LinkTokenInvalid,
+            ApiError::LinkTokenExpired => ProblemKind::LinkTokenExpired,
+            ApiError::LinkTokenUsed => ProblemKind::LinkTokenUsed,
             ApiError::NotFound => ProblemKind::NotFound,
             ApiError::MethodNotAllowed => ProblemKind::MethodNotAllowed,
             ApiError::RateLimited { .. } => ProblemKind::TooManyAttempts,

@@ -11,10 +11,13 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod janitor;
+pub mod links;
+pub mod mail;
 pub mod metrics;
 pub mod openapi;
 pub mod password;
 pub mod routes;
+pub mod server_secret;
 pub mod sessions;
 pub mod telemetry;
 pub mod throttle;
@@ -90,6 +93,10 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The secret the edge adds to forwarded requests; see [`extract::ClientMeta`].
     pub edge_secret: Option<Arc<str>>,
+    /// The keys derived from `SERVER_SECRET`.
+    pub server_keys: server_secret::ServerKeys,
+    /// Outgoing mail; `None` when `MAIL_ENABLED` is false, and the mail routes answer 404.
+    pub mail: Option<mail::Mail>,
 }
 
 impl AppState {
@@ -131,6 +138,8 @@ impl AppState {
             edge_secret: config
                 .edge_secret
                 .map(|secret| Arc::from(secret.expose_secret())),
+            server_keys: config.server_keys,
+            mail: config.mail.map(mail::Mail::new),
         }
     }
 }
@@ -141,6 +150,7 @@ pub fn app(state: AppState) -> Router {
     // Token responses and profiles must not be stored by any cache (RFC 6749 section 5.1).
     let auth = routes::auth::router()
         .merge(routes::sessions::router())
+        .merge(routes::account::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             api_keys::require_api_key,

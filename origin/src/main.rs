@@ -91,8 +91,12 @@ async fn run_server() -> anyhow::Result<()> {
     }
     tracing::info!(%addr, bcrypt_cost = rounds, hash_workers = workers, "listening");
     let janitor = tokio::spawn(janitor::run(state.clone()));
+    let courier = gatehouse_origin::mail::courier::spawn(&state).context("SMTP_URL")?;
     serve(listener, app(state)).await?;
     janitor.abort();
+    if let Some(courier) = courier {
+        courier.stop().await;
+    }
     Ok(())
 }
 

@@ -53,6 +53,9 @@ pub struct Metrics {
     db_connections: Family<StateLabels, Gauge>,
     db_up: Gauge,
     peak_memory: Gauge,
+    mail: Family<OutcomeLabels, Counter>,
+    mail_waiting: Gauge,
+    mail_oldest_age: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,6 +83,9 @@ impl Metrics {
         let db_connections = Family::<StateLabels, Gauge>::default();
         let db_up = Gauge::default();
         let peak_memory = Gauge::default();
+        let mail = Family::<OutcomeLabels, Counter>::default();
+        let mail_waiting = Gauge::default();
+        let mail_oldest_age = Gauge::default();
         let bcrypt_cost: Gauge = Gauge::default();
         bcrypt_cost.set(i64::from(hasher.cost()));
         registry.register(
@@ -133,8 +139,26 @@ impl Metrics {
             "Peak resident set size of the process (VmHWM)",
             peak_memory.clone(),
         );
+        registry.register(
+            "mail",
+            "Mails by outcome: queued, sent, failed (an attempt, retried later), discarded",
+            mail.clone(),
+        );
+        registry.register(
+            "mail_waiting",
+            "Mails in the outbox not yet sent, as the courier last saw it",
+            mail_waiting.clone(),
+        );
+        registry.register(
+            "mail_oldest_unsent_age_seconds",
+            "Age of the oldest mail not yet sent, as the courier last saw it (0: none)",
+            mail_oldest_age.clone(),
+        );
         Metrics {
             registry,
+            mail,
+            mail_waiting,
+            mail_oldest_age,
             requests,
             latency,
             logins,
@@ -156,6 +180,17 @@ impl Metrics {
         self.verifications
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// Counts a mail by its outcome.
+    pub fn mail(&self, outcome: &'static str) {
+        self.mail.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// The outbox's backlog: mails waiting, and the oldest one's age in seconds.
+    pub fn mail_backlog(&self, waiting: i64, oldest_age_secs: i64) {
+        self.mail_waiting.set(waiting);
+        self.mail_oldest_age.set(oldest_age_secs);
     }
 
     fn render(&self, state: &AppState) -> Result<String, std::fmt::Error> {

@@ -77,6 +77,8 @@ pub enum EndReason {
     Expired,
     /// `DELETE /auth/sessions/{id}`.
     EndedByUser,
+    /// `POST /auth/password/reset` ended every session of the account.
+    PasswordReset,
 }
 
 impl EndReason {
@@ -90,6 +92,7 @@ impl EndReason {
             EndReason::Deactivated => "deactivated",
             EndReason::Expired => "expired",
             EndReason::EndedByUser => "ended_by_user",
+            EndReason::PasswordReset => "password_reset",
         }
     }
 }

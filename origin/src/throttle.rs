@@ -177,6 +177,45 @@ pub async fn reserve(
     }
 }
 
+/// Counts one request from the client at `ip` on the counter named `name` (a route family), over
+/// `window`; past `limit` in the window, refuses with 429 and counts nothing. A request without a
+/// known client address is not counted, as for the login limits.
+pub async fn count_request(
+    connection: &mut PgConnection,
+    name: &str,
+    ip: Option<IpAddr>,
+    limit: u32,
+    window: Duration,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let Some(ip) = ip else {
+        return Ok(());
+    };
+    let key = key(&[name, &gatehouse_shared::api::client_block(ip)]);
+    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+    let row = sqlx::query!(
+        "insert into login_attempts as a (key, window_start, attempts) values ($1, $2, 1)
+         on conflict (key) do update set
+           attempts = case when a.window_start <= $3 then 1 else a.attempts + 1 end,
+           window_start = case when a.window_start <= $3 then $2 else a.window_start end
+         returning attempts, window_start",
+        key.as_slice(),
+        now,
+        now - window,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if i64::from(row.attempts) > i64::from(limit) {
+        tx.rollback().await?;
+        let until = row.window_start + window;
+        return Err(ApiError::RateLimited {
+            retry_after_secs: (until - now).whole_seconds().max(1) as u64,
+        });
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// After a correct password: the attempt is given back on the account and address counters,
 /// and the account's counter for this address starts over. One statement per row, in key order.
 pub async fn release(connection: &mut PgConnection, counters: &Counters) -> Result<()> {
@@ -229,9 +268,11 @@ pub async fn purge(
     limits: &LoginLimits,
     now: OffsetDateTime,
 ) -> Result<u64> {
+    // Request counters (`count_request`) share the table; the longest window keeps them all.
+    let window = limits.window.max(crate::mail::MAIL_IP_WINDOW);
     let counters = sqlx::query!(
         "delete from login_attempts where window_start <= $1",
-        now - limits.window,
+        now - window,
     )
     .execute(&mut *connection)
     .await?

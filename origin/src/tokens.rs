@@ -73,6 +73,7 @@ impl Tokens {
         &self,
         user: Uuid,
         email: &str,
+        email_verified: bool,
         session: Uuid,
         now: OffsetDateTime,
         not_after: OffsetDateTime,
@@ -90,6 +91,7 @@ impl Tokens {
             iss: self.validation.issuer().to_owned(),
             aud: vec![self.validation.audience().to_owned()],
             email: email.to_owned(),
+            email_verified,
         };
         IssuedToken {
             token: self.signer.sign(&claims),

@@ -26,6 +26,8 @@ pub struct User {
     pub last_name: Option<String>,
     /// False once deactivated.
     pub is_active: bool,
+    /// When the address was proven, if it was.
+    pub email_verified_at: Option<OffsetDateTime>,
     /// When the account was created.
     pub created_at: OffsetDateTime,
 }
@@ -38,6 +40,7 @@ impl From<User> for UserProfile {
             first_name: user.first_name,
             last_name: user.last_name,
             is_active: user.is_active,
+            email_verified: user.email_verified_at.is_some(),
             created_at: user.created_at,
         }
     }
@@ -55,6 +58,9 @@ pub struct NewUser<'a> {
     pub first_name: Option<&'a str>,
     /// Last name, if given.
     pub last_name: Option<&'a str>,
+    /// Whether the account is erased if its address is never verified (only when mail can
+    /// verify it).
+    pub erase_if_unverified: bool,
 }
 
 /// Inserts the account; 409 `email_taken` when the address (in any case) has one already. The
@@ -62,14 +68,15 @@ pub struct NewUser<'a> {
 pub async fn create(connection: &mut PgConnection, new: NewUser<'_>) -> Result<User> {
     sqlx::query_as!(
         User,
-        "insert into users (id, email, password_hash, first_name, last_name)
-         values ($1, $2, $3, $4, $5)
-         returning id, email, password_hash, first_name, last_name, is_active, created_at",
+        "insert into users (id, email, password_hash, first_name, last_name, erase_if_unverified)
+         values ($1, $2, $3, $4, $5, $6)
+         returning id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at",
         new.id,
         new.email,
         new.password_hash,
         new.first_name,
         new.last_name,
+        new.erase_if_unverified,
     )
     .fetch_one(connection)
     .await
@@ -84,7 +91,7 @@ pub async fn create(connection: &mut PgConnection, new: NewUser<'_>) -> Result<U
 pub async fn find(connection: &mut PgConnection, id: Uuid) -> Result<Option<User>> {
     Ok(sqlx::query_as!(
         User,
-        "select id, email, password_hash, first_name, last_name, is_active, created_at
+        "select id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at
          from users where id = $1",
         id,
     )
@@ -96,7 +103,7 @@ pub async fn find(connection: &mut PgConnection, id: Uuid) -> Result<Option<User
 pub async fn find_by_email(connection: &mut PgConnection, email: &str) -> Result<Option<User>> {
     Ok(sqlx::query_as!(
         User,
-        "select id, email, password_hash, first_name, last_name, is_active, created_at
+        "select id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at
          from users where lower(email) = lower($1)",
         email,
     )
@@ -171,7 +178,7 @@ pub async fn update_names(
            last_name = case when $4 then $5 else last_name end,
            updated_at = now()
          where id = $1
-         returning id, email, password_hash, first_name, last_name, is_active, created_at",
+         returning id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at",
         id,
         change.first_name.is_some(),
         change.first_name.flatten(),
@@ -182,11 +189,63 @@ pub async fn update_names(
     .await?)
 }
 
-/// Marks the account deactivated; its sessions are the caller's to end in the same transaction.
-pub async fn deactivate(connection: &mut PgConnection, id: Uuid) -> Result<()> {
+/// Sets a new password hash outright (a reset link proved the address instead of the old
+/// password) and marks the address verified, if it is still the one the link was mailed to.
+pub async fn reset_password(
+    connection: &mut PgConnection,
+    id: Uuid,
+    new_hash: &str,
+    mailed_to: &str,
+    now: OffsetDateTime,
+) -> Result<()> {
     sqlx::query!(
-        "update users set is_active = false, updated_at = now() where id = $1",
+        "update users set password_hash = $2,
+           email_verified_at = case when lower(email) = lower($3)
+                               then coalesce(email_verified_at, $4) else email_verified_at end,
+           updated_at = now()
+         where id = $1",
         id,
+        new_hash,
+        mailed_to,
+        now,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Marks `email` verified for the account, if it is still the account's address (it may have
+/// changed since the link was mailed); whether it was.
+pub async fn mark_verified(
+    connection: &mut PgConnection,
+    id: Uuid,
+    email: &str,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let marked = sqlx::query!(
+        "update users set email_verified_at = coalesce(email_verified_at, $3), updated_at = now()
+         where id = $1 and lower(email) = lower($2) and is_active",
+        id,
+        email,
+        now,
+    )
+    .execute(connection)
+    .await?
+    .rows_affected();
+    Ok(marked == 1)
+}
+
+/// Marks the account deactivated; its sessions are the caller's to end in the same transaction.
+pub async fn deactivate(
+    connection: &mut PgConnection,
+    id: Uuid,
+    now: OffsetDateTime,
+) -> Result<()> {
+    sqlx::query!(
+        "update users set is_active = false, deactivated_at = $2, updated_at = now()
+         where id = $1",
+        id,
+        now,
     )
     .execute(connection)
     .await?;

@@ -1,6 +1,7 @@
 //! The parts of Gatehouse that every side must agree on, in one crate that compiles natively and
 //! for `wasm32-unknown-unknown`: access-token claims and their validation rules ([`token`]), the
-//! public key set ([`jwk`]), the API-key and refresh-token formats ([`api_key`], [`refresh`]),
+//! public key set ([`jwk`]), the API-key, refresh-token and emailed-link token formats
+//! ([`api_key`], [`refresh`], [`link`], all but the API key built on [`opaque`]),
 //! input rules ([`input`]) and the HTTP request and response types ([`api`]).
 //!
 //! The crate has no I/O, no clock and no environment: the current time, keys, issuer and audience
@@ -12,6 +13,8 @@ pub mod api;
 pub mod api_key;
 pub mod input;
 pub mod jwk;
+pub mod link;
+pub mod opaque;
 pub mod refresh;
 #[cfg(feature = "signing")]
 pub mod signing;

@@ -109,6 +109,7 @@ mod tests {
             iss: "iss".into(),
             aud: vec!["aud".into()],
             email: "ada@example.test".into(),
+            email_verified: true,
         }
     }
 

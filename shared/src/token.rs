@@ -49,6 +49,10 @@ pub struct AccessClaims {
     pub aud: Vec<String>,
     /// The user's email address at the time of issue.
     pub email: String,
+    /// Whether that address was verified at the time of issue. Absent from tokens issued before
+    /// verification existed, which read as unverified, so edge and origin can deploy apart.
+    #[serde(default)]
+    pub email_verified: bool,
 }
 
 fn one_or_many_out<S: serde::Serializer>(aud: &[String], serializer: S) -> Result<S::Ok, S::Error> {

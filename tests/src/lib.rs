@@ -11,12 +11,14 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use gatehouse_origin::config::{Config, SigningKeySource};
 use gatehouse_origin::db::Database;
+use gatehouse_origin::mail::courier::{self, CourierHandle};
 use gatehouse_origin::sessions::SessionPolicy;
 use gatehouse_origin::throttle::LoginLimits;
 use gatehouse_origin::{AppState, Clock, api_keys, app};
-use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{API_KEY_HEADER, Problem, RegisterRequest, TokenResponse};
 use gatehouse_shared::signing::TokenSigner;
+use gatehouse_shared::token::AccessClaims;
+use gatehouse_shared::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -32,6 +34,8 @@ pub const AUDIENCE: &str = "gatehouse-tests";
 pub const EDGE_SECRET: &str = "test-edge-secret-0123456789abcdef0123456789";
 /// A password that passes every rule.
 pub const PASSWORD: &str = "correct horse battery staple";
+/// The client application whose pages mailed links open.
+pub const MAIL_LINK_BASE_URL: &str = "https://app.example.test";
 
 /// A clock the test moves by hand.
 #[derive(Clone)]
@@ -79,6 +83,20 @@ pub struct Options {
     pub sessions: SessionPolicy,
     /// Brute-force limits.
     pub login_limits: LoginLimits,
+    /// What becomes of mail.
+    pub mail: MailSetting,
+}
+
+/// What becomes of the mail a test app queues.
+#[derive(Debug, Clone, Default)]
+pub enum MailSetting {
+    /// Mail is on and queued in the outbox, but no courier sends it.
+    #[default]
+    Queued,
+    /// A courier delivers it to the SMTP server at this URL (a [`mail::MailServer`]).
+    SentTo(String),
+    /// `MAIL_ENABLED=false`.
+    Disabled,
 }
 
 /// What `Config::from_lookup` reads in tests: nothing beyond the test issuer, audience and edge
@@ -114,6 +132,7 @@ impl Default for Options {
             clock: ManualClock::new(),
             sessions: defaults.sessions,
             login_limits: defaults.login_limits,
+            mail: MailSetting::default(),
         }
     }
 }
@@ -132,6 +151,8 @@ pub struct TestApp {
     pub clock: ManualClock,
     /// A copy of the app's signing key, for crafting tokens with chosen claims.
     pub signer: TokenSigner,
+    /// The courier, when mail is sent.
+    pub courier: Option<CourierHandle>,
 }
 
 /// A response, with its body parsed as JSON when there is one.
@@ -183,6 +204,18 @@ pub fn test_state(db: Database, options: Options) -> AppState {
     config.hash_queue_limit = options.hash_queue_limit;
     config.sessions = options.sessions;
     config.login_limits = options.login_limits;
+    match options.mail {
+        MailSetting::Queued => {}
+        MailSetting::SentTo(smtp_url) => {
+            let mail = config.mail.as_mut().expect("mail is on by default");
+            mail.smtp_url = smtp_url.into();
+            mail.from = "Gatehouse <gatehouse@example.test>".parse().unwrap();
+            mail.link_base_url = MAIL_LINK_BASE_URL.into();
+            // Retries within a second, so an outage test waits for the server, not the back-off.
+            mail.retry_max = Duration::from_secs(1);
+        }
+        MailSetting::Disabled => config.mail = None,
+    }
     let mut state = AppState::from_config(config, db);
     state.clock = options.clock.clock();
     state
@@ -205,7 +238,13 @@ impl TestApp {
         let clock = options.clock.clone();
         let signer =
             TokenSigner::from_pkcs8_pem(&options.signer.to_pkcs8_pem()).expect("a key round-trips");
+        let sends_mail = matches!(options.mail, MailSetting::SentTo(_));
         let state = test_state(db, options);
+        let courier = sends_mail.then(|| {
+            courier::spawn(&state)
+                .expect("the test SMTP URL is valid")
+                .expect("mail is enabled")
+        });
         let api_key = api_keys::create(&pool, "tests")
             .await
             .expect("the test database accepts an API key")
@@ -218,6 +257,7 @@ impl TestApp {
             pool,
             clock,
             signer,
+            courier,
         }
     }
 
@@ -258,6 +298,19 @@ impl TestApp {
     /// `DELETE path` with a bearer token.
     pub async fn delete(&self, path: &str, token: &str) -> TestResponse {
         self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// `DELETE /auth/profile` with the account's password ([`PASSWORD`]), as re-authentication
+    /// requires.
+    pub async fn deactivate(&self, access_token: &str) -> TestResponse {
+        let body = serde_json::json!({ "current_password": PASSWORD });
+        self.call(
+            Method::DELETE,
+            "/auth/profile",
+            Some(access_token),
+            Some(body),
+        )
+        .await
     }
 
     /// `PATCH path` with a bearer token and a JSON body.
@@ -350,6 +403,14 @@ impl TestApp {
         response.json()
     }
 
+    /// The claims of `access_token`, which must be valid now.
+    pub fn claims(&self, access_token: &SecretString) -> AccessClaims {
+        self.state
+            .tokens
+            .verify(access_token.expose_secret(), self.state.clock.now())
+            .expect("a valid access token")
+    }
+
     /// `access_token` still verifies at the origin.
     pub async fn assert_verifies(&self, access_token: &str) {
         let response = self.get("/auth/verify", access_token).await;
@@ -437,6 +498,11 @@ pub fn assert_refused(response: &TestResponse, code: &str) {
     assert_eq!(response.problem().code, code);
 }
 
+/// How many of `responses` have `status`.
+pub fn count_status(responses: &[TestResponse], status: StatusCode) -> usize {
+    responses.iter().filter(|r| r.status == status).count()
+}
+
 /// A registration body for `email` with [`PASSWORD`].
 pub fn register_body(email: &str) -> Value {
     serde_json::to_value(RegisterRequest {
@@ -459,6 +525,7 @@ pub async fn spawn_server(state: AppState) -> (SocketAddr, tokio::task::JoinHand
 }
 
 pub mod edge;
+pub mod mail;
 pub mod pg;
 pub mod relay;
 

@@ -20,6 +20,10 @@ pub const ORIGIN_ADDR: &str = "127.0.0.1:8007";
 /// Where the edge listens in development.
 pub const EDGE_PORT: u16 = 8787;
 
+/// Where the development SMTP server (maildev) takes mail, and serves its inbox and REST API.
+pub const MAIL_SMTP_PORT: u16 = 1025;
+pub const MAIL_WEB_PORT: u16 = 1080;
+
 /// The `EDGE_SECRET` of `wrangler.toml`'s `local` environment, given to the origin too.
 pub const LOCAL_EDGE_SECRET: &str = "local-development-edge-secret-not-for-production";
 
@@ -61,6 +65,8 @@ pub struct Stack {
     /// `wrangler dev` serving the edge, in its own process group.
     pub edge: Option<Child>,
     pub edge_url: String,
+    /// maildev, receiving what the origin's courier sends.
+    pub mail: Option<Child>,
     pub api_key: String,
     pub database_url: String,
 }
@@ -93,12 +99,14 @@ impl Stack {
             origin_url,
             edge: None,
             edge_url: format!("http://127.0.0.1:{EDGE_PORT}"),
+            mail: None,
             api_key,
             database_url,
         };
         let started = async {
             stack.wait_until_healthy().await?;
             crate::edge::build()?;
+            stack.mail = Some(start_mail()?);
             let edge_log = log.map(|path| path.with_extension("edge.log"));
             stack.edge = Some(start_edge(edge_log.as_deref()).await?);
             anyhow::Ok(())
@@ -134,6 +142,9 @@ impl Stack {
                 let _ = self.origin.kill().await;
             }
         }
+        if let Some(mail) = self.mail.as_mut() {
+            let _ = mail.kill().await;
+        }
         // Dropping the cluster stops it.
         self.postgres.take();
     }
@@ -145,7 +156,8 @@ impl Stack {
              \n  origin      {url}\
              \n  API key     {key}\
              \n  database    {db}\
-             \n  env file    {env}  (EDGE_URL, ORIGIN_URL, API_KEY, DATABASE_URL)\
+             \n  mail        http://127.0.0.1:{MAIL_WEB_PORT}  (maildev: every mail the origin sends)\
+             \n  env file    {env}  (EDGE_URL, ORIGIN_URL, API_KEY, DATABASE_URL, MAIL_URL)\
              \n\nTry it from the repository root:\n{curl}\nPress Ctrl-C to stop.",
             url = self.origin_url,
             edge = self.edge_url,
@@ -231,6 +243,35 @@ async fn start_edge(log: Option<&Path>) -> anyhow::Result<Child> {
     Ok(wrangler)
 }
 
+/// maildev on [`MAIL_SMTP_PORT`] (SMTP) and [`MAIL_WEB_PORT`] (inbox and REST API), from the
+/// edge's pinned npm tools.
+fn start_mail() -> anyhow::Result<Child> {
+    Command::new(crate::edge::node_bin("maildev"))
+        .args(["--ip", "127.0.0.1", "--web-ip", "127.0.0.1", "--silent"])
+        .args(["--smtp", &MAIL_SMTP_PORT.to_string()])
+        .args(["--web", &MAIL_WEB_PORT.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting maildev")
+}
+
+/// The development root secret, made once and kept in `target/`: mail queued before a restart
+/// can still be sent after it.
+fn dev_server_secret() -> anyhow::Result<PathBuf> {
+    let path = crate::target_dir().join("gatehouse-dev-server-secret");
+    if !path.exists() {
+        let secret = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        std::fs::write(&path, secret)?;
+    }
+    Ok(path)
+}
+
 /// Creates an API key on `database_url` and starts `binary` serving at `addr` with the
 /// development signing key and edge secret, plus `env`; returns the process and the key.
 pub fn start_origin(
@@ -258,6 +299,10 @@ pub fn start_origin(
         .env("JWT_SIGNING_KEY_FILE", &key_file)
         .env("JWT_ISSUER", format!("http://{ORIGIN_ADDR}"))
         .env("EDGE_SECRET", LOCAL_EDGE_SECRET)
+        .env("SERVER_SECRET_FILE", dev_server_secret()?)
+        .env("SMTP_URL", format!("smtp://127.0.0.1:{MAIL_SMTP_PORT}"))
+        .env("MAIL_FROM", "Gatehouse <gatehouse@localhost>")
+        .env("MAIL_LINK_BASE_URL", "http://localhost:3000")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stderr(match log {
@@ -309,7 +354,7 @@ pub fn build_origin(release: bool) -> anyhow::Result<PathBuf> {
 
 fn write_env_file(path: &Path, stack: &Stack) -> anyhow::Result<()> {
     let contents = format!(
-        "EDGE_URL={}\nORIGIN_URL={}\nAPI_KEY={}\nDATABASE_URL={}\n",
+        "EDGE_URL={}\nORIGIN_URL={}\nAPI_KEY={}\nDATABASE_URL={}\nMAIL_URL=http://127.0.0.1:{MAIL_WEB_PORT}\n",
         stack.edge_url, stack.origin_url, stack.api_key, stack.database_url
     );
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))

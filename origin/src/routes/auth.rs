@@ -7,10 +7,9 @@ use axum::response::IntoResponse;
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{
     LoginRequest, Problem, RegisterRequest, TokenResponse, UpdateProfileRequest, UserProfile,
-    VerifiedUser, VerifyResponse,
+    VerifyResponse,
 };
 use gatehouse_shared::input::{check_email, check_name, check_password, normalize_email};
-use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -18,6 +17,7 @@ use uuid::Uuid;
 use super::{ended_response, normalize_name, push_error, token_response};
 use crate::error::{ApiError, Result, invalid_field};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
+use crate::links::Purpose;
 use crate::sessions::{self, EndReason, Which};
 use crate::users::{self, NameChange, NewUser};
 use crate::{AppState, credentials};
@@ -78,11 +78,22 @@ pub(crate) async fn register_user(
             password_hash: &password_hash,
             first_name: first_name.as_deref(),
             last_name: last_name.as_deref(),
+            erase_if_unverified: state.mail.is_some(),
         },
     )
     .await?;
     let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
+    let queued = match &state.mail {
+        Some(mail) => {
+            mail.queue_link(&state, &mut tx, &user, Purpose::VerifyEmail, now)
+                .await?
+        }
+        None => false,
+    };
     tx.commit().await?;
+    if let Some(mail) = &state.mail {
+        mail.queued_after_commit(&state, queued);
+    }
 
     tracing::info!(user_id = %user.id, "user registered");
     Ok((
@@ -174,16 +185,9 @@ async fn check_login(
     responses((status = 200, description = "The token is valid and its session live", body = VerifyResponse))
 )]
 pub(crate) async fn verify_token(user: AuthUser) -> Result<Json<VerifyResponse>> {
-    let expires_at = OffsetDateTime::from_unix_timestamp(user.claims.exp)
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Json(VerifyResponse {
-        valid: true,
-        user: VerifiedUser {
-            id: user.user_id,
-            email: user.claims.email,
-        },
-        expires_at,
-    }))
+    VerifyResponse::from_claims(user.claims)
+        .map(Json)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a validated token's exp is no time")))
 }
 
 /// `GET /auth/api-key`: 204 when the presented `X-API-Key` is valid (the gate in front of every
@@ -263,7 +267,7 @@ pub(crate) async fn deactivate_profile(
 ) -> Result<impl IntoResponse> {
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    users::deactivate(&mut tx, user.user_id).await?;
+    users::deactivate(&mut tx, user.user_id, now).await?;
     let ended = sessions::end(
         &mut tx,
         &state.sessions,

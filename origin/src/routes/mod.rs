@@ -1,6 +1,7 @@
 //! HTTP routes, one module per concern, each router merged in [`crate::app`]; the answers more
 //! than one of them give are here.
 
+pub mod account;
 pub mod auth;
 pub mod edge;
 pub mod health;
@@ -27,6 +28,7 @@ pub(crate) fn token_response(
     let issued = state.tokens.issue(
         user.id,
         &user.email,
+        user.email_verified_at.is_some(),
         grant.session_id,
         now,
         grant.expires_at,
@@ -51,6 +53,16 @@ pub(crate) fn ended_response(state: &AppState, ended: &[Uuid], now: OffsetDateTi
         response.headers_mut().insert(ENDED_SESSIONS_HEADER, value);
     }
     response
+}
+
+/// The rules every new password meets, at a password change and a reset (registration checks the
+/// same rule among its other fields): 422 naming `new_password` otherwise.
+pub(crate) fn check_new_password(
+    password: &gatehouse_shared::SecretString,
+) -> crate::error::Result<()> {
+    use gatehouse_shared::ExposeSecret as _;
+    gatehouse_shared::input::check_password(password.expose_secret())
+        .map_err(|message| crate::error::invalid_field("new_password", message))
 }
 
 /// Names are trimmed; an empty name is no name.

@@ -9,18 +9,19 @@ use gatehouse_shared::api::{
     ChangePasswordRequest, LogoutScope, Problem, RefreshRequest, SessionInfo, SessionList,
     TokenResponse,
 };
-use gatehouse_shared::input::check_password;
 use gatehouse_shared::refresh::RefreshToken;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{ended_response, push_error, token_response};
+use super::{check_new_password, ended_response, token_response};
 use crate::AppState;
 use crate::credentials;
 use crate::error::{ApiError, Result};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, ClientMeta};
+use crate::links::{self, Purpose};
+use crate::mail::{Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
 use crate::users;
 
@@ -93,17 +94,7 @@ pub(crate) async fn logout_user(
         LogoutScope::All => (Which::All, EndReason::LogoutAll),
         LogoutScope::Others => (Which::AllExcept(user.session_id), EndReason::LogoutOthers),
     };
-    let now = state.clock.now();
-    let mut connection = state.db.acquire().await?;
-    let ended = sessions::end(
-        &mut connection,
-        &state.sessions,
-        user.user_id,
-        which,
-        reason,
-        now,
-    )
-    .await?;
+    let (ended, now) = end_now(&state, user.user_id, which, reason).await?;
     tracing::info!(user_id = %user.user_id, ended = ended.len(), scope = ?params.scope, "logged out");
     Ok(ended_response(&state, &ended, now))
 }
@@ -126,15 +117,7 @@ pub(crate) async fn change_password(
     meta: ClientMeta,
     ApiJson(request): ApiJson<ChangePasswordRequest>,
 ) -> Result<impl IntoResponse> {
-    let mut errors = Vec::new();
-    push_error(
-        &mut errors,
-        "new_password",
-        check_password(request.new_password.expose_secret()),
-    );
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
+    check_new_password(&request.new_password)?;
     if request.current_password.expose_secret().len() > gatehouse_shared::input::MAX_PASSWORD_BYTES
     {
         return Err(ApiError::WrongPassword);
@@ -172,7 +155,20 @@ pub(crate) async fn change_password(
         now,
     )
     .await?;
+    // A reset link mailed before the change must not undo it (OWASP Forgot Password Cheat Sheet).
+    links::void(&mut tx, user.user_id, Purpose::ResetPassword).await?;
+    let noticed = match &state.mail {
+        Some(mail) => {
+            let to = Recipient::User(&checked);
+            mail.queue(&state, &mut tx, to, Template::PasswordChanged, None, now)
+                .await?
+        }
+        None => false,
+    };
     tx.commit().await?;
+    if let Some(mail) = &state.mail {
+        mail.queued_after_commit(&state, noticed);
+    }
     tracing::info!(user_id = %user.user_id, ended = ended.len(), "password changed");
     Ok(ended_response(&state, &ended, now))
 }
@@ -219,20 +215,33 @@ pub(crate) async fn end_session(
     user: AuthUser,
     ApiPath(session_id): ApiPath<Uuid>,
 ) -> Result<impl IntoResponse> {
-    let now = state.clock.now();
-    let mut connection = state.db.acquire().await?;
-    let ended = sessions::end(
-        &mut connection,
-        &state.sessions,
-        user.user_id,
-        Which::One(session_id),
-        EndReason::EndedByUser,
-        now,
-    )
-    .await?;
+    let which = Which::One(session_id);
+    let (ended, now) = end_now(&state, user.user_id, which, EndReason::EndedByUser).await?;
     if ended.is_empty() {
         return Err(ApiError::SessionNotFound);
     }
     tracing::info!(user_id = %user.user_id, %session_id, "session ended by its user");
     Ok(ended_response(&state, &ended, now))
+}
+
+/// Ends `which` sessions of `user_id` now, on a connection of its own: the ids of the sessions
+/// that were live, and the time they ended.
+async fn end_now(
+    state: &AppState,
+    user_id: Uuid,
+    which: Which,
+    reason: EndReason,
+) -> Result<(Vec<Uuid>, time::OffsetDateTime)> {
+    let now = state.clock.now();
+    let mut connection = state.db.acquire().await?;
+    let ended = sessions::end(
+        &mut connection,
+        &state.sessions,
+        user_id,
+        which,
+        reason,
+        now,
+    )
+    .await?;
+    Ok((ended, now))
 }

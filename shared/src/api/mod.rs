@@ -152,6 +152,10 @@ pub struct UserProfile {
     pub last_name: Option<String>,
     /// False once the account is deactivated.
     pub is_active: bool,
+    /// Whether the address is verified: a link mailed to it was followed, or a password reset
+    /// went through it.
+    #[serde(default)]
+    pub email_verified: bool,
     /// When the account was created, RFC 3339 in UTC.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -203,6 +207,42 @@ pub struct ChangePasswordRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     #[serde(serialize_with = "expose")]
     pub current_password: SecretString,
+    /// The new password, under the same rules as at registration.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub new_password: SecretString,
+}
+
+/// `POST /auth/password/forgot` and `POST /auth/email/verify/resend`: an address to mail a link to,
+/// if an account it applies to has it. The answer is 202 either way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct EmailRequest {
+    /// The address.
+    pub email: String,
+}
+
+/// `POST /auth/email/verify`: the token of a verification link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LinkTokenRequest {
+    /// The token from the link's fragment (`#token=gtl_...`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub token: SecretString,
+}
+
+/// `POST /auth/password/reset`: the token of a reset link and the new password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ResetPasswordRequest {
+    /// The token from the link's fragment (`#token=gtl_...`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub token: SecretString,
     /// The new password, under the same rules as at registration.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     #[serde(serialize_with = "expose")]
@@ -322,6 +362,25 @@ pub struct VerifiedUser {
     pub id: Uuid,
     /// The user's email address when the token was issued.
     pub email: String,
+    /// Whether that address was verified then.
+    #[serde(default)]
+    pub email_verified: bool,
+}
+
+impl VerifyResponse {
+    /// The answer for a token whose `claims` passed validation; `None` when its expiry is not a
+    /// representable time (validation has compared it as a number, so it is far from now).
+    pub fn from_claims(claims: crate::token::AccessClaims) -> Option<Self> {
+        Some(VerifyResponse {
+            valid: true,
+            expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).ok()?,
+            user: VerifiedUser {
+                id: claims.sub,
+                email: claims.email,
+                email_verified: claims.email_verified,
+            },
+        })
+    }
 }
 
 /// `GET /health` and `GET /ready`.
@@ -443,12 +502,21 @@ mod tests {
         let refresh = RefreshRequest {
             refresh_token: "gtr_hunter2".into(),
         };
+        let link = LinkTokenRequest {
+            token: "gtl_hunter2".into(),
+        };
+        let reset = ResetPasswordRequest {
+            token: "gtl_hunter2".into(),
+            new_password: "hunter3hunter3".into(),
+        };
 
         for debug in [
             format!("{register:?}"),
             format!("{login:?}"),
             format!("{change:?}"),
             format!("{refresh:?}"),
+            format!("{link:?}"),
+            format!("{reset:?}"),
         ] {
             assert!(!debug.contains("hunter"), "{debug}");
             assert!(debug.contains("REDACTED"), "{debug}");

@@ -201,6 +201,14 @@ problem_kinds! {
     /// An `/edge/*` request without the edge secret.
     NotFromEdge => "not_from_edge", UNAUTHORIZED, challenge(Scheme::EdgeSecret, None),
         "this route is for the Gatehouse edge only";
+    /// An emailed link's token is unknown, voided, malformed or for another purpose. Its own
+    /// code and no challenge: it is not an access token, and a client must not sign out for it.
+    LinkTokenInvalid => "link_token_invalid", BAD_REQUEST, None,
+        "the link is invalid; ask for a new one";
+    /// An emailed link's token has passed its lifetime.
+    LinkTokenExpired => "link_token_expired", GONE, None, "the link has expired; ask for a new one";
+    /// An emailed link's token was already used.
+    LinkTokenUsed => "link_token_used", CONFLICT, None, "the link was already used";
     /// `current_password` is wrong (403: the bearer token itself is fine).
     WrongPassword => "wrong_password", FORBIDDEN, None, "current password is incorrect";
     /// A CORS preflight from an origin not in `ALLOWED_ORIGINS` (edge).

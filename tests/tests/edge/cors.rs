@@ -52,22 +52,19 @@ async fn responses_name_listed_origins_and_never_reflect_others(pool: PgPool) {
     let token = stack.register("ada@example.com").await.access_token;
 
     let listed = stack
-        .request(Method::GET, "/auth/verify")
-        .bearer_auth(token.expose_secret())
+        .authorized(Method::GET, "/auth/verify", token.expose_secret())
         .header("origin", ALLOWED)
         .send()
         .await
         .unwrap();
     let forwarded = stack
-        .request(Method::GET, "/auth/profile")
-        .bearer_auth(token.expose_secret())
+        .authorized(Method::GET, "/auth/profile", token.expose_secret())
         .header("origin", ALLOWED)
         .send()
         .await
         .unwrap();
     let unlisted = stack
-        .request(Method::GET, "/auth/verify")
-        .bearer_auth(token.expose_secret())
+        .authorized(Method::GET, "/auth/verify", token.expose_secret())
         .header("origin", "https://evil.example.net")
         .send()
         .await

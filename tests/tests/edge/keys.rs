@@ -7,7 +7,7 @@ use gatehouse_shared::api_key::ApiKey;
 use reqwest::{Method, StatusCode};
 use sqlx::PgPool;
 
-use crate::{Stack, problem};
+use crate::{Stack, assert_problem, problem};
 
 /// Bound on waiting for a revocation to reach the edge: the test edge caches verdicts 1 s.
 const REVOCATION_POLLS: usize = 50;
@@ -27,10 +27,8 @@ async fn missing_and_malformed_keys_are_refused_without_asking_the_origin(pool: 
         .await
         .unwrap();
 
-    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(problem(missing).await.0, "invalid_api_key");
-    assert_eq!(malformed.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(problem(malformed).await.0, "invalid_api_key");
+    assert_problem(missing, StatusCode::UNAUTHORIZED, "invalid_api_key").await;
+    assert_problem(malformed, StatusCode::UNAUTHORIZED, "invalid_api_key").await;
     assert!(
         stack.relay.seen().is_empty(),
         "nothing reached the origin: {:?}",
@@ -76,10 +74,7 @@ async fn valid_key_is_looked_up_once_then_cached(pool: PgPool) {
     let token = stack.register("ada@example.com").await.access_token;
 
     for _ in 0..5 {
-        assert_eq!(
-            stack.verify(token.expose_secret()).await.status(),
-            StatusCode::OK
-        );
+        stack.assert_verifies(token.expose_secret()).await;
     }
 
     assert_eq!(
@@ -93,10 +88,7 @@ async fn valid_key_is_looked_up_once_then_cached(pool: PgPool) {
 async fn revoked_key_stops_working_within_the_cache_ttl(pool: PgPool) {
     let stack = Stack::start(pool).await;
     let token = stack.register("ada@example.com").await.access_token;
-    assert_eq!(
-        stack.verify(token.expose_secret()).await.status(),
-        StatusCode::OK
-    );
+    stack.assert_verifies(token.expose_secret()).await;
     let id = ApiKey::parse(&stack.app.api_key).unwrap().id().to_owned();
 
     assert!(api_keys::revoke(&stack.app.pool, &id).await.unwrap());
@@ -119,11 +111,7 @@ async fn revoked_key_stops_working_within_the_cache_ttl(pool: PgPool) {
         after < std::time::Duration::from_millis(1_800),
         "refused after {after:?}"
     );
-    let after = stack
-        .request(Method::POST, "/auth/login")
-        .send()
-        .await
-        .unwrap();
+    let after = stack.send(Method::POST, "/auth/login").await;
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -156,11 +144,7 @@ async fn a_login_flood_from_one_address_stops_at_the_edge(pool: PgPool) {
         passed += 1;
         assert!(passed <= 6, "no 429 after {passed} logins");
     };
-    let verify = stack
-        .request(Method::GET, "/auth/verify")
-        .send()
-        .await
-        .unwrap();
+    let verify = stack.send(Method::GET, "/auth/verify").await;
 
     assert!(passed >= 3, "throttled after only {passed} logins");
     assert_eq!(flooded.headers()["retry-after"], "60");

@@ -6,6 +6,7 @@
 mod cors;
 mod flow;
 mod keys;
+mod mail;
 mod sessions;
 mod tokens;
 mod wrangler;
@@ -61,24 +62,59 @@ impl Stack {
 
     /// Registers through the edge.
     pub async fn register(&self, email: &str) -> TokenResponse {
+        self.credentials("/auth/register", email, StatusCode::CREATED)
+            .await
+    }
+
+    /// Logs in through the edge with [`PASSWORD`].
+    pub async fn login(&self, email: &str) -> TokenResponse {
+        self.credentials("/auth/login", email, StatusCode::OK).await
+    }
+
+    async fn credentials(&self, path: &str, email: &str, expected: StatusCode) -> TokenResponse {
         let response = self
-            .request(Method::POST, "/auth/register")
+            .request(Method::POST, path)
             .json(&json!({ "email": email, "password": PASSWORD }))
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(response.status(), expected, "{path}");
         response.json().await.unwrap()
+    }
+
+    /// A request with no body and no token through the edge.
+    pub async fn send(&self, method: Method, path: &str) -> reqwest::Response {
+        self.request(method, path).send().await.unwrap()
+    }
+
+    /// A request to the edge carrying the app's API key and `access_token`.
+    pub fn authorized(&self, method: Method, path: &str, access_token: &str) -> RequestBuilder {
+        self.request(method, path).bearer_auth(access_token)
+    }
+
+    /// Asserts that the edge accepts `token`.
+    pub async fn assert_verifies(&self, token: &str) {
+        let response = self.verify(token).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the edge accepts the token"
+        );
     }
 
     /// `GET /auth/verify` through the edge with `token`.
     pub async fn verify(&self, token: &str) -> reqwest::Response {
-        self.request(Method::GET, "/auth/verify")
-            .bearer_auth(token)
+        self.authorized(Method::GET, "/auth/verify", token)
             .send()
             .await
             .unwrap()
     }
+}
+
+/// Asserts that `response` is a problem with `status` and `code`.
+pub async fn assert_problem(response: reqwest::Response, status: StatusCode, code: &str) {
+    assert_eq!(response.status(), status);
+    assert_eq!(problem(response).await.0, code);
 }
 
 /// The `code` and `detail` of a problem response, after checking its media type.

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::{Stack, problem};
+use crate::{Stack, assert_problem, problem};
 
 /// A stack whose edge refreshes its revocation list every `secs` seconds (0: on every check).
 async fn stack_refreshing_every(pool: PgPool, secs: u64) -> Stack {
@@ -33,33 +33,21 @@ async fn assert_session_ended_at_edge(stack: &Stack, access_token: &str) {
     );
 }
 
-async fn login(stack: &Stack, email: &str) -> TokenResponse {
-    let response = stack
-        .request(Method::POST, "/auth/login")
-        .json(&json!({ "email": email, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
-
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn logout_through_the_edge_is_refused_there_at_once(pool: PgPool) {
     // A minute between list refreshes: only the edge's own knowledge can refuse the token.
     let stack = stack_refreshing_every(pool, 60).await;
     let registered = stack.register("ada@example.com").await;
-    assert_eq!(
-        stack
-            .verify(registered.access_token.expose_secret())
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    stack
+        .assert_verifies(registered.access_token.expose_secret())
+        .await;
 
     let logout = stack
-        .request(Method::POST, "/auth/logout")
-        .bearer_auth(registered.access_token.expose_secret())
+        .authorized(
+            Method::POST,
+            "/auth/logout",
+            registered.access_token.expose_secret(),
+        )
         .send()
         .await
         .unwrap();
@@ -76,8 +64,11 @@ async fn logout_through_the_edge_is_refused_there_at_once(pool: PgPool) {
         "refused from the origin's header, not from a new list"
     );
     let profile = stack
-        .request(Method::GET, "/auth/profile")
-        .bearer_auth(registered.access_token.expose_secret())
+        .authorized(
+            Method::GET,
+            "/auth/profile",
+            registered.access_token.expose_secret(),
+        )
         .send()
         .await
         .unwrap();
@@ -94,14 +85,10 @@ async fn a_session_ended_directly_at_the_origin_is_refused_by_the_edge(pool: PgP
     // Refreshing on every check makes the bound zero, so the test needs no waiting.
     let stack = stack_refreshing_every(pool, 0).await;
     let registered = stack.register("ada@example.com").await;
-    let other = login(&stack, "ada@example.com").await;
-    assert_eq!(
-        stack
-            .verify(registered.access_token.expose_secret())
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    let other = stack.login("ada@example.com").await;
+    stack
+        .assert_verifies(registered.access_token.expose_secret())
+        .await;
 
     // The origin ends the session with no request through the edge.
     let logout = stack
@@ -111,14 +98,10 @@ async fn a_session_ended_directly_at_the_origin_is_refused_by_the_edge(pool: PgP
 
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
     assert_session_ended_at_edge(&stack, registered.access_token.expose_secret()).await;
-    assert_eq!(
-        stack
-            .verify(other.access_token.expose_secret())
-            .await
-            .status(),
-        StatusCode::OK,
-        "other sessions are unaffected"
-    );
+    // Other sessions are unaffected.
+    stack
+        .assert_verifies(other.access_token.expose_secret())
+        .await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -127,13 +110,9 @@ async fn the_revocation_list_is_fetched_once_per_interval(pool: PgPool) {
     let registered = stack.register("ada@example.com").await;
 
     for _ in 0..10 {
-        assert_eq!(
-            stack
-                .verify(registered.access_token.expose_secret())
-                .await
-                .status(),
-            StatusCode::OK
-        );
+        stack
+            .assert_verifies(registered.access_token.expose_secret())
+            .await;
     }
 
     assert_eq!(stack.relay.count("GET /edge/revocations"), 1);
@@ -165,20 +144,15 @@ async fn refresh_reuse_through_the_edge_ends_the_session_there(pool: PgPool) {
         .unwrap();
     assert_eq!(rotated.status(), StatusCode::OK);
     let rotated: TokenResponse = rotated.json().await.unwrap();
-    assert_eq!(
-        stack
-            .verify(rotated.access_token.expose_secret())
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    stack
+        .assert_verifies(rotated.access_token.expose_secret())
+        .await;
     stack.app.clock.advance(Duration::from_secs(11));
     let reuse = refresh(registered.refresh_token.expose_secret())
         .await
         .unwrap();
 
-    assert_eq!(reuse.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(problem(reuse).await.0, "refresh_token_reused");
+    assert_problem(reuse, StatusCode::UNAUTHORIZED, "refresh_token_reused").await;
     assert_session_ended_at_edge(&stack, rotated.access_token.expose_secret()).await;
 }
 
@@ -186,21 +160,20 @@ async fn refresh_reuse_through_the_edge_ends_the_session_there(pool: PgPool) {
 async fn password_change_and_session_routes_work_through_the_edge(pool: PgPool) {
     let stack = stack_refreshing_every(pool, 60).await;
     let first = stack.register("ada@example.com").await;
-    let second = login(&stack, "ada@example.com").await;
-    let third = login(&stack, "ada@example.com").await;
+    let second = stack.login("ada@example.com").await;
+    let third = stack.login("ada@example.com").await;
     for session in [&first, &second, &third] {
-        assert_eq!(
-            stack
-                .verify(session.access_token.expose_secret())
-                .await
-                .status(),
-            StatusCode::OK
-        );
+        stack
+            .assert_verifies(session.access_token.expose_secret())
+            .await;
     }
 
     let listed = stack
-        .request(Method::GET, "/auth/sessions")
-        .bearer_auth(first.access_token.expose_secret())
+        .authorized(
+            Method::GET,
+            "/auth/sessions",
+            first.access_token.expose_secret(),
+        )
         .send()
         .await
         .unwrap();
@@ -211,11 +184,11 @@ async fn password_change_and_session_routes_work_through_the_edge(pool: PgPool) 
     );
 
     let ended = stack
-        .request(
+        .authorized(
             Method::DELETE,
             &format!("/auth/sessions/{}", third.session_id),
+            first.access_token.expose_secret(),
         )
-        .bearer_auth(first.access_token.expose_secret())
         .send()
         .await
         .unwrap();
@@ -223,31 +196,32 @@ async fn password_change_and_session_routes_work_through_the_edge(pool: PgPool) 
     assert_session_ended_at_edge(&stack, third.access_token.expose_secret()).await;
 
     let wrong = stack
-        .request(Method::PUT, "/auth/password")
-        .bearer_auth(first.access_token.expose_secret())
+        .authorized(
+            Method::PUT,
+            "/auth/password",
+            first.access_token.expose_secret(),
+        )
         .json(&json!({ "current_password": "not it at all", "new_password": "a new passphrase" }))
         .send()
         .await
         .unwrap();
-    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
-    assert_eq!(problem(wrong).await.0, "wrong_password");
+    assert_problem(wrong, StatusCode::FORBIDDEN, "wrong_password").await;
 
     let changed = stack
-        .request(Method::PUT, "/auth/password")
-        .bearer_auth(first.access_token.expose_secret())
+        .authorized(
+            Method::PUT,
+            "/auth/password",
+            first.access_token.expose_secret(),
+        )
         .json(&json!({ "current_password": PASSWORD, "new_password": "a new passphrase" }))
         .send()
         .await
         .unwrap();
     assert_eq!(changed.status(), StatusCode::NO_CONTENT);
     assert_session_ended_at_edge(&stack, second.access_token.expose_secret()).await;
-    assert_eq!(
-        stack
-            .verify(first.access_token.expose_secret())
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    stack
+        .assert_verifies(first.access_token.expose_secret())
+        .await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -281,8 +255,7 @@ async fn the_revocation_list_is_not_reachable_through_the_edge(pool: PgPool) {
         .await
         .unwrap();
 
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert_eq!(problem(response).await.0, "not_found");
+    assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(stack.relay.count("GET /edge/revocations"), 0);
 }
 
@@ -293,14 +266,14 @@ async fn an_edge_without_its_secret_refuses_to_run(pool: PgPool) {
     })
     .await;
 
-    let response = stack
-        .request(Method::GET, "/auth/verify")
-        .send()
-        .await
-        .unwrap();
+    let response = stack.send(Method::GET, "/auth/verify").await;
 
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(problem(response).await.0, "internal_error");
+    assert_problem(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
     assert!(stack.relay.seen().is_empty());
 }
 
@@ -329,30 +302,22 @@ fn unreachable_origin() -> String {
 async fn an_origin_outage_is_bridged_with_the_last_list(pool: PgPool) {
     let stack = stack_with_max_stale(pool, 300).await;
     let live = stack.register("ada@example.com").await;
-    let ended = login(&stack, "ada@example.com").await;
+    let ended = stack.login("ada@example.com").await;
     // Ended at the origin directly, so only the list tells the edge.
     stack
         .app
         .post_empty("/auth/logout", ended.access_token.expose_secret())
         .await;
-    assert_eq!(
-        stack
-            .verify(live.access_token.expose_secret())
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    stack
+        .assert_verifies(live.access_token.expose_secret())
+        .await;
 
     stack.relay.retarget(&unreachable_origin());
 
-    assert_eq!(
-        stack
-            .verify(live.access_token.expose_secret())
-            .await
-            .status(),
-        StatusCode::OK,
-        "the last list still vouches"
-    );
+    // The last list still vouches.
+    stack
+        .assert_verifies(live.access_token.expose_secret())
+        .await;
     assert_session_ended_at_edge(&stack, ended.access_token.expose_secret()).await;
 }
 
@@ -360,17 +325,17 @@ async fn an_origin_outage_is_bridged_with_the_last_list(pool: PgPool) {
 async fn a_list_too_stale_to_trust_makes_verification_unavailable(pool: PgPool) {
     let stack = stack_with_max_stale(pool, 0).await;
     let live = stack.register("ada@example.com").await;
-    assert_eq!(
-        stack
-            .verify(live.access_token.expose_secret())
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    stack
+        .assert_verifies(live.access_token.expose_secret())
+        .await;
 
     stack.relay.retarget(&unreachable_origin());
     let verify = stack.verify(live.access_token.expose_secret()).await;
 
-    assert_eq!(verify.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(problem(verify).await.0, "revocations_unavailable");
+    assert_problem(
+        verify,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "revocations_unavailable",
+    )
+    .await;
 }

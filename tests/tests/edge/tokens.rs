@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::{Stack, problem};
+use crate::{Stack, assert_problem, problem};
 
 /// The claims of a freshly issued token, to be altered and re-signed.
 async fn claims_of(stack: &Stack, token: &str) -> AccessClaims {
@@ -56,8 +56,7 @@ async fn bad_tokens_are_refused_at_the_edge(pool: PgPool) {
     for (bad, reason) in &cases {
         let verify = stack.verify(bad).await;
         let profile = stack
-            .request(Method::GET, "/auth/profile")
-            .bearer_auth(bad)
+            .authorized(Method::GET, "/auth/profile", bad)
             .send()
             .await
             .unwrap();
@@ -75,13 +74,8 @@ async fn bad_tokens_are_refused_at_the_edge(pool: PgPool) {
         );
         assert_eq!(profile.status(), StatusCode::UNAUTHORIZED, "{reason}");
     }
-    let missing = stack
-        .request(Method::GET, "/auth/profile")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(problem(missing).await.0, "missing_token");
+    let missing = stack.send(Method::GET, "/auth/profile").await;
+    assert_problem(missing, StatusCode::UNAUTHORIZED, "missing_token").await;
     assert_eq!(stack.relay.count("GET /auth/verify"), 0);
     assert_eq!(
         stack.relay.count("GET /auth/profile"),
@@ -129,10 +123,7 @@ async fn a_key_rotation_at_the_origin_is_picked_up_without_a_restart(pool: PgPoo
     )
     .await;
     let old_token = stack.register("ada@example.com").await.access_token;
-    assert_eq!(
-        stack.verify(old_token.expose_secret()).await.status(),
-        StatusCode::OK
-    );
+    stack.assert_verifies(old_token.expose_secret()).await;
 
     // The origin is redeployed with a new signing key, keeping the old one verifiable.
     let rotated = TestApp::with(

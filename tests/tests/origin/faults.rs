@@ -21,20 +21,14 @@ const HANG: Duration = Duration::from_secs(10);
 
 /// Waits until the clients have made `count` more registrations with outcome `status`.
 async fn wait_for(outcomes: &std::sync::Mutex<Vec<Outcome>>, status: StatusCode, count: usize) {
-    let start = outcomes
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|o| o.status == status)
-        .count();
+    let with_status = || {
+        let outcomes = outcomes.lock().unwrap();
+        outcomes.iter().filter(|o| o.status == status).count()
+    };
+    let start = with_status();
     let deadline = Instant::now() + HANG * 3;
     loop {
-        let seen = outcomes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|o| o.status == status)
-            .count();
+        let seen = with_status();
         if seen >= start + count {
             return;
         }

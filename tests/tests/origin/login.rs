@@ -18,11 +18,7 @@ async fn login_with_the_right_password_returns_a_token(pool: PgPool) {
     assert_eq!(response.status, StatusCode::OK);
     let body: TokenResponse = response.json();
     assert_eq!(body.user.id, registered.user.id);
-    let claims = app
-        .state
-        .tokens
-        .verify(body.access_token.expose_secret(), app.state.clock.now())
-        .unwrap();
+    let claims = app.claims(&body.access_token);
     assert_eq!(claims.sub, registered.user.id);
 }
 
@@ -33,17 +29,8 @@ async fn each_login_starts_its_own_session(pool: PgPool) {
 
     let login: TokenResponse = app.login("ada@example.com", PASSWORD).await.json();
 
-    let now = app.state.clock.now();
-    let first = app
-        .state
-        .tokens
-        .verify(registered.access_token.expose_secret(), now)
-        .unwrap();
-    let second = app
-        .state
-        .tokens
-        .verify(login.access_token.expose_secret(), now)
-        .unwrap();
+    let first = app.claims(&registered.access_token);
+    let second = app.claims(&login.access_token);
     assert_ne!(first.sid, second.sid);
     let sessions: i64 = sqlx::query_scalar("select count(*) from sessions")
         .fetch_one(&app.pool)
@@ -57,9 +44,7 @@ async fn wrong_password_unknown_email_and_deactivated_account_look_the_same(pool
     let app = TestApp::new(pool).await;
     app.register("ada@example.com").await;
     let gone = app.register("gone@example.com").await;
-    let deleted = app
-        .delete("/auth/profile", gone.access_token.expose_secret())
-        .await;
+    let deleted = app.deactivate(gone.access_token.expose_secret()).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
 
     let wrong_password = app.login("ada@example.com", "not the password").await;

@@ -6,6 +6,7 @@ mod api_key;
 mod faults;
 mod http;
 mod login;
+mod mail;
 mod metrics;
 mod openapi;
 mod password;

@@ -94,7 +94,7 @@ async fn delete_deactivates_and_ends_every_session(pool: PgPool) {
     app.login("ada@example.com", gatehouse_tests::PASSWORD)
         .await;
 
-    let response = app.delete("/auth/profile", token.expose_secret()).await;
+    let response = app.deactivate(token.expose_secret()).await;
 
     assert_eq!(response.status, StatusCode::NO_CONTENT);
     let active: bool = sqlx::query_scalar("select is_active from users")

@@ -4,9 +4,8 @@
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use futures_util::future::join_all;
-use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{API_KEY_HEADER, TokenResponse};
-use gatehouse_tests::{PASSWORD, TestApp, register_body};
+use gatehouse_tests::{PASSWORD, TestApp, count_status, register_body};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -25,11 +24,7 @@ async fn registration_returns_a_token_and_the_new_user(pool: PgPool) {
     assert_eq!(body.user.email, "ada@example.com");
     assert_eq!(body.user.first_name.as_deref(), Some("Ada"));
     assert!(body.user.is_active);
-    let claims = app
-        .state
-        .tokens
-        .verify(body.access_token.expose_secret(), app.state.clock.now())
-        .unwrap();
+    let claims = app.claims(&body.access_token);
     assert_eq!(claims.sub, body.user.id);
     assert_eq!(claims.email, "ada@example.com");
 }
@@ -71,14 +66,8 @@ async fn concurrent_registrations_of_one_email_create_exactly_one_account(pool: 
     // insert; only the unique index can pick the winner.
     let responses = join_all(attempts).await;
 
-    let created = responses
-        .iter()
-        .filter(|r| r.status == StatusCode::CREATED)
-        .count();
-    let conflicts = responses
-        .iter()
-        .filter(|r| r.status == StatusCode::CONFLICT)
-        .count();
+    let created = count_status(&responses, StatusCode::CREATED);
+    let conflicts = count_status(&responses, StatusCode::CONFLICT);
     assert_eq!((created, conflicts), (1, 19));
     assert_eq!(app.user_count().await, 1);
 }
@@ -88,11 +77,9 @@ async fn invalid_fields_are_listed_in_one_422(pool: PgPool) {
     let app = TestApp::new(pool).await;
 
     let response = app
-        .call(
-            Method::POST,
+        .post(
             "/auth/register",
-            None,
-            Some(json!({ "email": "not-an-email", "password": "short", "last_name": "x".repeat(101) })),
+            json!({ "email": "not-an-email", "password": "short", "last_name": "x".repeat(101) }),
         )
         .await;
 
@@ -129,11 +116,9 @@ async fn password_over_72_bytes_is_refused_not_truncated(pool: PgPool) {
     let app = TestApp::new(pool).await;
 
     let response = app
-        .call(
-            Method::POST,
+        .post(
             "/auth/register",
-            None,
-            Some(json!({ "email": "ada@example.com", "password": "a".repeat(73) })),
+            json!({ "email": "ada@example.com", "password": "a".repeat(73) }),
         )
         .await;
 

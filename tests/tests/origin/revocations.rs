@@ -100,7 +100,7 @@ async fn every_kind_of_ending_reaches_the_revocation_list(pool: PgPool) {
         json!({"current_password": PASSWORD, "new_password": "a new passphrase"}),
     )
     .await;
-    app.delete("/auth/profile", deactivated.access_token.expose_secret())
+    app.deactivate(deactivated.access_token.expose_secret())
         .await;
 
     let list: RevocationList = revocations(&app, Some(EDGE_SECRET)).await.json();

@@ -255,9 +255,7 @@ async fn deactivation_ends_every_session_and_its_refresh_tokens(pool: PgPool) {
     let first = app.register("ada@example.com").await;
     let second = app.sign_in("ada@example.com").await;
 
-    let deleted = app
-        .delete("/auth/profile", first.access_token.expose_secret())
-        .await;
+    let deleted = app.deactivate(first.access_token.expose_secret()).await;
 
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     for session in [&first, &second] {

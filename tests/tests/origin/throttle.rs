@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode};
 use gatehouse_origin::throttle::LoginLimits;
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER};
-use gatehouse_tests::{EDGE_SECRET, Options, PASSWORD, TestApp, TestResponse};
+use gatehouse_tests::{EDGE_SECRET, Options, PASSWORD, TestApp, TestResponse, count_status};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -29,6 +29,12 @@ async fn app(pool: PgPool) -> TestApp {
         },
     )
     .await
+}
+
+/// A wrong password for `email` from `ip`, answered 401.
+async fn guess(app: &TestApp, ip: &str, email: &str) {
+    let failed = login_from(app, ip, email, "wrong guess").await;
+    assert_eq!(failed.status, StatusCode::UNAUTHORIZED, "{ip} {email}");
 }
 
 /// A login as the edge forwards it for a client at `ip`.
@@ -104,9 +110,7 @@ async fn a_distributed_guess_hits_the_account_limit(pool: PgPool) {
     app.register("ada@example.com").await;
 
     for attempt in 0..LIMITS.per_account {
-        let ip = format!("203.0.113.{attempt}");
-        let failed = login_from(&app, &ip, "ada@example.com", "wrong guess").await;
-        assert_eq!(failed.status, StatusCode::UNAUTHORIZED);
+        guess(&app, &format!("203.0.113.{attempt}"), "ada@example.com").await;
     }
     let fresh_address = login_from(&app, "198.51.100.200", "ada@example.com", PASSWORD).await;
 
@@ -119,9 +123,7 @@ async fn one_address_guessing_many_accounts_hits_the_address_limit(pool: PgPool)
     app.register("ada@example.com").await;
 
     for attempt in 0..LIMITS.per_ip {
-        let email = format!("nobody{attempt}@example.com");
-        let failed = login_from(&app, "203.0.113.1", &email, "wrong guess").await;
-        assert_eq!(failed.status, StatusCode::UNAUTHORIZED);
+        guess(&app, "203.0.113.1", &format!("nobody{attempt}@example.com")).await;
     }
     let stuffing = login_from(&app, "203.0.113.1", "ada@example.com", PASSWORD).await;
     let elsewhere = login_from(&app, "198.51.100.7", "ada@example.com", PASSWORD).await;
@@ -194,14 +196,8 @@ async fn concurrent_guesses_cannot_slip_past_the_limit(pool: PgPool) {
     let guesses = (0..12).map(|_| login_from(&app, "203.0.113.1", "ada@example.com", "wrong"));
     let responses = futures_util::future::join_all(guesses).await;
 
-    let checked = responses
-        .iter()
-        .filter(|r| r.status == StatusCode::UNAUTHORIZED)
-        .count();
-    let limited = responses
-        .iter()
-        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
-        .count();
+    let checked = count_status(&responses, StatusCode::UNAUTHORIZED);
+    let limited = count_status(&responses, StatusCode::TOO_MANY_REQUESTS);
     // Counting and checking the limit are one transaction on locked rows: exactly the limit's
     // worth of guesses reaches bcrypt, however many arrive together.
     assert_eq!(checked, LIMITS.per_account_and_ip as usize);

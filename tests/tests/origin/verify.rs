@@ -98,14 +98,7 @@ async fn expired_token_is_rejected(pool: PgPool) {
 async fn token_signed_by_an_unknown_key_is_rejected(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
-    let claims = app
-        .state
-        .tokens
-        .verify(
-            registered.access_token.expose_secret(),
-            app.state.clock.now(),
-        )
-        .unwrap();
+    let claims = app.claims(&registered.access_token);
     let stranger = TokenSigner::generate(&mut rand_core::OsRng);
 
     let forged = stranger.sign(&claims);
@@ -151,14 +144,7 @@ async fn token_for_another_audience_is_rejected(pool: PgPool) {
     )
     .await;
     let registered = app.register("ada@example.com").await;
-    let mut claims: AccessClaims = app
-        .state
-        .tokens
-        .verify(
-            registered.access_token.expose_secret(),
-            app.state.clock.now(),
-        )
-        .unwrap();
+    let mut claims: AccessClaims = app.claims(&registered.access_token);
     claims.aud = vec!["another-service".into()];
 
     let token = TokenSigner::from_pkcs8_pem(&pem).unwrap().sign(&claims);
@@ -219,7 +205,7 @@ async fn deactivated_account_tokens_stop_working_at_once(pool: PgPool) {
         .json::<gatehouse_shared::api::TokenResponse>();
 
     let deleted = app
-        .delete("/auth/profile", registered.access_token.expose_secret())
+        .deactivate(registered.access_token.expose_secret())
         .await;
     let first_after = app
         .get("/auth/verify", registered.access_token.expose_secret())

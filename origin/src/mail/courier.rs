@@ -1,0 +1,362 @@
+//! The courier: a task in every origin instance that claims due outbox rows, renders them and
+//! sends them over SMTP with `lettre`, retrying with exponential back-off. It wakes when a request
+//! queues mail and otherwise polls, so rows written by other instances, or due for a retry, go out
+//! too. On shutdown it stops between two mails and gives back the rows it still holds.
+
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::outbox::{self, Claimed};
+use super::{Mail, Template};
+use crate::error::Result;
+use crate::links::{self, Purpose};
+use crate::server_secret::TokenCipher;
+use crate::{AppState, users};
+
+/// Rows claimed at once: enough to drain a burst, few enough that a stopping courier gives back
+/// little.
+const BATCH: i64 = 16;
+
+/// How long a claim holds a row. Longer than any delivery (`SEND_TIMEOUT`), so no second courier
+/// takes a row that is being sent; short enough that a crashed courier's rows go out soon.
+const LEASE: time::Duration = time::Duration::minutes(2);
+
+/// The longest one SMTP delivery may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often an idle courier looks for rows that another instance queued.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+/// After this long a mail is given up: every link it could carry has expired by then.
+const GIVE_UP_AFTER: time::Duration = time::Duration::hours(24);
+
+/// A running courier.
+pub struct CourierHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl CourierHandle {
+    /// Stops after the mail being sent, gives back the rows still claimed, and waits for that.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the courier for `state`, or nothing when mail is disabled. Fails when `SMTP_URL` is
+/// not an SMTP URL lettre understands.
+pub fn spawn(state: &AppState) -> anyhow::Result<Option<CourierHandle>> {
+    let Some(mail) = state.mail.clone() else {
+        return Ok(None);
+    };
+    use gatehouse_shared::ExposeSecret as _;
+    let transport =
+        AsyncSmtpTransport::<Tokio1Executor>::from_url(mail.config.smtp_url.expose_secret())
+            .map_err(|_| anyhow::anyhow!("SMTP_URL is not a valid smtp:// or smtps:// URL"))?
+            .timeout(Some(SEND_TIMEOUT))
+            .build();
+    let (stop, stopped) = watch::channel(false);
+    let courier = Courier {
+        cipher: state.server_keys.outbox_cipher(),
+        domain: mail.config.from.email.domain().to_owned(),
+        state: state.clone(),
+        mail,
+        transport,
+    };
+    Ok(Some(CourierHandle {
+        stop,
+        task: tokio::spawn(courier.run(stopped)),
+    }))
+}
+
+struct Courier {
+    state: AppState,
+    mail: Mail,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    cipher: TokenCipher,
+    /// The domain of `Message-ID`s: the sender's.
+    domain: String,
+}
+
+impl Courier {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            let worked = match self.round(&stop).await {
+                Ok(worked) => worked,
+                Err(error) => {
+                    tracing::warn!(%error, "the courier could not read the outbox");
+                    false
+                }
+            };
+            self.report_backlog().await;
+            if worked {
+                continue;
+            }
+            let wait = self.until_next_due().await;
+            tokio::select! {
+                () = self.mail.queued.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Claims and delivers one batch; whether there was anything to deliver.
+    async fn round(&self, stop: &watch::Receiver<bool>) -> Result<bool> {
+        let now = self.state.clock.now();
+        let claimed = {
+            let mut connection = self.state.db.acquire().await?;
+            outbox::claim(&mut connection, BATCH, now, now + LEASE).await?
+        };
+        if claimed.is_empty() {
+            return Ok(false);
+        }
+        let mut held: Vec<i64> = claimed.iter().map(|row| row.id).collect();
+        for row in claimed {
+            if *stop.borrow() {
+                break;
+            }
+            let id = row.id;
+            let mut stopping = stop.clone();
+            // A shutdown does not wait out a slow SMTP server: the mail in flight is given back
+            // with the rest, and may go out twice (delivery is at least once).
+            tokio::select! {
+                delivered = self.deliver(row) => {
+                    if let Err(error) = delivered {
+                        // The row stays claimed until its lease ends, then goes out again.
+                        tracing::warn!(outbox_id = id, %error, "mail not recorded; retried after the lease");
+                    }
+                    held.retain(|held| *held != id);
+                }
+                _ = stopping.wait_for(|stop| *stop) => break,
+            }
+        }
+        if !held.is_empty() {
+            let mut connection = self.state.db.acquire().await?;
+            outbox::release(&mut connection, &held).await?;
+            tracing::info!(
+                released = held.len(),
+                "the courier gave back the mail it held"
+            );
+        }
+        Ok(true)
+    }
+
+    /// Sends one row and records the outcome.
+    async fn deliver(&self, row: Claimed) -> Result<()> {
+        let now = self.state.clock.now();
+        if now - row.created_at > GIVE_UP_AFTER {
+            return self.discard(&row, "gave up", now).await;
+        }
+        let Some(template) = Template::from_name(&row.template) else {
+            return self.discard(&row, "unknown template", now).await;
+        };
+        let prepared = match self.prepare(&row, template, now).await? {
+            Ok(prepared) => prepared,
+            Err(reason) => return self.discard(&row, reason, now).await,
+        };
+        let message = match self.message(&row, template, &prepared) {
+            Some(message) => message,
+            None => return self.discard(&row, "invalid recipient", now).await,
+        };
+        let sent = tokio::time::timeout(SEND_TIMEOUT, self.transport.send(message)).await;
+        let mut connection = self.state.db.acquire().await?;
+        match sent {
+            Ok(Ok(_)) => {
+                outbox::mark_sent(&mut connection, row.id, self.state.clock.now()).await?;
+                self.state.metrics.mail("sent");
+                tracing::info!(
+                    outbox_id = row.id,
+                    template = template.as_str(),
+                    "mail sent"
+                );
+            }
+            Ok(Err(error)) if error.is_permanent() => {
+                self.state.metrics.mail("discarded");
+                tracing::warn!(outbox_id = row.id, %error, "the SMTP server refused the mail");
+                outbox::discard(&mut connection, row.id, "refused by the SMTP server", now).await?;
+            }
+            failed => {
+                let reason = match failed {
+                    Err(_) => "timed out",
+                    _ => "SMTP unavailable",
+                };
+                let retry_at = now + self.backoff(row.attempts);
+                self.state.metrics.mail("failed");
+                tracing::warn!(
+                    outbox_id = row.id,
+                    attempts = row.attempts,
+                    reason,
+                    "mail delayed"
+                );
+                outbox::retry_later(&mut connection, row.id, reason, retry_at).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The recipient's name and the link token of `row`: read from the row, or, for a reset
+    /// requested by address, resolved now. `Err` names why there is nothing to send.
+    async fn prepare(
+        &self,
+        row: &Claimed,
+        template: Template,
+        now: OffsetDateTime,
+    ) -> Result<std::result::Result<Prepared, &'static str>> {
+        let name = row
+            .params
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut prepared = Prepared { name, link: None };
+        let mut user_id = row.user_id;
+        let sealed = match (&row.sealed_token, template, row.user_id) {
+            (Some(sealed), _, _) => sealed.clone(),
+            (None, Template::ResetPassword | Template::VerifyEmail, None) => {
+                match self.resolve(row, template, now).await? {
+                    Some(resolved) => {
+                        prepared.name = resolved.first_name;
+                        user_id = Some(resolved.user_id);
+                        resolved.sealed
+                    }
+                    None => return Ok(Err("no account to send it to")),
+                }
+            }
+            _ => return Ok(Ok(prepared)),
+        };
+        let context = outbox::token_context(&row.template, &row.recipient, user_id);
+        let Some(token) = self.cipher.open(&sealed, &context) else {
+            // SERVER_SECRET changed since the row was written: the link cannot be recovered.
+            return Ok(Err("token unreadable"));
+        };
+        prepared.link = self.mail.link(template, token.expose());
+        Ok(Ok(prepared))
+    }
+
+    /// A link requested by address (`POST /auth/password/forgot`, `/auth/email/verify/resend`):
+    /// when an account it applies to has that address, a link for it, sealed into the row; `None`
+    /// when there is none. Resolving here rather than in the request keeps the request's work the
+    /// same whether or not the account exists.
+    async fn resolve(
+        &self,
+        row: &Claimed,
+        template: Template,
+        now: OffsetDateTime,
+    ) -> Result<Option<Resolved>> {
+        let purpose = match template {
+            Template::VerifyEmail => Purpose::VerifyEmail,
+            _ => Purpose::ResetPassword,
+        };
+        let mut tx = self.state.db.begin().await?;
+        let Some(user) = users::find_by_email(&mut tx, &row.recipient)
+            .await?
+            .filter(|user| user.is_active)
+            .filter(|user| purpose != Purpose::VerifyEmail || user.email_verified_at.is_none())
+        else {
+            return Ok(None);
+        };
+        let token = links::issue(&mut tx, user.id, purpose, &user.email, now).await?;
+        let context = outbox::token_context(&row.template, &row.recipient, Some(user.id));
+        let sealed = self.cipher.seal(&token, &context);
+        outbox::attach_token(&mut tx, row.id, user.id, &sealed).await?;
+        tx.commit().await?;
+        Ok(Some(Resolved {
+            user_id: user.id,
+            first_name: user.first_name,
+            sealed,
+        }))
+    }
+
+    fn message(&self, row: &Claimed, template: Template, prepared: &Prepared) -> Option<Message> {
+        let greeting = prepared
+            .name
+            .as_deref()
+            .map(|name| format!(", {name}"))
+            .unwrap_or_default();
+        let link = prepared.link.clone().unwrap_or_default();
+        let rendered = template.render(&[("name", &greeting), ("link", &link)]);
+        let to: Mailbox = row.recipient.parse().ok()?;
+        Message::builder()
+            .from(self.mail.config.from.clone())
+            .to(to)
+            .subject(rendered.subject)
+            // Derived from the row, so a repeat after a crash carries the same id (RFC 5322
+            // section 3.6.4) and receivers can drop it.
+            .message_id(Some(format!("<outbox-{}@{}>", row.id, self.domain)))
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text,
+                rendered.html,
+            ))
+            .ok()
+    }
+
+    async fn discard(
+        &self,
+        row: &Claimed,
+        reason: &'static str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let mut connection = self.state.db.acquire().await?;
+        outbox::discard(&mut connection, row.id, reason, now).await?;
+        self.state.metrics.mail("discarded");
+        tracing::info!(outbox_id = row.id, reason, "mail discarded");
+        Ok(())
+    }
+
+    /// 1 s after the first failure, doubling up to `MAIL_RETRY_MAX_SECS`.
+    fn backoff(&self, attempts: i32) -> time::Duration {
+        let exponent = attempts.clamp(1, 20) as u32 - 1;
+        let delay = Duration::from_secs(1u64 << exponent).min(self.mail.config.retry_max);
+        time::Duration::try_from(delay).unwrap_or(LEASE)
+    }
+
+    /// How long to sleep when idle: until the next row falls due, at most [`IDLE_POLL`].
+    async fn until_next_due(&self) -> Duration {
+        let next = async {
+            let mut connection = self.state.db.acquire().await?;
+            outbox::next_due(&mut connection).await
+        };
+        match next.await {
+            Ok(Some(due)) => {
+                let wait = due - self.state.clock.now();
+                Duration::try_from(wait)
+                    .unwrap_or(Duration::ZERO)
+                    .min(IDLE_POLL)
+            }
+            _ => IDLE_POLL,
+        }
+    }
+
+    async fn report_backlog(&self) {
+        let backlog = async {
+            let mut connection = self.state.db.acquire().await?;
+            outbox::backlog(&mut connection).await
+        };
+        if let Ok((waiting, oldest)) = backlog.await {
+            let age = oldest.map_or(0, |oldest| {
+                (self.state.clock.now() - oldest).whole_seconds()
+            });
+            self.state.metrics.mail_backlog(waiting, age);
+        }
+    }
+}
+
+/// What a mail needs besides its template.
+struct Prepared {
+    name: Option<String>,
+    link: Option<String>,
+}
+
+/// A reset request resolved to an account.
+struct Resolved {
+    user_id: uuid::Uuid,
+    first_name: Option<String>,
+    sealed: Vec<u8>,
+}

@@ -1,0 +1,305 @@
+//! Outgoing mail: what is sent ([`Template`], rendered from the templates in `origin/templates`),
+//! the transactional outbox it waits in ([`outbox`]), and the courier that delivers it over SMTP
+//! ([`courier`]). A request never waits on SMTP: it writes an outbox row in its own transaction
+//! and wakes the courier; an SMTP outage delays mail, it does not lose it.
+
+pub mod courier;
+pub mod outbox;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_shared::SecretString;
+use lettre::message::Mailbox;
+use serde_json::json;
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use self::outbox::NewMail;
+use crate::AppState;
+use crate::error::Result;
+use crate::links::{self, Purpose};
+use crate::users::User;
+
+/// Mail settings; from configuration.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    /// `SMTP_URL`: `smtp://host:port` (plain, for a local relay), `smtp://host:587?tls=required`
+    /// (STARTTLS) or `smtps://user:pass@host:465` (implicit TLS). May carry a password.
+    pub smtp_url: SecretString,
+    /// `MAIL_FROM`: the sender, `Name <address>` or an address.
+    pub from: Mailbox,
+    /// `MAIL_LINK_BASE_URL`: the client application's address; links are
+    /// `{base}/verify-email#token=...` and `{base}/reset-password#token=...`.
+    pub link_base_url: String,
+    /// `MAIL_LIMIT_PER_ADDRESS`: mails to one address per hour, all kinds together.
+    pub limit_per_address: u32,
+    /// `MAIL_LIMIT_PER_IP`: requests to the mail-sending routes per client per
+    /// [`MAIL_IP_WINDOW`].
+    pub limit_per_ip: u32,
+    /// `MAIL_RETRY_MAX_SECS`: the longest wait between two delivery attempts of one mail.
+    pub retry_max: Duration,
+}
+
+/// The window of the per-address cap.
+pub const MAIL_ADDRESS_WINDOW: time::Duration = time::Duration::hours(1);
+
+/// The window of the per-client limit on the mail-sending routes.
+pub const MAIL_IP_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Mail as the running service holds it: the settings, and the bell that wakes the courier when
+/// a request has queued something.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    /// The settings.
+    pub config: Arc<MailConfig>,
+    /// Rung after a commit that queued mail.
+    pub queued: Arc<Notify>,
+}
+
+impl Mail {
+    /// Mail with `config`.
+    pub fn new(config: MailConfig) -> Self {
+        Mail {
+            config: Arc::new(config),
+            queued: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Queues a `purpose` link to `user`'s address in the caller's transaction (subject to the
+    /// per-address cap); whether it was queued. Call [`Mail::queued_after_commit`] once committed.
+    pub async fn queue_link(
+        &self,
+        state: &AppState,
+        connection: &mut PgConnection,
+        user: &User,
+        purpose: Purpose,
+        now: OffsetDateTime,
+    ) -> Result<bool> {
+        let token = links::issue(connection, user.id, purpose, &user.email, now).await?;
+        let template = match purpose {
+            Purpose::VerifyEmail => Template::VerifyEmail,
+            Purpose::ResetPassword => Template::ResetPassword,
+        };
+        let to = Recipient::User(user);
+        self.queue(state, connection, to, template, Some(&token), now)
+            .await
+    }
+
+    /// Queues `template` to `to` in the caller's transaction, carrying `token` if given. A mail to
+    /// a bare address that needs a link is a request the courier resolves: the request does the
+    /// same work whether or not an account has the address.
+    pub async fn queue(
+        &self,
+        state: &AppState,
+        connection: &mut PgConnection,
+        to: Recipient<'_>,
+        template: Template,
+        token: Option<&gatehouse_shared::link::LinkToken>,
+        now: OffsetDateTime,
+    ) -> Result<bool> {
+        let (user_id, recipient, name) = match to {
+            Recipient::User(user) => (
+                Some(user.id),
+                user.email.as_str(),
+                user.first_name.as_deref(),
+            ),
+            Recipient::Address(address) => (None, address, None),
+        };
+        let mail = NewMail {
+            user_id,
+            recipient,
+            template,
+            params: json!({ "name": name }),
+            token,
+        };
+        let cipher = state.server_keys.outbox_cipher();
+        outbox::enqueue(
+            connection,
+            &cipher,
+            self.config.limit_per_address,
+            mail,
+            now,
+        )
+        .await
+    }
+
+    /// After the transaction that queued `queued` mails committed: counts them and wakes the
+    /// courier.
+    pub fn queued_after_commit(&self, state: &AppState, queued: bool) {
+        if queued {
+            state.metrics.mail("queued");
+            self.queued.notify_one();
+        }
+    }
+
+    /// `{base}/{page}#token={token}`: the token in the fragment, which browsers send to no
+    /// server and leave out of `Referer`.
+    pub fn link(&self, template: Template, token: &str) -> Option<String> {
+        let page = template.link_page()?;
+        Some(format!(
+            "{}/{page}#token={token}",
+            self.config.link_base_url
+        ))
+    }
+}
+
+/// Whom a mail goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Recipient<'a> {
+    /// An account, at its address.
+    User(&'a User),
+    /// An address, whoever has it.
+    Address(&'a str),
+}
+
+/// Every kind of mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// A link proving the address (after registration, or resent on request).
+    VerifyEmail,
+    /// A password-reset link.
+    ResetPassword,
+    /// A notice that the password changed.
+    PasswordChanged,
+}
+
+impl Template {
+    /// Every template.
+    pub const ALL: [Template; 3] = [
+        Template::VerifyEmail,
+        Template::ResetPassword,
+        Template::PasswordChanged,
+    ];
+
+    /// The name in the outbox and the templates' file name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Template::VerifyEmail => "verify_email",
+            Template::ResetPassword => "reset_password",
+            Template::PasswordChanged => "password_changed",
+        }
+    }
+
+    /// The template named `name` in the outbox.
+    pub fn from_name(name: &str) -> Option<Template> {
+        Template::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// The client application's page a link of this kind opens; `None` for a mail without one.
+    fn link_page(self) -> Option<&'static str> {
+        match self {
+            Template::VerifyEmail => Some("verify-email"),
+            Template::ResetPassword => Some("reset-password"),
+            Template::PasswordChanged => None,
+        }
+    }
+
+    /// The plain-text template (its first line the subject) and the HTML body.
+    fn sources(self) -> (&'static str, &'static str) {
+        macro_rules! sources {
+            ($name:literal) => {
+                (
+                    include_str!(concat!("../../templates/mail/", $name, ".txt")),
+                    include_str!(concat!("../../templates/mail/", $name, ".html")),
+                )
+            };
+        }
+        match self {
+            Template::VerifyEmail => sources!("verify_email"),
+            Template::ResetPassword => sources!("reset_password"),
+            Template::PasswordChanged => sources!("password_changed"),
+        }
+    }
+
+    /// The mail with `values` filled in: as they are in the text, HTML-escaped in the HTML.
+    pub fn render(self, values: &[(&str, &str)]) -> Rendered {
+        let (text, html) = self.sources();
+        let (subject, text) = text
+            .split_once('\n')
+            .and_then(|(first, rest)| Some((first.strip_prefix("Subject: ")?, rest)))
+            .expect("every text template starts with its subject");
+        let fill = |template: &str, escape: fn(&str) -> String| {
+            values
+                .iter()
+                .fold(template.to_owned(), |out, (name, value)| {
+                    out.replace(&format!("{{{{{name}}}}}"), &escape(value))
+                })
+        };
+        Rendered {
+            subject: subject.to_owned(),
+            text: fill(text, str::to_owned),
+            html: fill(html, escape_html),
+        }
+    }
+}
+
+/// A mail ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The subject line.
+    pub subject: String,
+    /// The plain-text body.
+    pub text: String,
+    /// The HTML body.
+    pub html: String,
+}
+
+/// `value` safe inside HTML text and quoted attributes (OWASP XSS Prevention Cheat Sheet, rule 1
+/// and 2).
+fn escape_html(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_has_a_subject_and_fills_every_placeholder() {
+        for template in Template::ALL {
+            let rendered = template.render(&[("name", ", Ada"), ("link", "https://app.test/x")]);
+
+            assert!(!rendered.subject.is_empty(), "{template:?}");
+            for body in [&rendered.text, &rendered.html] {
+                assert!(!body.contains("{{"), "{template:?}: {body}");
+                assert!(body.contains("Hello, Ada"), "{template:?}");
+                assert_eq!(
+                    body.contains("https://app.test/x"),
+                    template.link_page().is_some(),
+                    "{template:?}"
+                );
+            }
+            assert_eq!(Template::from_name(template.as_str()), Some(template));
+        }
+    }
+
+    #[test]
+    fn names_are_escaped_in_html_and_kept_in_text() {
+        let name = r#", <script>alert("x")</script>"#;
+
+        let rendered =
+            Template::VerifyEmail.render(&[("name", name), ("link", "https://a/?b=1&c=2")]);
+
+        assert!(rendered.text.contains(name));
+        assert!(!rendered.html.contains("<script>"));
+        assert!(
+            rendered
+                .html
+                .contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;")
+        );
+        assert!(rendered.html.contains(r#"href="https://a/?b=1&amp;c=2""#));
+    }
+}

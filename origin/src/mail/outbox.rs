@@ -1,0 +1,238 @@
+//! The `outbox` table: mails written in the transaction of the change that causes them, claimed
+//! by one courier at a time, and wiped once sent.
+//!
+//! Rows are claimed with `FOR UPDATE SKIP LOCKED` and held by a lease (`claimed_until`), so
+//! several origin instances never send one row twice in normal operation, and a row whose
+//! courier died is claimed again once its lease runs out (delivery is at least once; the
+//! `Message-ID` derived from the row id makes a repeat recognisable).
+
+use gatehouse_shared::link::LinkToken;
+use serde_json::Value;
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{MAIL_ADDRESS_WINDOW, Template};
+use crate::error::Result;
+use crate::server_secret::TokenCipher;
+
+/// A mail to queue.
+pub struct NewMail<'a> {
+    /// The account it is about, when known.
+    pub user_id: Option<Uuid>,
+    /// Where it goes.
+    pub recipient: &'a str,
+    /// What it says.
+    pub template: Template,
+    /// Values the template fills in, besides the link.
+    pub params: Value,
+    /// The link token it carries, if any; stored encrypted.
+    pub token: Option<&'a LinkToken>,
+}
+
+/// What binds a sealed token to its row: the row's template, recipient and account.
+pub fn token_context(template: &str, recipient: &str, user_id: Option<Uuid>) -> Vec<u8> {
+    let user = user_id.map(|id| id.to_string()).unwrap_or_default();
+    [template, recipient, &user].join("\0").into_bytes()
+}
+
+/// Queues `mail` unless `recipient` has had `cap` mails in the last hour (so nobody can mail-bomb
+/// an address from many clients); whether it was queued. Either way the same statements run, so
+/// a capped request looks and takes like any other.
+pub async fn enqueue(
+    connection: &mut PgConnection,
+    cipher: &TokenCipher,
+    cap: u32,
+    mail: NewMail<'_>,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let template = mail.template.as_str();
+    let sealed = mail.token.map(|token| {
+        cipher.seal(
+            token,
+            &token_context(template, mail.recipient, mail.user_id),
+        )
+    });
+    let queued = sqlx::query_scalar!(
+        r#"insert into outbox (user_id, recipient, template, params, sealed_token, created_at,
+                               next_attempt_at)
+           select $1, $2, $3, $4, $5, $6, $6
+           where (select count(*) from outbox
+                  where lower(recipient) = lower($2) and created_at > $7) < $8
+           returning id as "id!""#,
+        mail.user_id,
+        mail.recipient,
+        template,
+        mail.params,
+        sealed,
+        now,
+        now - MAIL_ADDRESS_WINDOW,
+        i64::from(cap),
+    )
+    .fetch_optional(connection)
+    .await?;
+    Ok(queued.is_some())
+}
+
+/// A claimed row.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The row id, from which the `Message-ID` is derived.
+    pub id: i64,
+    /// The account, once known.
+    pub user_id: Option<Uuid>,
+    /// Where it goes.
+    pub recipient: String,
+    /// The template's name.
+    pub template: String,
+    /// The template's values.
+    pub params: Value,
+    /// The encrypted link token, if any.
+    pub sealed_token: Option<Vec<u8>>,
+    /// Delivery attempts so far, this one included.
+    pub attempts: i32,
+    /// When it was queued.
+    pub created_at: OffsetDateTime,
+}
+
+/// Claims up to `limit` due rows until `lease_until`.
+pub async fn claim(
+    connection: &mut PgConnection,
+    limit: i64,
+    now: OffsetDateTime,
+    lease_until: OffsetDateTime,
+) -> Result<Vec<Claimed>> {
+    Ok(sqlx::query_as!(
+        Claimed,
+        "update outbox set claimed_until = $3, attempts = attempts + 1
+         where id in (
+           select id from outbox
+           where sent_at is null and discarded_at is null and next_attempt_at <= $1
+             and (claimed_until is null or claimed_until <= $1)
+           order by next_attempt_at, id
+           limit $2
+           for update skip locked)
+         returning id, user_id, recipient, template, params, sealed_token, attempts, created_at",
+        now,
+        limit,
+        lease_until,
+    )
+    .fetch_all(connection)
+    .await?)
+}
+
+/// When the next row falls due, if any is waiting.
+pub async fn next_due(connection: &mut PgConnection) -> Result<Option<OffsetDateTime>> {
+    Ok(sqlx::query_scalar!(
+        "select min(greatest(next_attempt_at, coalesce(claimed_until, next_attempt_at)))
+         from outbox where sent_at is null and discarded_at is null",
+    )
+    .fetch_one(connection)
+    .await?)
+}
+
+/// Sent: the body and token are wiped, the row kept briefly for the metrics and the cap.
+pub async fn mark_sent(connection: &mut PgConnection, id: i64, now: OffsetDateTime) -> Result<()> {
+    sqlx::query!(
+        "update outbox set sent_at = $2, params = '{}', sealed_token = null,
+           claimed_until = null, last_error = null
+         where id = $1",
+        id,
+        now,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Nothing to send, or given up on: wiped like a sent row, with the reason.
+pub async fn discard(
+    connection: &mut PgConnection,
+    id: i64,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<()> {
+    sqlx::query!(
+        "update outbox set discarded_at = $2, params = '{}', sealed_token = null,
+           claimed_until = null, last_error = $3
+         where id = $1",
+        id,
+        now,
+        reason,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// A failed attempt: released, to be tried again at `retry_at`.
+pub async fn retry_later(
+    connection: &mut PgConnection,
+    id: i64,
+    reason: &str,
+    retry_at: OffsetDateTime,
+) -> Result<()> {
+    sqlx::query!(
+        "update outbox set claimed_until = null, next_attempt_at = $2, last_error = $3
+         where id = $1",
+        id,
+        retry_at,
+        reason,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Gives back claimed rows not yet sent (at shutdown), attempt uncounted, for any courier to take.
+pub async fn release(connection: &mut PgConnection, ids: &[i64]) -> Result<()> {
+    sqlx::query!(
+        "update outbox set claimed_until = null, attempts = greatest(attempts - 1, 0)
+         where id = any($1) and sent_at is null and discarded_at is null",
+        ids,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// A password-reset request resolved: the account it names and the sealed link token.
+pub async fn attach_token(
+    connection: &mut PgConnection,
+    id: i64,
+    user_id: Uuid,
+    sealed: &[u8],
+) -> Result<()> {
+    sqlx::query!(
+        "update outbox set user_id = $2, sealed_token = $3 where id = $1",
+        id,
+        user_id,
+        sealed,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// The queue as the metrics show it: rows waiting, and when the oldest was written.
+pub async fn backlog(connection: &mut PgConnection) -> Result<(i64, Option<OffsetDateTime>)> {
+    let row = sqlx::query!(
+        r#"select count(*) as "waiting!", min(created_at) as oldest
+           from outbox where sent_at is null and discarded_at is null"#,
+    )
+    .fetch_one(connection)
+    .await?;
+    Ok((row.waiting, row.oldest))
+}
+
+/// Deletes rows finished more than a day ago (they no longer count toward the cap).
+pub async fn purge(connection: &mut PgConnection, now: OffsetDateTime) -> Result<u64> {
+    Ok(sqlx::query!(
+        "delete from outbox where (sent_at is not null or discarded_at is not null)
+           and created_at < $1",
+        now - time::Duration::days(1),
+    )
+    .execute(connection)
+    .await?
+    .rows_affected())
+}

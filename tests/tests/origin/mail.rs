@@ -1,0 +1,381 @@
+//! Verified addresses and password recovery, with mail delivered by the origin's courier to a
+//! real SMTP server (maildev) and read back from it.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use gatehouse_shared::ExposeSecret;
+use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER, UserProfile, VerifyResponse};
+use gatehouse_tests::mail::MailServer;
+use gatehouse_tests::{
+    EDGE_SECRET, MAIL_LINK_BASE_URL, MailSetting, Options, PASSWORD, TestApp, TestResponse,
+};
+use serde_json::json;
+use sqlx::PgPool;
+
+const NEW_PASSWORD: &str = "a brand new passphrase";
+
+async fn app_sending_to(pool: PgPool, server: &MailServer) -> TestApp {
+    TestApp::with(
+        pool,
+        Options {
+            mail: MailSetting::SentTo(server.smtp_url()),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+/// Waits until `sql` (a count) reaches `expected`; panics after 30 s.
+async fn wait_until_count(app: &TestApp, sql: &str, expected: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let count: i64 = sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap();
+        if count == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql}: {count}, not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the courier has dealt with every queued row, sent or discarded.
+async fn wait_until_outbox_is_empty(app: &TestApp) {
+    let waiting = "select count(*) from outbox where sent_at is null and discarded_at is null";
+    wait_until_count(app, waiting, 0).await;
+}
+
+async fn forgot(app: &TestApp, email: &str) -> TestResponse {
+    app.post("/auth/password/forgot", json!({ "email": email }))
+        .await
+}
+
+async fn reset(app: &TestApp, token: &str, password: &str) -> TestResponse {
+    app.post(
+        "/auth/password/reset",
+        json!({ "token": token, "new_password": password }),
+    )
+    .await
+}
+
+async fn verify_email(app: &TestApp, token: &str) -> TestResponse {
+    app.post("/auth/email/verify", json!({ "token": token }))
+        .await
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn registration_mails_a_link_that_verifies_the_address(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    let registered = app.register("ada@example.com").await;
+    assert!(!app.claims(&registered.access_token).email_verified);
+
+    let mail = server
+        .wait_for_subject("ada@example.com", "Confirm your email")
+        .await;
+    let token = mail.link_token();
+    let verified = verify_email(&app, &token).await;
+
+    assert_eq!(verified.status, StatusCode::NO_CONTENT);
+    assert!(
+        mail.text
+            .contains(&format!("{MAIL_LINK_BASE_URL}/verify-email#token=gtl_"))
+    );
+    assert!(mail.html.contains("verify-email#token=gtl_"));
+    let outbox_id: i64 = sqlx::query_scalar("select id from outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        mail.message_id(),
+        format!("<outbox-{outbox_id}@example.test>")
+    );
+    let refreshed = app
+        .refreshed(registered.refresh_token.expose_secret())
+        .await;
+    assert!(app.claims(&refreshed.access_token).email_verified);
+    let verify = app
+        .get("/auth/verify", refreshed.access_token.expose_secret())
+        .await
+        .json::<VerifyResponse>();
+    assert!(verify.user.email_verified);
+    let profile = app
+        .get("/auth/profile", refreshed.access_token.expose_secret())
+        .await
+        .json::<UserProfile>();
+    assert!(profile.email_verified);
+    // Sent mail keeps neither its body nor its token.
+    let (params, sealed): (serde_json::Value, Option<Vec<u8>>) =
+        sqlx::query_as("select params, sealed_token from outbox")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((params, sealed), (json!({}), None));
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn each_bad_link_gets_its_own_code_and_no_bearer_challenge(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    app.register("ada@example.com").await;
+    let verification = server.wait_for("ada@example.com", 1).await[0].link_token();
+    assert_eq!(
+        forgot(&app, "ada@example.com").await.status,
+        StatusCode::ACCEPTED
+    );
+    let reset_token = server
+        .wait_for_subject("ada@example.com", "Reset your password")
+        .await
+        .link_token();
+
+    let garbage = verify_email(&app, "gtl_not-a-token").await;
+    let wrong_purpose = verify_email(&app, &reset_token).await;
+    let first = verify_email(&app, &verification).await;
+    let again = verify_email(&app, &verification).await;
+    app.clock.advance(Duration::from_secs(31 * 60));
+    let expired = reset(&app, &reset_token, NEW_PASSWORD).await;
+
+    for (response, status, code) in [
+        (&garbage, StatusCode::BAD_REQUEST, "link_token_invalid"),
+        (
+            &wrong_purpose,
+            StatusCode::BAD_REQUEST,
+            "link_token_invalid",
+        ),
+        (&again, StatusCode::CONFLICT, "link_token_used"),
+        (&expired, StatusCode::GONE, "link_token_expired"),
+    ] {
+        assert_eq!(response.status, status, "{code}");
+        assert_eq!(response.problem().code, code);
+        assert_eq!(response.header("www-authenticate"), None, "{code}");
+    }
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    let login = app.login("ada@example.com", PASSWORD).await;
+    assert_eq!(
+        login.status,
+        StatusCode::OK,
+        "the expired reset changed nothing"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_reset_sets_the_password_verifies_the_address_and_ends_every_session(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    let first = app.register("ada@example.com").await;
+    let second = app.sign_in("ada@example.com").await;
+
+    let asked = forgot(&app, "ADA@example.com").await;
+    let mail = server
+        .wait_for_subject("ada@example.com", "Reset your password")
+        .await;
+    let done = reset(&app, &mail.link_token(), NEW_PASSWORD).await;
+
+    assert_eq!(asked.status, StatusCode::ACCEPTED);
+    assert_eq!(asked.body, serde_json::Value::Null);
+    assert!(
+        mail.text
+            .contains(&format!("{MAIL_LINK_BASE_URL}/reset-password#token=gtl_"))
+    );
+    assert_eq!(done.status, StatusCode::NO_CONTENT);
+    assert!(done.header("x-gatehouse-ended-sessions").is_some());
+    for session in [&first, &second] {
+        app.assert_ended(session).await;
+    }
+    assert_eq!(
+        app.login("ada@example.com", PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let signed_in = app.login("ada@example.com", NEW_PASSWORD).await;
+    assert_eq!(signed_in.status, StatusCode::OK);
+    let token = signed_in
+        .json::<gatehouse_shared::api::TokenResponse>()
+        .access_token;
+    assert!(
+        app.claims(&token).email_verified,
+        "the reset proved the address"
+    );
+    server
+        .wait_for_subject("ada@example.com", "Your password was changed")
+        .await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_unknown_address_gets_the_same_answer_and_no_mail(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    app.register("ada@example.com").await;
+
+    let known = forgot(&app, "ada@example.com").await;
+    let unknown = forgot(&app, "nobody@example.com").await;
+    let resend_unknown = app
+        .post(
+            "/auth/email/verify/resend",
+            json!({ "email": "nobody@example.com" }),
+        )
+        .await;
+    wait_until_outbox_is_empty(&app).await;
+
+    for response in [&known, &unknown, &resend_unknown] {
+        assert_eq!(response.status, StatusCode::ACCEPTED);
+        assert_eq!(response.body, serde_json::Value::Null);
+        assert_eq!(response.headers.get("content-type"), None);
+    }
+    assert!(server.received_by("nobody@example.com").await.is_empty());
+    assert_eq!(server.received_by("ada@example.com").await.len(), 2);
+    let discarded: i64 =
+        sqlx::query_scalar("select count(*) from outbox where discarded_at is not null")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        discarded, 2,
+        "both requests for the unknown address were written, then dropped"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn two_resets_with_one_link_leave_exactly_one_password(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    app.register("ada@example.com").await;
+    forgot(&app, "ada@example.com").await;
+    let token = server
+        .wait_for_subject("ada@example.com", "Reset your password")
+        .await
+        .link_token();
+
+    let (one, other) = tokio::join!(
+        reset(&app, &token, "first new passphrase"),
+        reset(&app, &token, "second new passphrase"),
+    );
+
+    let mut statuses = [one.status, other.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::NO_CONTENT, StatusCode::CONFLICT]);
+    let winner = if one.status == StatusCode::NO_CONTENT {
+        "first new passphrase"
+    } else {
+        "second new passphrase"
+    };
+    assert_eq!(
+        app.login("ada@example.com", winner).await.status,
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn mail_queued_while_the_smtp_server_is_down_arrives_once_it_is_back(pool: PgPool) {
+    let server = MailServer::start().await;
+    let (smtp_port, web_port) = (server.smtp_port, server.web_port);
+    let app = app_sending_to(pool, &server).await;
+    drop(server);
+
+    let addresses = ["ada@example.com", "bea@example.com", "cy@example.com"];
+    for address in addresses {
+        app.register(address).await;
+    }
+    // The courier has tried and failed at least once for each before the server returns.
+    let failed = "select count(*) from outbox where last_error is not null";
+    wait_until_count(&app, failed, 3).await;
+    let server = MailServer::start_on(smtp_port, web_port).await;
+    // The app's clock stands still: moving it past the back-off (1 s here) makes the retries due.
+    app.clock.advance(Duration::from_secs(2));
+    wait_until_outbox_is_empty(&app).await;
+
+    for address in addresses {
+        let mails = server.received_by(address).await;
+        assert_eq!(mails.len(), 1, "{address}: every mail arrives, none twice");
+    }
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn one_address_gets_at_most_three_mails_an_hour_and_the_answers_do_not_change(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    app.register("ada@example.com").await;
+
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(forgot(&app, "ada@example.com").await.status);
+    }
+    wait_until_outbox_is_empty(&app).await;
+
+    assert_eq!(answers, [StatusCode::ACCEPTED; 4]);
+    assert_eq!(server.received_by("ada@example.com").await.len(), 3);
+    app.clock.advance(Duration::from_secs(3601));
+    forgot(&app, "ada@example.com").await;
+    server.wait_for("ada@example.com", 4).await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn one_client_may_ask_for_thirty_mails_per_quarter_hour(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let from = |ip: &'static str, n: usize| {
+        Request::post("/auth/password/forgot")
+            .header("x-api-key", &app.api_key)
+            .header("content-type", "application/json")
+            .header(EDGE_SECRET_HEADER, EDGE_SECRET)
+            .header(CLIENT_IP_HEADER, ip)
+            .body(Body::from(
+                json!({ "email": format!("n{n}@example.com") }).to_string(),
+            ))
+            .unwrap()
+    };
+
+    for n in 0..30 {
+        assert_eq!(
+            app.send(from("203.0.113.9", n)).await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let over = app.send(from("203.0.113.9", 30)).await;
+    let elsewhere = app.send(from("198.51.100.7", 31)).await;
+
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.problem().code, "too_many_attempts");
+    assert!(over.header("retry-after").is_some());
+    assert_eq!(elsewhere.status, StatusCode::ACCEPTED);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn with_mail_disabled_the_mail_routes_do_not_exist(pool: PgPool) {
+    let app = TestApp::with(
+        pool,
+        Options {
+            mail: MailSetting::Disabled,
+            ..Options::default()
+        },
+    )
+    .await;
+    app.register("ada@example.com").await;
+
+    for (path, body) in [
+        (
+            "/auth/password/forgot",
+            json!({ "email": "ada@example.com" }),
+        ),
+        (
+            "/auth/email/verify/resend",
+            json!({ "email": "ada@example.com" }),
+        ),
+        ("/auth/email/verify", json!({ "token": "gtl_x" })),
+        (
+            "/auth/password/reset",
+            json!({ "token": "gtl_x", "new_password": NEW_PASSWORD }),
+        ),
+    ] {
+        let response = app.post(path, body).await;
+        assert_eq!(response.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(response.problem().code, "not_found");
+    }
+    let queued: i64 = sqlx::query_scalar("select count(*) from outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
+}
