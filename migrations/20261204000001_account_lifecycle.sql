@@ -60,7 +60,8 @@ create table outbox (
     constraint outbox_pkey primary key (id),
     constraint outbox_user_id_fkey foreign key (user_id) references users (id) on delete cascade,
     constraint outbox_template_known check (template in (
-        'verify_email', 'reset_password', 'password_changed'
+        'verify_email', 'reset_password', 'password_changed', 'register_attempt',
+        'email_change_confirm', 'email_change_taken', 'email_change_notice'
     )),
     constraint outbox_done_once check (sent_at is null or discarded_at is null)
 );

@@ -16,6 +16,7 @@ use crate::mail::MailConfig;
 use crate::server_secret::{MIN_SECRET_BYTES, ServerKeys};
 use crate::sessions::SessionPolicy;
 use crate::throttle::LoginLimits;
+use crate::users::AccountPolicy;
 
 /// Whether the process may take shortcuts meant for a developer's machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,8 @@ pub struct Config {
     pub server_keys: ServerKeys,
     /// `MAIL_ENABLED` and the mail settings; `None` when mail is disabled.
     pub mail: Option<MailConfig>,
+    /// `ACCOUNT_ERASE_AFTER_SECS`, `UNVERIFIED_ACCOUNT_TTL_SECS`, `REQUIRE_VERIFIED_EMAIL`.
+    pub accounts: AccountPolicy,
 }
 
 /// Default bcrypt cost: OWASP's floor for bcrypt is 10; 12 costs about a quarter second here.
@@ -120,6 +123,16 @@ const MIN_EDGE_SECRET_BYTES: usize = 32;
 /// Longest wait between two delivery attempts of one mail: up to an hour, so a mail delayed by
 /// an outage goes out within the hour after it ends.
 const MAIL_RETRY_MAX_SECS: RangeInclusive<u64> = 1..=3_600;
+
+/// Account retention periods accepted: an hour to a year. Under an hour an unverified account
+/// could be gone before its verification mail arrives.
+const RETENTION_SECS: RangeInclusive<u64> = 3_600..=365 * 86_400;
+
+/// Default time before a deactivated account is erased: 30 days, to undo a mistake or a hijack.
+const DEFAULT_ERASE_AFTER_SECS: u64 = 30 * 86_400;
+
+/// Default lifetime of a never-verified account: 7 days, several times the link's 24 hours.
+const DEFAULT_UNVERIFIED_TTL_SECS: u64 = 7 * 86_400;
 
 /// Access-token lifetimes accepted: up to a day. Access tokens are meant to be short-lived
 /// (RFC 9700 section 4.14); longer sessions are what refresh tokens are for.
@@ -243,7 +256,26 @@ impl Config {
                 .map(|(secret, _)| secret.trim().into()),
             server_keys: read_server_keys(&env, environment)?,
             mail: read_mail(&env, environment)?,
+            accounts: AccountPolicy {
+                erase_after: Duration::from_secs(env.bounded(
+                    "ACCOUNT_ERASE_AFTER_SECS",
+                    DEFAULT_ERASE_AFTER_SECS,
+                    RETENTION_SECS,
+                )?),
+                unverified_ttl: Duration::from_secs(env.bounded(
+                    "UNVERIFIED_ACCOUNT_TTL_SECS",
+                    DEFAULT_UNVERIFIED_TTL_SECS,
+                    RETENTION_SECS,
+                )?),
+                require_verified_email: env.parse("REQUIRE_VERIFIED_EMAIL", false)?,
+            },
         };
+        if config.accounts.require_verified_email && config.mail.is_none() {
+            return Err(ConfigError::new(
+                "REQUIRE_VERIFIED_EMAIL",
+                "needs mail to verify addresses, but MAIL_ENABLED is false",
+            ));
+        }
         if config
             .edge_secret
             .as_ref()
@@ -549,6 +581,9 @@ mod tests {
             config.signing_key,
             SigningKeySource::Configured(_)
         ));
+        assert_eq!(config.accounts.erase_after, Duration::from_secs(2_592_000));
+        assert_eq!(config.accounts.unverified_ttl, Duration::from_secs(604_800));
+        assert!(!config.accounts.require_verified_email);
         let mail = config.mail.expect("mail is on by default");
         assert_eq!(mail.link_base_url, "https://app.example.com");
         assert_eq!((mail.limit_per_address, mail.limit_per_ip), (3, 30));
@@ -586,8 +621,11 @@ mod tests {
         vars.extend(["SMTP_URL", "MAIL_FROM", "MAIL_LINK_BASE_URL"].map(|name| (name, "")));
 
         let config = config(&vars).unwrap();
+        vars.push(("REQUIRE_VERIFIED_EMAIL", "true"));
+        let error = super::tests::config(&vars).unwrap_err();
 
         assert!(config.mail.is_none());
+        assert_eq!(error.name, "REQUIRE_VERIFIED_EMAIL");
     }
 
     #[test]
@@ -690,6 +728,11 @@ mod tests {
                 "must be at least 32 bytes, e.g. `openssl rand -hex 32`",
             ),
             ("MAIL_RETRY_MAX_SECS", "3601", "must be between 1 and 3600"),
+            (
+                "UNVERIFIED_ACCOUNT_TTL_SECS",
+                "60",
+                "must be between 3600 and 31536000",
+            ),
         ] {
             let error = config(&[
                 ("DATABASE_URL", "postgres://x/g"),

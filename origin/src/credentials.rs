@@ -74,6 +74,37 @@ pub async fn check(
     Ok(Some(user))
 }
 
+/// The rule every sensitive action follows (deactivating the account, changing its password or
+/// its address): the request carries `current_password`, checked by [`check`] for the signed-in
+/// user under the login limits (OWASP ASVS 5.0 6.2.3; OWASP Authentication Cheat Sheet,
+/// "Require re-authentication for sensitive features"). The user's row when it is right; 403
+/// `wrong_password` otherwise, so the bearer token itself is not put in doubt.
+pub async fn reauthenticate(
+    state: &AppState,
+    user: &crate::extract::AuthUser,
+    current_password: SecretString,
+    ip: Option<IpAddr>,
+) -> Result<User> {
+    use gatehouse_shared::ExposeSecret as _;
+    // No stored password is longer, so refusing it at once says nothing and spends no bcrypt.
+    if current_password.expose_secret().len() > gatehouse_shared::input::MAX_PASSWORD_BYTES {
+        return Err(ApiError::WrongPassword);
+    }
+    // A stolen access token must not become a way to guess the password: the same limits as
+    // login apply, on the same counters.
+    let account = Account::SignedIn {
+        id: user.user_id,
+        email: &user.claims.email,
+    };
+    match check(state, account, current_password, ip).await? {
+        Some(checked) => Ok(checked),
+        None => {
+            tracing::info!(user_id = %user.user_id, "re-authentication refused");
+            Err(ApiError::WrongPassword)
+        }
+    }
+}
+
 /// After a successful check: when the stored hash's cost differs from the configured one,
 /// replaces it with a hash of `password` at the configured cost (OWASP Password Storage Cheat
 /// Sheet, "Upgrading the work factor"). Best effort: the password is verified, so a busy hashing

@@ -55,6 +55,8 @@ pub enum ApiError {
     InvalidCredentials,
     /// The email address belongs to an account already (409).
     EmailTaken,
+    /// The password is right but the address must be verified first (403).
+    EmailNotVerified,
     /// An emailed link's token is unknown, voided, malformed or for another purpose (400).
     LinkTokenInvalid,
     /// An emailed link's token has expired (410).
@@ -101,6 +103,7 @@ impl ApiError {
             ApiError::NotFromEdge => ProblemKind::NotFromEdge,
             ApiError::InvalidCredentials => ProblemKind::InvalidCredentials,
             ApiError::EmailTaken => ProblemKind::EmailTaken,
+            ApiError::EmailNotVerified => ProblemKind::EmailNotVerified,
             ApiError::LinkTokenInvalid => ProblemKind::LinkTokenInvalid,
             ApiError::LinkTokenExpired => ProblemKind::LinkTokenExpired,
             ApiError::LinkTokenUsed => ProblemKind::LinkTokenUsed,

@@ -1,6 +1,8 @@
 //! Periodic deletion of rows nothing needs any more, so tables do not grow without bound:
 //! brute-force counters whose window has passed, sessions (with their refresh tokens) that ended
-//! more than `RETENTION` ago, and sealed refresh-token successors past the reuse window.
+//! more than `RETENTION` ago, sealed refresh-token successors past the reuse window, expired link
+//! tokens, finished mail; and erasure of accounts deactivated `ACCOUNT_ERASE_AFTER_SECS` ago or
+//! never verified within `UNVERIFIED_ACCOUNT_TTL_SECS`.
 
 use std::time::Duration;
 
@@ -8,7 +10,8 @@ use time::OffsetDateTime;
 
 use crate::AppState;
 use crate::error::Result;
-use crate::throttle;
+use crate::mail::outbox;
+use crate::{links, throttle, users};
 
 /// How long an ended session stays listed in the database for audit, after its end.
 pub const RETENTION: Duration = Duration::from_secs(30 * 86_400);
@@ -25,6 +28,12 @@ pub struct Purged {
     pub sessions: u64,
     /// Sealed successors past the reuse window (see `crate::sessions`).
     pub seals: u64,
+    /// Accounts erased: deactivated long enough, or never verified.
+    pub accounts: u64,
+    /// Link tokens expired for a day.
+    pub links: u64,
+    /// Outbox rows sent or discarded a day ago.
+    pub mails: u64,
 }
 
 /// Deletes what has expired at `now`.
@@ -33,10 +42,24 @@ pub async fn purge(state: &AppState, now: OffsetDateTime) -> Result<Purged> {
     let counters = throttle::purge(&mut connection, &state.login_limits, now).await?;
     let (sessions, seals) =
         crate::sessions::purge(&mut connection, &state.sessions, now - RETENTION, now).await?;
+    // Unverified accounts are erased only while mail can verify them.
+    let unverified_ttl = state.mail.as_ref().map(|_| state.accounts.unverified_ttl);
+    let accounts = users::purge(
+        &mut connection,
+        state.accounts.erase_after,
+        unverified_ttl,
+        now,
+    )
+    .await?;
+    let links = links::purge(&mut connection, now).await?;
+    let mails = outbox::purge(&mut connection, now).await?;
     Ok(Purged {
         counters,
         sessions,
         seals,
+        accounts,
+        links,
+        mails,
     })
 }
 

@@ -97,6 +97,9 @@ pub struct AppState {
     pub server_keys: server_secret::ServerKeys,
     /// Outgoing mail; `None` when `MAIL_ENABLED` is false, and the mail routes answer 404.
     pub mail: Option<mail::Mail>,
+    /// Erasure of deactivated and never-verified accounts; whether sign-in needs a verified
+    /// address.
+    pub accounts: users::AccountPolicy,
 }
 
 impl AppState {
@@ -140,6 +143,7 @@ impl AppState {
                 .map(|secret| Arc::from(secret.expose_secret())),
             server_keys: config.server_keys,
             mail: config.mail.map(mail::Mail::new),
+            accounts: config.accounts,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use gatehouse_origin::config::Config;
 use gatehouse_origin::db::{Database, MIGRATOR};
-use gatehouse_origin::{AppState, api_keys, app, janitor, serve, telemetry};
+use gatehouse_origin::{AppState, api_keys, app, janitor, serve, telemetry, users};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::signing::TokenSigner;
 
@@ -18,6 +18,9 @@ commands:
   api-key create NAME     create an API key and print it (shown only this once)
   api-key list            list API keys (ids and names, never secrets)
   api-key revoke ID       revoke an API key by its id
+  user reactivate EMAIL   reactivate a deactivated account before it is erased
+  user erase EMAIL        erase an account and all its data now (its unexpired access tokens
+                          still pass the edge until they expire; deactivate first to end them)
   keygen                  print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY
 
 configuration comes from environment variables; see README.md";
@@ -33,6 +36,8 @@ async fn main() -> ExitCode {
         ["api-key", "create", name] => create_api_key(name).await,
         ["api-key", "list"] => list_api_keys().await,
         ["api-key", "revoke", id] => revoke_api_key(id).await,
+        ["user", "reactivate", email] => reactivate_user(email).await,
+        ["user", "erase", email] => erase_user(email).await,
         ["keygen"] => {
             print!(
                 "{}",
@@ -151,5 +156,25 @@ async fn revoke_api_key(id: &str) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("no active API key with id {id}")
+    }
+}
+
+async fn reactivate_user(email: &str) -> anyhow::Result<()> {
+    let pool = command_pool().await?;
+    if users::reactivate(&pool, email).await? {
+        eprintln!("reactivated the account of {email}");
+        Ok(())
+    } else {
+        anyhow::bail!("no deactivated account has the address {email}")
+    }
+}
+
+async fn erase_user(email: &str) -> anyhow::Result<()> {
+    let pool = command_pool().await?;
+    if users::erase(&pool, email).await? {
+        eprintln!("erased the account of {email} and everything it owned");
+        Ok(())
+    } else {
+        anyhow::bail!("no account has the address {email}")
     }
 }

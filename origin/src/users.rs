@@ -5,11 +5,25 @@
 //! `users_email_key` enforces, so no spelling of an address reaches another account.
 
 use gatehouse_shared::api::UserProfile;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::error::{ApiError, Result, on_constraint};
+use crate::error::{ApiError, Result};
+
+/// What becomes of accounts over time, and whether sign-in waits for a verified address; from
+/// configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountPolicy {
+    /// `ACCOUNT_ERASE_AFTER_SECS`: a deactivated account's data is erased this long after.
+    pub erase_after: std::time::Duration,
+    /// `UNVERIFIED_ACCOUNT_TTL_SECS`: an account registered with mail on and never verified is
+    /// erased this long after registration, freeing its address.
+    pub unverified_ttl: std::time::Duration,
+    /// `REQUIRE_VERIFIED_EMAIL`: registration issues no tokens, and sign-in waits for a verified
+    /// address.
+    pub require_verified_email: bool,
+}
 
 /// One account as stored.
 #[derive(Debug, Clone)]
@@ -66,11 +80,25 @@ pub struct NewUser<'a> {
 /// Inserts the account; 409 `email_taken` when the address (in any case) has one already. The
 /// unique index decides races, so of concurrent registrations exactly one wins.
 pub async fn create(connection: &mut PgConnection, new: NewUser<'_>) -> Result<User> {
-    sqlx::query_as!(
+    create_if_free(connection, new)
+        .await?
+        .ok_or(ApiError::EmailTaken)
+}
+
+/// Inserts the account unless the address (in any case) has one; `None` then. `on conflict` on
+/// the unique index settles concurrent inserts of one address: the later ones wait for the first
+/// and then insert nothing.
+pub async fn create_if_free(
+    connection: &mut PgConnection,
+    new: NewUser<'_>,
+) -> Result<Option<User>> {
+    Ok(sqlx::query_as!(
         User,
         "insert into users (id, email, password_hash, first_name, last_name, erase_if_unverified)
          values ($1, $2, $3, $4, $5, $6)
-         returning id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at",
+         on conflict ((lower(email))) do nothing
+         returning id, email, password_hash, first_name, last_name, is_active, email_verified_at,
+                   created_at",
         new.id,
         new.email,
         new.password_hash,
@@ -78,13 +106,8 @@ pub async fn create(connection: &mut PgConnection, new: NewUser<'_>) -> Result<U
         new.last_name,
         new.erase_if_unverified,
     )
-    .fetch_one(connection)
-    .await
-    .map_err(|e| {
-        on_constraint(e, |name| {
-            (name == "users_email_key").then_some(ApiError::EmailTaken)
-        })
-    })
+    .fetch_optional(connection)
+    .await?)
 }
 
 /// The account with this id.
@@ -250,4 +273,52 @@ pub async fn deactivate(
     .execute(connection)
     .await?;
     Ok(())
+}
+
+/// An operator's `gatehouse-origin user reactivate EMAIL`: the deactivated account with that
+/// address is active again and no longer due for erasure. False when there is none.
+pub async fn reactivate(pool: &PgPool, email: &str) -> Result<bool> {
+    let reactivated = sqlx::query!(
+        "update users set is_active = true, deactivated_at = null, updated_at = now()
+         where lower(email) = lower($1) and not is_active",
+        email,
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(reactivated == 1)
+}
+
+/// An operator's `gatehouse-origin user erase EMAIL`: the account with that address and, by
+/// cascade, its sessions, tokens, links and mail are deleted now. False when there is none.
+pub async fn erase(pool: &PgPool, email: &str) -> Result<bool> {
+    let erased = sqlx::query!("delete from users where lower(email) = lower($1)", email)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(erased == 1)
+}
+
+/// Erases, as of `now`, accounts deactivated longer than `erase_after` ago (GDPR art. 17: their
+/// personal data goes with the row, by cascade) and, when `unverified_ttl` is given (mail is on),
+/// accounts registered longer ago than that and never verified (pre-hijacking: a squatted address
+/// is freed). Accounts deactivated or registered before those rules existed carry no date or no
+/// flag and are kept.
+pub async fn purge(
+    connection: &mut PgConnection,
+    erase_after: std::time::Duration,
+    unverified_ttl: Option<std::time::Duration>,
+    now: OffsetDateTime,
+) -> Result<u64> {
+    let unverified_before = unverified_ttl.map(|ttl| now - ttl);
+    Ok(sqlx::query!(
+        "delete from users
+         where (not is_active and deactivated_at < $1)
+            or (erase_if_unverified and email_verified_at is null and created_at < $2)",
+        now - erase_after,
+        unverified_before,
+    )
+    .execute(connection)
+    .await?
+    .rows_affected())
 }

@@ -14,6 +14,7 @@ use gatehouse_origin::db::Database;
 use gatehouse_origin::mail::courier::{self, CourierHandle};
 use gatehouse_origin::sessions::SessionPolicy;
 use gatehouse_origin::throttle::LoginLimits;
+use gatehouse_origin::users::AccountPolicy;
 use gatehouse_origin::{AppState, Clock, api_keys, app};
 use gatehouse_shared::api::{API_KEY_HEADER, Problem, RegisterRequest, TokenResponse};
 use gatehouse_shared::signing::TokenSigner;
@@ -85,6 +86,8 @@ pub struct Options {
     pub login_limits: LoginLimits,
     /// What becomes of mail.
     pub mail: MailSetting,
+    /// Account erasure and whether sign-in needs a verified address.
+    pub accounts: AccountPolicy,
 }
 
 /// What becomes of the mail a test app queues.
@@ -133,6 +136,7 @@ impl Default for Options {
             sessions: defaults.sessions,
             login_limits: defaults.login_limits,
             mail: MailSetting::default(),
+            accounts: defaults.accounts,
         }
     }
 }
@@ -204,6 +208,7 @@ pub fn test_state(db: Database, options: Options) -> AppState {
     config.hash_queue_limit = options.hash_queue_limit;
     config.sessions = options.sessions;
     config.login_limits = options.login_limits;
+    config.accounts = options.accounts;
     match options.mail {
         MailSetting::Queued => {}
         MailSetting::SentTo(smtp_url) => {
@@ -225,6 +230,15 @@ impl TestApp {
     /// The origin with default options on `pool`.
     pub async fn new(pool: PgPool) -> Self {
         TestApp::with(pool, Options::default()).await
+    }
+
+    /// The origin with `MAIL_ENABLED=false` on `pool`.
+    pub async fn without_mail(pool: PgPool) -> Self {
+        let options = Options {
+            mail: MailSetting::Disabled,
+            ..Options::default()
+        };
+        TestApp::with(pool, options).await
     }
 
     /// The origin with `options` on `pool`.
@@ -476,6 +490,14 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The addresses of every account, sorted.
+    pub async fn emails(&self) -> Vec<String> {
+        sqlx::query_scalar("select email from users order by email")
+            .fetch_all(&self.pool)
+            .await
+            .expect("the test database answers")
     }
 
     /// Number of accounts in the database.

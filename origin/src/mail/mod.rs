@@ -163,14 +163,17 @@ pub enum Template {
     ResetPassword,
     /// A notice that the password changed.
     PasswordChanged,
+    /// A notice to an address that already has an account that someone tried to register it.
+    RegisterAttempt,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 3] = [
+    pub const ALL: [Template; 4] = [
         Template::VerifyEmail,
         Template::ResetPassword,
         Template::PasswordChanged,
+        Template::RegisterAttempt,
     ];
 
     /// The name in the outbox and the templates' file name.
@@ -179,6 +182,7 @@ impl Template {
             Template::VerifyEmail => "verify_email",
             Template::ResetPassword => "reset_password",
             Template::PasswordChanged => "password_changed",
+            Template::RegisterAttempt => "register_attempt",
         }
     }
 
@@ -192,7 +196,7 @@ impl Template {
         match self {
             Template::VerifyEmail => Some("verify-email"),
             Template::ResetPassword => Some("reset-password"),
-            Template::PasswordChanged => None,
+            Template::PasswordChanged | Template::RegisterAttempt => None,
         }
     }
 
@@ -210,6 +214,7 @@ impl Template {
             Template::VerifyEmail => sources!("verify_email"),
             Template::ResetPassword => sources!("reset_password"),
             Template::PasswordChanged => sources!("password_changed"),
+            Template::RegisterAttempt => sources!("register_attempt"),
         }
     }
 
@@ -273,9 +278,14 @@ mod tests {
             let rendered = template.render(&[("name", ", Ada"), ("link", "https://app.test/x")]);
 
             assert!(!rendered.subject.is_empty(), "{template:?}");
+            let (source, _) = template.sources();
             for body in [&rendered.text, &rendered.html] {
                 assert!(!body.contains("{{"), "{template:?}: {body}");
-                assert!(body.contains("Hello, Ada"), "{template:?}");
+                assert_eq!(
+                    body.contains("Hello, Ada"),
+                    source.contains("{{name}}"),
+                    "{template:?}"
+                );
                 assert_eq!(
                     body.contains("https://app.test/x"),
                     template.link_page().is_some(),

@@ -3,11 +3,11 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{
-    LoginRequest, Problem, RegisterRequest, TokenResponse, UpdateProfileRequest, UserProfile,
-    VerifyResponse,
+    DeactivateRequest, LoginRequest, Problem, RegisterRequest, RegistrationPending, TokenResponse,
+    UpdateProfileRequest, UserProfile, VerifyResponse,
 };
 use gatehouse_shared::input::{check_email, check_name, check_password, normalize_email};
 use utoipa_axum::router::OpenApiRouter;
@@ -18,6 +18,7 @@ use super::{ended_response, normalize_name, push_error, token_response};
 use crate::error::{ApiError, Result, invalid_field};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
 use crate::links::Purpose;
+use crate::mail::{Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
 use crate::users::{self, NameChange, NewUser};
 use crate::{AppState, credentials};
@@ -38,6 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Account and first session created", body = TokenResponse),
+        (status = 202, description = "With REQUIRE_VERIFIED_EMAIL: a verification link is on its way if the address was free (the answer is the same if it was not)", body = RegistrationPending),
         (status = 409, description = "The email address has an account", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -45,7 +47,7 @@ pub(crate) async fn register_user(
     State(state): State<AppState>,
     meta: ClientMeta,
     ApiJson(request): ApiJson<RegisterRequest>,
-) -> Result<(StatusCode, Json<TokenResponse>)> {
+) -> Result<Response> {
     let email = normalize_email(&request.email).to_owned();
     let first_name = normalize_name(request.first_name);
     let last_name = normalize_name(request.last_name);
@@ -69,19 +71,19 @@ pub(crate) async fn register_user(
     let password_hash = state.hasher.hash(request.password).await?;
 
     let now = state.clock.now();
+    let new = NewUser {
+        id: Uuid::now_v7(),
+        email: &email,
+        password_hash: &password_hash,
+        first_name: first_name.as_deref(),
+        last_name: last_name.as_deref(),
+        erase_if_unverified: state.mail.is_some(),
+    };
+    if state.accounts.require_verified_email {
+        return register_pending(&state, new, now).await;
+    }
     let mut tx = state.db.begin().await?;
-    let user = users::create(
-        &mut tx,
-        NewUser {
-            id: Uuid::now_v7(),
-            email: &email,
-            password_hash: &password_hash,
-            first_name: first_name.as_deref(),
-            last_name: last_name.as_deref(),
-            erase_if_unverified: state.mail.is_some(),
-        },
-    )
-    .await?;
+    let user = users::create(&mut tx, new).await?;
     let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
     let queued = match &state.mail {
         Some(mail) => {
@@ -96,10 +98,43 @@ pub(crate) async fn register_user(
     }
 
     tracing::info!(user_id = %user.id, "user registered");
-    Ok((
-        StatusCode::CREATED,
-        Json(token_response(&state, user, grant, now)),
-    ))
+    let tokens = token_response(&state, user, grant, now);
+    Ok((StatusCode::CREATED, Json(tokens)).into_response())
+}
+
+/// Registration while addresses must be verified before sign-in: the same 202 after the same
+/// hash for a new address and a taken one, so the answer does not tell whether an address has an
+/// account (OWASP Authentication Cheat Sheet, "Account Creation"). A new address gets its
+/// verification link; the owner of a taken one hears that someone tried.
+async fn register_pending(
+    state: &AppState,
+    new: NewUser<'_>,
+    now: time::OffsetDateTime,
+) -> Result<Response> {
+    let mail = state.mail.as_ref().ok_or(ApiError::NotFound)?;
+    let email = new.email;
+    let mut tx = state.db.begin().await?;
+    let queued = match users::create_if_free(&mut tx, new).await? {
+        Some(user) => {
+            tracing::info!(user_id = %user.id, "user registered, unverified");
+            mail.queue_link(state, &mut tx, &user, Purpose::VerifyEmail, now)
+                .await?
+        }
+        None => match users::find_by_email(&mut tx, email).await? {
+            Some(owner) => {
+                let to = Recipient::User(&owner);
+                mail.queue(state, &mut tx, to, Template::RegisterAttempt, None, now)
+                    .await?
+            }
+            None => false,
+        },
+    };
+    tx.commit().await?;
+    mail.queued_after_commit(state, queued);
+    let pending = RegistrationPending {
+        status: "verification_sent".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(pending)).into_response())
 }
 
 /// `POST /auth/login`: one answer for a wrong password, an unknown email and a deactivated
@@ -111,6 +146,7 @@ pub(crate) async fn register_user(
     responses(
         (status = 200, description = "A new session", body = TokenResponse),
         (status = 401, description = "Wrong email or password, a deactivated account, or a bad X-API-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "With REQUIRE_VERIFIED_EMAIL: the password is right but the address is not verified yet", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -123,6 +159,7 @@ pub(crate) async fn login_user(
     state.metrics.login(match &outcome {
         Ok(_) => "success",
         Err(ApiError::InvalidCredentials) => "invalid_credentials",
+        Err(ApiError::EmailNotVerified) => "email_not_verified",
         Err(ApiError::RateLimited { .. }) => "rate_limited",
         Err(ApiError::Overloaded) => "shed",
         Err(ApiError::Validation(_)) => "invalid_request",
@@ -171,6 +208,11 @@ async fn check_login(
     if current != Some((user.password_hash.clone(), true)) {
         tracing::info!(user_id = %user.id, "login refused: the account changed during the check");
         return Err(ApiError::InvalidCredentials);
+    }
+    // Only the holder of the right password learns this, so it reveals nothing to a guesser.
+    if state.accounts.require_verified_email && user.email_verified_at.is_none() {
+        tracing::info!(user_id = %user.id, "login refused: address not verified");
+        return Err(ApiError::EmailNotVerified);
     }
     let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
     tx.commit().await?;
@@ -254,17 +296,26 @@ pub(crate) async fn update_profile(
     Ok(Json(row.into()))
 }
 
-/// `DELETE /auth/profile`: deactivates the account and ends all its sessions in one
-/// transaction, so its tokens stop working at the origin at once and reach the edge's
-/// revocation list.
+/// `DELETE /auth/profile {current_password}`: deactivates the account and ends all its sessions
+/// in one transaction, so its tokens stop working at the origin at once and reach the edge's
+/// revocation list. Its personal data is erased `ACCOUNT_ERASE_AFTER_SECS` later (GDPR art. 17),
+/// unless an operator reactivates it first.
 #[utoipa::path(
     delete, path = "/auth/profile", tag = "profile", security(("api_key" = [], "bearer" = [])),
-    responses((status = 204, description = "Deactivated; every session ended"))
+    request_body = DeactivateRequest,
+    responses(
+        (status = 204, description = "Deactivated; every session ended"),
+        (status = 403, description = "current_password is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub(crate) async fn deactivate_profile(
     State(state): State<AppState>,
     user: AuthUser,
+    meta: ClientMeta,
+    ApiJson(request): ApiJson<DeactivateRequest>,
 ) -> Result<impl IntoResponse> {
+    credentials::reauthenticate(&state, &user, request.current_password, meta.ip).await?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     users::deactivate(&mut tx, user.user_id, now).await?;

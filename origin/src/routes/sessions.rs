@@ -118,23 +118,8 @@ pub(crate) async fn change_password(
     ApiJson(request): ApiJson<ChangePasswordRequest>,
 ) -> Result<impl IntoResponse> {
     check_new_password(&request.new_password)?;
-    if request.current_password.expose_secret().len() > gatehouse_shared::input::MAX_PASSWORD_BYTES
-    {
-        return Err(ApiError::WrongPassword);
-    }
-
-    // A stolen access token must not become a way to guess the password: the same limits as
-    // login apply, on the same counters.
-    let account = credentials::Account::SignedIn {
-        id: user.user_id,
-        email: &user.claims.email,
-    };
-    let Some(checked) =
-        credentials::check(&state, account, request.current_password, meta.ip).await?
-    else {
-        tracing::info!(user_id = %user.user_id, "password change refused");
-        return Err(ApiError::WrongPassword);
-    };
+    let checked =
+        credentials::reauthenticate(&state, &user, request.current_password, meta.ip).await?;
     let new_hash = state.hasher.hash(request.new_password).await?;
 
     let now = state.clock.now();

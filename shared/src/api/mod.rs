@@ -213,6 +213,26 @@ pub struct ChangePasswordRequest {
     pub new_password: SecretString,
 }
 
+/// `POST /auth/register` while verified addresses are required: no tokens until the address is
+/// verified, and the same answer whether or not it was free.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegistrationPending {
+    /// Always `verification_sent`.
+    pub status: String,
+}
+
+/// `DELETE /auth/profile`: re-authentication for deactivating the account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DeactivateRequest {
+    /// The password in use now: a stolen access token alone cannot close the account.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub current_password: SecretString,
+}
+
 /// `POST /auth/password/forgot` and `POST /auth/email/verify/resend`: an address to mail a link to,
 /// if an account it applies to has it. The answer is 202 either way.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -502,6 +522,9 @@ mod tests {
         let refresh = RefreshRequest {
             refresh_token: "gtr_hunter2".into(),
         };
+        let deactivate = DeactivateRequest {
+            current_password: "hunter2hunter2".into(),
+        };
         let link = LinkTokenRequest {
             token: "gtl_hunter2".into(),
         };
@@ -516,6 +539,7 @@ mod tests {
             format!("{change:?}"),
             format!("{refresh:?}"),
             format!("{link:?}"),
+            format!("{deactivate:?}"),
             format!("{reset:?}"),
         ] {
             assert!(!debug.contains("hunter"), "{debug}");

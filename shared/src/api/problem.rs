@@ -209,6 +209,9 @@ problem_kinds! {
     LinkTokenExpired => "link_token_expired", GONE, None, "the link has expired; ask for a new one";
     /// An emailed link's token was already used.
     LinkTokenUsed => "link_token_used", CONFLICT, None, "the link was already used";
+    /// The password is right, but sign-in waits for a verified address (`REQUIRE_VERIFIED_EMAIL`).
+    EmailNotVerified => "email_not_verified", FORBIDDEN, None,
+        "the email address is not verified yet; follow the link mailed to it";
     /// `current_password` is wrong (403: the bearer token itself is fine).
     WrongPassword => "wrong_password", FORBIDDEN, None, "current password is incorrect";
     /// A CORS preflight from an origin not in `ALLOWED_ORIGINS` (edge).

@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use gatehouse_origin::janitor;
+use gatehouse_origin::users::AccountPolicy;
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER, UserProfile, VerifyResponse};
 use gatehouse_tests::mail::MailServer;
 use gatehouse_tests::{
     EDGE_SECRET, MAIL_LINK_BASE_URL, MailSetting, Options, PASSWORD, TestApp, TestResponse,
+    register_body,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -344,14 +347,7 @@ async fn one_client_may_ask_for_thirty_mails_per_quarter_hour(pool: PgPool) {
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn with_mail_disabled_the_mail_routes_do_not_exist(pool: PgPool) {
-    let app = TestApp::with(
-        pool,
-        Options {
-            mail: MailSetting::Disabled,
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::without_mail(pool).await;
     app.register("ada@example.com").await;
 
     for (path, body) in [
@@ -378,4 +374,98 @@ async fn with_mail_disabled_the_mail_routes_do_not_exist(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(queued, 0);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn with_verified_addresses_required_sign_in_waits_for_the_link(pool: PgPool) {
+    let server = MailServer::start().await;
+    let defaults = Options::default();
+    let app = TestApp::with(
+        pool,
+        Options {
+            mail: MailSetting::SentTo(server.smtp_url()),
+            accounts: AccountPolicy {
+                require_verified_email: true,
+                ..defaults.accounts
+            },
+            ..defaults
+        },
+    )
+    .await;
+    let register = || app.post("/auth/register", register_body("ada@example.com"));
+
+    let new = register().await;
+    let taken = register().await;
+    let unverified = app.login("ada@example.com", PASSWORD).await;
+    let wrong = app.login("ada@example.com", "not the password").await;
+    let verification = server.wait_for_subject("ada@example.com", "Confirm").await;
+    let attempt = server
+        .wait_for_subject("ada@example.com", "Someone tried")
+        .await;
+    let verified = verify_email(&app, &verification.link_token()).await;
+    let signed_in = app.login("ada@example.com", PASSWORD).await;
+
+    for response in [&new, &taken] {
+        assert_eq!(response.status, StatusCode::ACCEPTED);
+        assert_eq!(response.body, json!({ "status": "verification_sent" }));
+    }
+    assert_eq!(app.user_count().await, 1);
+    assert_eq!(unverified.status, StatusCode::FORBIDDEN);
+    assert_eq!(unverified.problem().code, "email_not_verified");
+    assert_eq!(
+        wrong.problem().code,
+        "invalid_credentials",
+        "only the password's holder learns it"
+    );
+    assert!(
+        !attempt.text.contains("#token="),
+        "the notice carries no link"
+    );
+    assert_eq!(verified.status, StatusCode::NO_CONTENT);
+    assert_eq!(signed_in.status, StatusCode::OK);
+    let token = signed_in
+        .json::<gatehouse_shared::api::TokenResponse>()
+        .access_token;
+    assert!(app.claims(&token).email_verified);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn accounts_never_verified_are_erased_after_a_week_and_older_ones_kept(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    for email in ["ada@example.com", "bea@example.com", "cy@example.com"] {
+        app.register(email).await;
+    }
+    sqlx::query("update users set email_verified_at = now() where email = 'bea@example.com'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // As an account registered before verification existed.
+    sqlx::query("update users set erase_if_unverified = false where email = 'cy@example.com'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let now = app.state.clock.now();
+    let early = janitor::purge(&app.state, now + time::Duration::days(6))
+        .await
+        .unwrap();
+    let late = janitor::purge(&app.state, now + time::Duration::days(8))
+        .await
+        .unwrap();
+
+    assert_eq!((early.accounts, late.accounts), (0, 1));
+    assert_eq!(app.emails().await, ["bea@example.com", "cy@example.com"]);
+    app.register("ada@example.com").await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn without_mail_unverified_accounts_are_kept(pool: PgPool) {
+    let app = TestApp::without_mail(pool).await;
+    app.register("ada@example.com").await;
+
+    let later = app.state.clock.now() + time::Duration::days(60);
+    let purged = janitor::purge(&app.state, later).await.unwrap();
+
+    assert_eq!(purged.accounts, 0);
+    assert_eq!(app.user_count().await, 1);
 }

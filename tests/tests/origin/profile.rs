@@ -1,6 +1,7 @@
 //! `/auth/profile`: reading it, changing names, and deactivating the account.
 
 use axum::http::{Method, StatusCode};
+use gatehouse_origin::{janitor, users};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::UserProfile;
 use gatehouse_tests::TestApp;
@@ -123,4 +124,97 @@ async fn profile_needs_a_token(pool: PgPool) {
         assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{method}");
         assert_eq!(response.problem().code, "missing_token");
     }
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn delete_needs_the_current_password(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let token = app.register("ada@example.com").await.access_token;
+
+    let wrong = app
+        .call(
+            Method::DELETE,
+            "/auth/profile",
+            Some(token.expose_secret()),
+            Some(json!({ "current_password": "not the password" })),
+        )
+        .await;
+    let missing = app
+        .call(
+            Method::DELETE,
+            "/auth/profile",
+            Some(token.expose_secret()),
+            Some(json!({})),
+        )
+        .await;
+
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    assert_eq!(wrong.problem().code, "wrong_password");
+    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+    app.assert_verifies(token.expose_secret()).await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_deactivated_account_is_erased_after_thirty_days_and_its_address_freed(pool: PgPool) {
+    // Without mail, so that unverified accounts are not erased meanwhile.
+    let app = TestApp::without_mail(pool).await;
+    let token = app.register("ada@example.com").await.access_token;
+    app.register("bea@example.com").await;
+    // Deactivated before deactivation was dated: never erased by age.
+    let older = app.register("cy@example.com").await.access_token;
+    app.deactivate(older.expose_secret()).await;
+    sqlx::query("update users set deactivated_at = null where email = 'cy@example.com'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.deactivate(token.expose_secret()).await;
+
+    let now = app.state.clock.now();
+    let early = janitor::purge(&app.state, now + time::Duration::days(29))
+        .await
+        .unwrap();
+    let late = janitor::purge(&app.state, now + time::Duration::days(31))
+        .await
+        .unwrap();
+
+    assert_eq!((early.accounts, late.accounts), (0, 1));
+    assert_eq!(app.emails().await, ["bea@example.com", "cy@example.com"]);
+    let sessions: i64 = sqlx::query_scalar("select count(*) from sessions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions, 1,
+        "bea's live session is left: ada's went with her account, cy's ended over 30 days ago"
+    );
+    app.register("ada@example.com").await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_operator_can_reactivate_or_erase_an_account(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let token = app.register("ada@example.com").await.access_token;
+    app.register("bea@example.com").await;
+    app.deactivate(token.expose_secret()).await;
+
+    let reactivated = users::reactivate(&app.pool, "ADA@example.com")
+        .await
+        .unwrap();
+    let again = users::reactivate(&app.pool, "ada@example.com")
+        .await
+        .unwrap();
+    let erased = users::erase(&app.pool, "bea@example.com").await.unwrap();
+    let unknown = users::erase(&app.pool, "nobody@example.com").await.unwrap();
+
+    assert!(reactivated, "a deactivated account comes back");
+    assert!(!again, "an active one is left as it is");
+    assert!(erased);
+    assert!(!unknown);
+    assert_eq!(
+        app.login("ada@example.com", gatehouse_tests::PASSWORD)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(app.user_count().await, 1);
 }
