@@ -17,8 +17,11 @@ create table link_tokens (
     token_hash bytea not null,
     user_id uuid not null,
     purpose text not null,
-    -- The address the link proves: the account's address, or the new one of an email change.
+    -- The address the link proves: the account's address, the new one of an email change, or the
+    -- old one an undo restores.
     email text not null,
+    -- The session that asked for an email change, which its confirmation keeps.
+    session_id uuid,
     created_at timestamptz not null,
     expires_at timestamptz not null,
     used_at timestamptz,
@@ -75,10 +78,11 @@ create index outbox_recipient_idx on outbox (lower(recipient), created_at);
 create index outbox_finished_idx on outbox (created_at)
     where sent_at is not null or discarded_at is not null;
 
--- A password reset ends every session of the account.
+-- A password reset, an email change and its undo end sessions of the account.
 alter table sessions
     drop constraint sessions_end_reason_known,
     add constraint sessions_end_reason_known check (end_reason in (
         'logout', 'logout_all', 'logout_others', 'password_changed', 'refresh_token_reused',
-        'deactivated', 'expired', 'ended_by_user', 'password_reset'
+        'deactivated', 'expired', 'ended_by_user', 'password_reset', 'email_changed',
+        'email_change_undone'
     ));

@@ -20,6 +20,10 @@ pub enum Purpose {
     VerifyEmail,
     /// The holder of the address may set a new password.
     ResetPassword,
+    /// The holder of a new address confirms an email change to it.
+    ChangeEmail,
+    /// The holder of the old address undoes an email change.
+    UndoEmailChange,
 }
 
 impl Purpose {
@@ -27,15 +31,20 @@ impl Purpose {
         match self {
             Purpose::VerifyEmail => "verify_email",
             Purpose::ResetPassword => "reset_password",
+            Purpose::ChangeEmail => "change_email",
+            Purpose::UndoEmailChange => "undo_email_change",
         }
     }
 
     /// How long a link stays valid: a day to verify (mail can wait in an inbox), half an hour to
-    /// reset (OWASP Forgot Password Cheat Sheet: reset tokens expire after a short period).
+    /// reset (OWASP Forgot Password Cheat Sheet: reset tokens expire after a short period), an
+    /// hour to confirm a change, a week to undo one (the owner may be away when it happens).
     pub fn lifetime(self) -> Duration {
         match self {
             Purpose::VerifyEmail => Duration::hours(24),
             Purpose::ResetPassword => Duration::minutes(30),
+            Purpose::ChangeEmail => Duration::hours(1),
+            Purpose::UndoEmailChange => Duration::days(7),
         }
     }
 }
@@ -47,25 +56,31 @@ pub struct Redeemed {
     pub user_id: Uuid,
     /// The address the link was issued for.
     pub email: String,
+    /// The session that asked for it, if one did.
+    pub session_id: Option<Uuid>,
 }
 
-/// A new token for `purpose` on `user_id` and `email`, stored as its hash.
+/// A new token for `purpose` on `user_id` and `email` (asked for by `session_id`, if given),
+/// stored as its hash.
 pub async fn issue(
     connection: &mut PgConnection,
     user_id: Uuid,
     purpose: Purpose,
     email: &str,
+    session_id: Option<Uuid>,
     now: OffsetDateTime,
 ) -> Result<LinkToken> {
     let token = LinkToken::generate(&mut OsRng);
     let hash = token.lookup_hash();
     sqlx::query!(
-        "insert into link_tokens (token_hash, user_id, purpose, email, created_at, expires_at)
-         values ($1, $2, $3, $4, $5, $6)",
+        "insert into link_tokens
+           (token_hash, user_id, purpose, email, session_id, created_at, expires_at)
+         values ($1, $2, $3, $4, $5, $6, $7)",
         hash.as_slice(),
         user_id,
         purpose.as_str(),
         email,
+        session_id,
         now,
         now + purpose.lifetime(),
     )
@@ -97,7 +112,7 @@ pub async fn redeem(
     let token = LinkToken::parse(presented).map_err(|_| ApiError::LinkTokenInvalid)?;
     let hash = token.lookup_hash();
     let row = sqlx::query!(
-        "select user_id, purpose, email, expires_at, used_at from link_tokens
+        "select user_id, purpose, email, session_id, expires_at, used_at from link_tokens
          where token_hash = $1 for update",
         hash.as_slice(),
     )
@@ -121,6 +136,7 @@ pub async fn redeem(
     Ok(Redeemed {
         user_id: row.user_id,
         email: row.email,
+        session_id: row.session_id,
     })
 }
 

@@ -79,6 +79,10 @@ pub enum EndReason {
     EndedByUser,
     /// `POST /auth/password/reset` ended every session of the account.
     PasswordReset,
+    /// `POST /auth/email/confirm` ended every session but the one that asked for the change.
+    EmailChanged,
+    /// `POST /auth/email/undo` ended every session of the account.
+    EmailChangeUndone,
 }
 
 impl EndReason {
@@ -93,6 +97,8 @@ impl EndReason {
             EndReason::Expired => "expired",
             EndReason::EndedByUser => "ended_by_user",
             EndReason::PasswordReset => "password_reset",
+            EndReason::EmailChanged => "email_changed",
+            EndReason::EmailChangeUndone => "email_change_undone",
         }
     }
 }

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, Result, on_constraint};
 
 /// What becomes of accounts over time, and whether sign-in waits for a verified address; from
 /// configuration.
@@ -256,6 +256,33 @@ pub async fn mark_verified(
     .await?
     .rows_affected();
     Ok(marked == 1)
+}
+
+/// Moves the active account `id` to `email`, proven by a link mailed to it, so verified; 409
+/// `email_taken` when another account has that address now (the unique index decides). False
+/// when the account is gone or deactivated.
+pub async fn change_email(
+    connection: &mut PgConnection,
+    id: Uuid,
+    email: &str,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let changed = sqlx::query!(
+        "update users set email = $2, email_verified_at = $3, updated_at = now()
+         where id = $1 and is_active",
+        id,
+        email,
+        now,
+    )
+    .execute(connection)
+    .await
+    .map_err(|e| {
+        on_constraint(e, |name| {
+            (name == "users_email_key").then_some(ApiError::EmailTaken)
+        })
+    })?
+    .rows_affected();
+    Ok(changed == 1)
 }
 
 /// Marks the account deactivated; its sessions are the caller's to end in the same transaction.

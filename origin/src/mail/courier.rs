@@ -262,7 +262,7 @@ impl Courier {
         else {
             return Ok(None);
         };
-        let token = links::issue(&mut tx, user.id, purpose, &user.email, now).await?;
+        let token = links::issue(&mut tx, user.id, purpose, &user.email, None, now).await?;
         let context = outbox::token_context(&row.template, &row.recipient, Some(user.id));
         let sealed = self.cipher.seal(&token, &context);
         outbox::attach_token(&mut tx, row.id, user.id, &sealed).await?;
@@ -281,7 +281,16 @@ impl Courier {
             .map(|name| format!(", {name}"))
             .unwrap_or_default();
         let link = prepared.link.clone().unwrap_or_default();
-        let rendered = template.render(&[("name", &greeting), ("link", &link)]);
+        let new_email = row
+            .params
+            .get("new_email")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let rendered = template.render(&[
+            ("name", &greeting),
+            ("link", &link),
+            ("new_email", new_email),
+        ]);
         let to: Mailbox = row.recipient.parse().ok()?;
         Message::builder()
             .from(self.mail.config.from.clone())

@@ -77,52 +77,41 @@ impl Mail {
         purpose: Purpose,
         now: OffsetDateTime,
     ) -> Result<bool> {
-        let token = links::issue(connection, user.id, purpose, &user.email, now).await?;
+        let token = links::issue(connection, user.id, purpose, &user.email, None, now).await?;
         let template = match purpose {
             Purpose::VerifyEmail => Template::VerifyEmail,
-            Purpose::ResetPassword => Template::ResetPassword,
+            _ => Template::ResetPassword,
         };
-        let to = Recipient::User(user);
-        self.queue(state, connection, to, template, Some(&token), now)
-            .await
+        let letter = Letter::new(Recipient::User(user), template).with_link(&token);
+        self.queue(state, connection, letter, now).await
     }
 
-    /// Queues `template` to `to` in the caller's transaction, carrying `token` if given. A mail to
-    /// a bare address that needs a link is a request the courier resolves: the request does the
-    /// same work whether or not an account has the address.
+    /// Queues `letter` in the caller's transaction, subject to the per-address cap; whether it
+    /// was queued. A letter to a bare address that needs a link is a request the courier resolves:
+    /// the request does the same work whether or not an account has the address.
     pub async fn queue(
         &self,
         state: &AppState,
         connection: &mut PgConnection,
-        to: Recipient<'_>,
-        template: Template,
-        token: Option<&gatehouse_shared::link::LinkToken>,
+        letter: Letter<'_>,
         now: OffsetDateTime,
     ) -> Result<bool> {
-        let (user_id, recipient, name) = match to {
-            Recipient::User(user) => (
-                Some(user.id),
-                user.email.as_str(),
-                user.first_name.as_deref(),
-            ),
-            Recipient::Address(address) => (None, address, None),
+        let (user, recipient) = match letter.to {
+            Recipient::User(user) => (Some(user), user.email.as_str()),
+            Recipient::UserAt(user, address) => (Some(user), address),
+            Recipient::Address(address) => (None, address),
         };
+        let name = user.and_then(|user| user.first_name.as_deref());
         let mail = NewMail {
-            user_id,
+            user_id: user.map(|user| user.id),
             recipient,
-            template,
-            params: json!({ "name": name }),
-            token,
+            template: letter.template,
+            params: json!({ "name": name, "new_email": letter.new_email }),
+            token: letter.link,
         };
         let cipher = state.server_keys.outbox_cipher();
-        outbox::enqueue(
-            connection,
-            &cipher,
-            self.config.limit_per_address,
-            mail,
-            now,
-        )
-        .await
+        let cap = self.config.limit_per_address;
+        outbox::enqueue(connection, &cipher, cap, mail, now).await
     }
 
     /// After the transaction that queued `queued` mails committed: counts them and wakes the
@@ -150,8 +139,47 @@ impl Mail {
 pub enum Recipient<'a> {
     /// An account, at its address.
     User(&'a User),
+    /// An account, at another address (the new one of an email change).
+    UserAt(&'a User, &'a str),
     /// An address, whoever has it.
     Address(&'a str),
+}
+
+/// A mail to queue: to whom, what, and what it carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Letter<'a> {
+    /// Whom it goes to.
+    pub to: Recipient<'a>,
+    /// What it says.
+    pub template: Template,
+    /// The link token it carries, if any.
+    pub link: Option<&'a gatehouse_shared::link::LinkToken>,
+    /// The new address an email-change notice names.
+    pub new_email: Option<&'a str>,
+}
+
+impl<'a> Letter<'a> {
+    /// `template` to `to`, with no link.
+    pub fn new(to: Recipient<'a>, template: Template) -> Self {
+        Letter {
+            to,
+            template,
+            link: None,
+            new_email: None,
+        }
+    }
+
+    /// The letter carrying `token` in its link.
+    pub fn with_link(mut self, token: &'a gatehouse_shared::link::LinkToken) -> Self {
+        self.link = Some(token);
+        self
+    }
+
+    /// The letter naming `new_email`.
+    pub fn naming(mut self, new_email: &'a str) -> Self {
+        self.new_email = Some(new_email);
+        self
+    }
 }
 
 /// Every kind of mail.
@@ -165,15 +193,24 @@ pub enum Template {
     PasswordChanged,
     /// A notice to an address that already has an account that someone tried to register it.
     RegisterAttempt,
+    /// A link confirming an email change, to the new address.
+    EmailChangeConfirm,
+    /// A notice to a requested new address that already has an account.
+    EmailChangeTaken,
+    /// A notice of an email change to the old address, with a link that undoes it.
+    EmailChangeNotice,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 4] = [
+    pub const ALL: [Template; 7] = [
         Template::VerifyEmail,
         Template::ResetPassword,
         Template::PasswordChanged,
         Template::RegisterAttempt,
+        Template::EmailChangeConfirm,
+        Template::EmailChangeTaken,
+        Template::EmailChangeNotice,
     ];
 
     /// The name in the outbox and the templates' file name.
@@ -183,6 +220,9 @@ impl Template {
             Template::ResetPassword => "reset_password",
             Template::PasswordChanged => "password_changed",
             Template::RegisterAttempt => "register_attempt",
+            Template::EmailChangeConfirm => "email_change_confirm",
+            Template::EmailChangeTaken => "email_change_taken",
+            Template::EmailChangeNotice => "email_change_notice",
         }
     }
 
@@ -196,7 +236,11 @@ impl Template {
         match self {
             Template::VerifyEmail => Some("verify-email"),
             Template::ResetPassword => Some("reset-password"),
-            Template::PasswordChanged | Template::RegisterAttempt => None,
+            Template::EmailChangeConfirm => Some("confirm-email"),
+            Template::EmailChangeNotice => Some("undo-email-change"),
+            Template::PasswordChanged | Template::RegisterAttempt | Template::EmailChangeTaken => {
+                None
+            }
         }
     }
 
@@ -215,6 +259,9 @@ impl Template {
             Template::ResetPassword => sources!("reset_password"),
             Template::PasswordChanged => sources!("password_changed"),
             Template::RegisterAttempt => sources!("register_attempt"),
+            Template::EmailChangeConfirm => sources!("email_change_confirm"),
+            Template::EmailChangeTaken => sources!("email_change_taken"),
+            Template::EmailChangeNotice => sources!("email_change_notice"),
         }
     }
 
@@ -275,7 +322,11 @@ mod tests {
     #[test]
     fn every_template_has_a_subject_and_fills_every_placeholder() {
         for template in Template::ALL {
-            let rendered = template.render(&[("name", ", Ada"), ("link", "https://app.test/x")]);
+            let rendered = template.render(&[
+                ("name", ", Ada"),
+                ("link", "https://app.test/x"),
+                ("new_email", "new@example.com"),
+            ]);
 
             assert!(!rendered.subject.is_empty(), "{template:?}");
             let (source, _) = template.sources();

@@ -1,6 +1,6 @@
 //! The account routes that work through emailed links: verifying an address, asking again for a
-//! verification link, and recovering a forgotten password. They answer 404 while mail is
-//! disabled.
+//! verification link, recovering a forgotten password, and changing the address (confirmed by
+//! the new one, undoable from the old one). They answer 404 while mail is disabled.
 //!
 //! The two routes that take an address (`forgot`, `resend`) answer 202 with an empty body and do
 //! the same work whether or not an account has it: they queue a request that the courier resolves,
@@ -10,9 +10,11 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use gatehouse_shared::ExposeSecret;
-use gatehouse_shared::api::{EmailRequest, LinkTokenRequest, Problem, ResetPasswordRequest};
+use gatehouse_shared::api::{
+    ChangeEmailRequest, EmailRequest, LinkTokenRequest, Problem, ResetPasswordRequest,
+};
 use gatehouse_shared::input::{check_email, normalize_email};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -20,11 +22,11 @@ use utoipa_axum::routes;
 use super::{check_new_password, ended_response};
 use crate::AppState;
 use crate::error::{ApiError, Result, invalid_field};
-use crate::extract::{ApiJson, ClientMeta};
+use crate::extract::{ApiJson, AuthUser, ClientMeta};
 use crate::links::{self, Purpose};
-use crate::mail::{MAIL_IP_WINDOW, Mail, Recipient, Template};
+use crate::mail::{Letter, MAIL_IP_WINDOW, Mail, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
-use crate::{throttle, users};
+use crate::{credentials, throttle, users};
 
 /// The account routes; under `/auth`, so the API-key gate applies.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -33,6 +35,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(resend_verification))
         .routes(routes!(forgot_password))
         .routes(routes!(reset_password))
+        .routes(routes!(change_email))
+        .routes(routes!(confirm_email_change))
+        .routes(routes!(undo_email_change))
 }
 
 /// How a route taking a link token refuses it; for the OpenAPI description only.
@@ -150,8 +155,8 @@ async fn request_link(
     let mut tx = state.db.begin().await?;
     let limit = mail.config.limit_per_ip;
     throttle::count_request(&mut tx, "mail", meta.ip, limit, MAIL_IP_WINDOW, now).await?;
-    let to = Recipient::Address(email);
-    let queued = mail.queue(state, &mut tx, to, template, None, now).await?;
+    let letter = Letter::new(Recipient::Address(email), template);
+    let queued = mail.queue(state, &mut tx, letter, now).await?;
     tx.commit().await?;
     mail.queued_after_commit(state, queued);
     Ok(StatusCode::ACCEPTED)
@@ -207,10 +212,153 @@ pub(crate) async fn reset_password(
     .await?;
     let notice = Template::PasswordChanged;
     let noticed = mail
-        .queue(&state, &mut tx, Recipient::User(&user), notice, None, now)
+        .queue(
+            &state,
+            &mut tx,
+            Letter::new(Recipient::User(&user), notice),
+            now,
+        )
         .await?;
     tx.commit().await?;
     mail.queued_after_commit(&state, noticed);
     tracing::info!(user_id = %user.id, ended = ended.len(), "password reset");
     Ok(ended_response(&state, &ended, now))
+}
+
+/// `PUT /auth/email {new_email, current_password}`: asks to move the account to `new_email`. 202
+/// whatever the new address: it gets a confirmation link, or, when it has an account of its own, a
+/// notice saying so (so the answer does not tell whether it has); the old address gets a notice
+/// with a link that undoes the change for a week. Nothing changes until the new address confirms.
+#[utoipa::path(
+    put, path = "/auth/email", tag = "account", security(("api_key" = [], "bearer" = [])),
+    request_body = ChangeEmailRequest,
+    responses(
+        (status = 202, description = "Mails are on their way to the new and the old address"),
+        (status = 403, description = "current_password is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Mail is disabled, so the route does not exist", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn change_email(
+    State(state): State<AppState>,
+    user: AuthUser,
+    meta: ClientMeta,
+    ApiJson(request): ApiJson<ChangeEmailRequest>,
+) -> Result<StatusCode> {
+    let mail = mail(&state)?;
+    let new_email = normalize_email(&request.new_email);
+    check_email(new_email).map_err(|message| invalid_field("new_email", message))?;
+    let account =
+        credentials::reauthenticate(&state, &user, request.current_password, meta.ip).await?;
+    if new_email.eq_ignore_ascii_case(&account.email) {
+        return Err(invalid_field(
+            "new_email",
+            "is the account's address already",
+        ));
+    }
+    let now = state.clock.now();
+    let mut tx = state.db.begin().await?;
+    // Only the latest request can be confirmed.
+    links::void(&mut tx, account.id, Purpose::ChangeEmail).await?;
+    let to_new = match users::find_by_email(&mut tx, new_email).await? {
+        Some(_) => {
+            let letter = Letter::new(Recipient::Address(new_email), Template::EmailChangeTaken);
+            mail.queue(&state, &mut tx, letter, now).await?
+        }
+        None => {
+            let purpose = Purpose::ChangeEmail;
+            let session = Some(user.session_id);
+            let token = links::issue(&mut tx, account.id, purpose, new_email, session, now).await?;
+            let to = Recipient::UserAt(&account, new_email);
+            let letter = Letter::new(to, Template::EmailChangeConfirm).with_link(&token);
+            mail.queue(&state, &mut tx, letter, now).await?
+        }
+    };
+    let purpose = Purpose::UndoEmailChange;
+    let undo = links::issue(&mut tx, account.id, purpose, &account.email, None, now).await?;
+    let letter = Letter::new(Recipient::User(&account), Template::EmailChangeNotice)
+        .with_link(&undo)
+        .naming(new_email);
+    let to_old = mail.queue(&state, &mut tx, letter, now).await?;
+    tx.commit().await?;
+    mail.queued_after_commit(&state, to_new);
+    mail.queued_after_commit(&state, to_old);
+    tracing::info!(user_id = %account.id, "email change requested");
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /auth/email/confirm {token}`: the new address confirms, so the account moves to it,
+/// verified. Every session but the one that asked for the change ends; tokens issued from now on
+/// carry the new address.
+#[utoipa::path(
+    post, path = "/auth/email/confirm", tag = "account", security(("api_key" = [])),
+    request_body = LinkTokenRequest,
+    responses(
+        (status = 204, description = "The account has its new address; every other session ended"),
+        LinkRefused,
+        (status = 409, description = "The link was already used, or another account took the address meanwhile (email_taken)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn confirm_email_change(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<LinkTokenRequest>,
+) -> Result<impl IntoResponse> {
+    let purpose = Purpose::ChangeEmail;
+    move_account(&state, request, purpose, EndReason::EmailChanged).await
+}
+
+/// `POST /auth/email/undo {token}`: the old address takes the account back, verified, and every
+/// session ends (the change may have been a hijack).
+#[utoipa::path(
+    post, path = "/auth/email/undo", tag = "account", security(("api_key" = [])),
+    request_body = LinkTokenRequest,
+    responses(
+        (status = 204, description = "The account has its old address back; every session ended"),
+        LinkRefused,
+        (status = 409, description = "The link was already used, or another account took the address meanwhile (email_taken)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn undo_email_change(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<LinkTokenRequest>,
+) -> Result<impl IntoResponse> {
+    let purpose = Purpose::UndoEmailChange;
+    move_account(&state, request, purpose, EndReason::EmailChangeUndone).await
+}
+
+/// Moves the account a `purpose` link names to the address the link proves, voids the links an
+/// address change makes stale, and ends sessions: all of them, or, for a confirmation, all but
+/// the one that asked.
+async fn move_account(
+    state: &AppState,
+    request: LinkTokenRequest,
+    purpose: Purpose,
+    reason: EndReason,
+) -> Result<Response> {
+    mail(state)?;
+    let now = state.clock.now();
+    let mut tx = state.db.begin().await?;
+    let redeemed = links::redeem(&mut tx, request.token.expose_secret(), purpose, now).await?;
+    if !users::change_email(&mut tx, redeemed.user_id, &redeemed.email, now).await? {
+        return Err(ApiError::LinkTokenInvalid);
+    }
+    for stale in [Purpose::VerifyEmail, Purpose::ChangeEmail] {
+        links::void(&mut tx, redeemed.user_id, stale).await?;
+    }
+    let which = match (purpose, redeemed.session_id) {
+        (Purpose::ChangeEmail, Some(kept)) => Which::AllExcept(kept),
+        _ => Which::All,
+    };
+    let ended = sessions::end(
+        &mut tx,
+        &state.sessions,
+        redeemed.user_id,
+        which,
+        reason,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %redeemed.user_id, ended = ended.len(), ?reason, "email address moved");
+    Ok(ended_response(state, &ended, now))
 }

@@ -18,7 +18,7 @@ use super::{ended_response, normalize_name, push_error, token_response};
 use crate::error::{ApiError, Result, invalid_field};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
 use crate::links::Purpose;
-use crate::mail::{Recipient, Template};
+use crate::mail::{Letter, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
 use crate::users::{self, NameChange, NewUser};
 use crate::{AppState, credentials};
@@ -122,9 +122,8 @@ async fn register_pending(
         }
         None => match users::find_by_email(&mut tx, email).await? {
             Some(owner) => {
-                let to = Recipient::User(&owner);
-                mail.queue(state, &mut tx, to, Template::RegisterAttempt, None, now)
-                    .await?
+                let letter = Letter::new(Recipient::User(&owner), Template::RegisterAttempt);
+                mail.queue(state, &mut tx, letter, now).await?
             }
             None => false,
         },

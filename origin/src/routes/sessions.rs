@@ -21,7 +21,7 @@ use crate::credentials;
 use crate::error::{ApiError, Result};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, ClientMeta};
 use crate::links::{self, Purpose};
-use crate::mail::{Recipient, Template};
+use crate::mail::{Letter, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
 use crate::users;
 
@@ -144,9 +144,8 @@ pub(crate) async fn change_password(
     links::void(&mut tx, user.user_id, Purpose::ResetPassword).await?;
     let noticed = match &state.mail {
         Some(mail) => {
-            let to = Recipient::User(&checked);
-            mail.queue(&state, &mut tx, to, Template::PasswordChanged, None, now)
-                .await?
+            let letter = Letter::new(Recipient::User(&checked), Template::PasswordChanged);
+            mail.queue(&state, &mut tx, letter, now).await?
         }
         None => false,
     };

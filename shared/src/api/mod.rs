@@ -222,6 +222,19 @@ pub struct RegistrationPending {
     pub status: String,
 }
 
+/// `PUT /auth/email`: moves the account to another address once that address confirms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ChangeEmailRequest {
+    /// The address to move to.
+    pub new_email: String,
+    /// The password in use now (re-authentication).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub current_password: SecretString,
+}
+
 /// `DELETE /auth/profile`: re-authentication for deactivating the account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -522,6 +535,10 @@ mod tests {
         let refresh = RefreshRequest {
             refresh_token: "gtr_hunter2".into(),
         };
+        let change_email = ChangeEmailRequest {
+            new_email: "b@c.d".into(),
+            current_password: "hunter2hunter2".into(),
+        };
         let deactivate = DeactivateRequest {
             current_password: "hunter2hunter2".into(),
         };
@@ -540,6 +557,7 @@ mod tests {
             format!("{refresh:?}"),
             format!("{link:?}"),
             format!("{deactivate:?}"),
+            format!("{change_email:?}"),
             format!("{reset:?}"),
         ] {
             assert!(!debug.contains("hunter"), "{debug}");

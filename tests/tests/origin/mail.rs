@@ -469,3 +469,138 @@ async fn without_mail_unverified_accounts_are_kept(pool: PgPool) {
     assert_eq!(purged.accounts, 0);
     assert_eq!(app.user_count().await, 1);
 }
+
+async fn change_email(app: &TestApp, access_token: &str, new_email: &str) -> TestResponse {
+    let body = json!({ "new_email": new_email, "current_password": PASSWORD });
+    app.put("/auth/email", access_token, body).await
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_email_change_is_confirmed_by_the_new_address_and_undone_by_the_old(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    let asking = app.register("ada@example.com").await;
+    let other = app.sign_in("ada@example.com").await;
+
+    let asked = change_email(&app, asking.access_token.expose_secret(), "ada@new.example").await;
+    let confirmation = server
+        .wait_for_subject("ada@new.example", "Confirm your new")
+        .await;
+    let notice = server
+        .wait_for_subject("ada@example.com", "being changed")
+        .await;
+    let confirmed = app
+        .post(
+            "/auth/email/confirm",
+            json!({ "token": confirmation.link_token() }),
+        )
+        .await;
+
+    assert_eq!(asked.status, StatusCode::ACCEPTED);
+    assert!(
+        confirmation
+            .text
+            .contains(&format!("{MAIL_LINK_BASE_URL}/confirm-email#token=gtl_"))
+    );
+    assert!(notice.text.contains("ada@new.example"));
+    assert!(notice.text.contains(&format!(
+        "{MAIL_LINK_BASE_URL}/undo-email-change#token=gtl_"
+    )));
+    assert_eq!(confirmed.status, StatusCode::NO_CONTENT);
+    app.assert_ended(&other).await;
+    let moved = app.refreshed(asking.refresh_token.expose_secret()).await;
+    let claims = app.claims(&moved.access_token);
+    assert_eq!(
+        (claims.email.as_str(), claims.email_verified),
+        ("ada@new.example", true)
+    );
+    assert_eq!(
+        app.login("ada@example.com", PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login("ada@new.example", PASSWORD).await.status,
+        StatusCode::OK
+    );
+
+    let undone = app
+        .post("/auth/email/undo", json!({ "token": notice.link_token() }))
+        .await;
+
+    assert_eq!(undone.status, StatusCode::NO_CONTENT);
+    app.assert_ended(&moved).await;
+    assert_eq!(app.emails().await, ["ada@example.com"]);
+    assert_eq!(
+        app.login("ada@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_taken_address_is_told_so_and_the_answer_does_not_change(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    let ada = app.register("ada@example.com").await;
+    app.register("bea@example.com").await;
+
+    let asked = change_email(&app, ada.access_token.expose_secret(), "BEA@example.com").await;
+    let told = server
+        .wait_for_subject("bea@example.com", "already has an account")
+        .await;
+    server
+        .wait_for_subject("ada@example.com", "being changed")
+        .await;
+    wait_until_outbox_is_empty(&app).await;
+
+    assert_eq!(asked.status, StatusCode::ACCEPTED);
+    assert!(!told.text.contains("#token="), "the notice carries no link");
+    let links: i64 =
+        sqlx::query_scalar("select count(*) from link_tokens where purpose = 'change_email'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(links, 0, "nothing can move ada onto bea's address");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_address_taken_before_the_confirmation_is_a_conflict(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    let ada = app.register("ada@example.com").await;
+    change_email(&app, ada.access_token.expose_secret(), "cy@example.com").await;
+    let token = server
+        .wait_for_subject("cy@example.com", "Confirm your new")
+        .await
+        .link_token();
+
+    app.register("cy@example.com").await;
+    let confirmed = app
+        .post("/auth/email/confirm", json!({ "token": token }))
+        .await;
+
+    assert_eq!(confirmed.status, StatusCode::CONFLICT);
+    assert_eq!(confirmed.problem().code, "email_taken");
+    assert_eq!(app.emails().await, ["ada@example.com", "cy@example.com"]);
+    app.assert_verifies(ada.access_token.expose_secret()).await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_email_change_needs_the_password_and_another_address(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let ada = app.register("ada@example.com").await;
+    let token = ada.access_token.expose_secret();
+
+    let wrong = app
+        .put(
+            "/auth/email",
+            token,
+            json!({ "new_email": "ada@new.example", "current_password": "not the password" }),
+        )
+        .await;
+    let same = change_email(&app, token, "ADA@example.com").await;
+
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    assert_eq!(wrong.problem().code, "wrong_password");
+    assert_eq!(same.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(same.problem().errors[0].field, "new_email");
+}
