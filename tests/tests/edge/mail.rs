@@ -5,7 +5,7 @@
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{TokenResponse, VerifyResponse};
 use gatehouse_tests::mail::MailServer;
-use gatehouse_tests::{MailSetting, Options};
+use gatehouse_tests::{MailSetting, Options, PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -84,4 +84,67 @@ async fn an_address_is_verified_and_a_password_reset_through_the_edge(pool: PgPo
         .await
         .unwrap();
     assert_eq!(login.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_email_change_and_its_undo_end_sessions_at_the_edge(pool: PgPool) {
+    let server = MailServer::start().await;
+    let options = Options {
+        mail: MailSetting::SentTo(server.smtp_url()),
+        ..Options::default()
+    };
+    let stack = Stack::with(pool, options, |bindings| {
+        bindings.insert("REVOCATION_REFRESH_SECS".into(), Value::from("60"));
+    })
+    .await;
+    let asking = stack.register("ada@example.com").await;
+    let other = stack.login("ada@example.com").await;
+    let token = asking.access_token.expose_secret();
+
+    let asked = stack
+        .authorized(Method::PUT, "/auth/email", token)
+        .json(&json!({ "new_email": "ada@new.example", "current_password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    let confirmation = server.wait_for_subject("ada@new.example", "Confirm").await;
+    let notice = server
+        .wait_for_subject("ada@example.com", "being changed")
+        .await;
+    let confirm = json!({ "token": confirmation.link_token() });
+    let confirmed = stack
+        .request(Method::POST, "/auth/email/confirm")
+        .json(&confirm)
+        .send();
+    let confirmed = confirmed.await.unwrap();
+
+    assert_eq!(asked.status(), StatusCode::ACCEPTED);
+    assert_eq!(confirmed.status(), StatusCode::NO_CONTENT);
+    stack.assert_verifies(token).await;
+    let refused = stack.verify(other.access_token.expose_secret()).await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::UNAUTHORIZED,
+        "the other session ended at the edge"
+    );
+
+    let undo = json!({ "token": notice.link_token() });
+    let undone = stack
+        .request(Method::POST, "/auth/email/undo")
+        .json(&undo)
+        .send();
+
+    assert_eq!(undone.await.unwrap().status(), StatusCode::NO_CONTENT);
+    let refused = stack.verify(token).await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::UNAUTHORIZED,
+        "the undo ended every session"
+    );
+    assert_eq!(problem(refused).await.1, "session has ended");
+    assert_eq!(stack.relay.count("GET /edge/revocations"), 1);
+    assert_eq!(
+        stack.login("ada@example.com").await.user.email,
+        "ada@example.com"
+    );
 }

@@ -159,6 +159,22 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// `POST /auth/password/forgot` for `email` from the client at `client_ip` (as the edge
+    /// forwards it): whether it was answered 202.
+    pub async fn forgot(&self, email: &str, client_ip: &str) -> bool {
+        let request = self
+            .post("/auth/password/forgot")
+            .json(&serde_json::json!({ "email": email }))
+            .header(EDGE_SECRET_HEADER, crate::dev::LOCAL_EDGE_SECRET)
+            .header(CLIENT_IP_HEADER, client_ip);
+        match request.send().await {
+            Ok(response) => response.status() == StatusCode::ACCEPTED,
+            Err(_) => false,
+        }
+    }
+}
+
 /// An address no earlier run has registered.
 pub fn unique_email(prefix: &str) -> String {
     format!("{prefix}-{}@example.com", uuid::Uuid::new_v4())

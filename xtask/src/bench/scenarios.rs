@@ -220,47 +220,76 @@ pub async fn accounts(bench: &Bench, count: usize) -> anyhow::Result<Vec<String>
     Ok(emails)
 }
 
-/// Logins with unknown emails and failed logins of known accounts, interleaved so that both
-/// see the same machine; `samples` of each. Failed logins of known accounts are what an attacker
-/// probing for accounts sees, so these are the two that must not differ.
-pub async fn unknown_versus_known(
+/// What an attacker probing for accounts compares: the same request for unknown and for known
+/// addresses. `probe(address, client)` sends one and says whether it got its expected answer.
+/// The two kinds are interleaved so that both see the same machine, alternating which goes
+/// first so neither always meets a warmer one; `samples` of each. Each pair comes from its own
+/// client address in the benchmarking range (RFC 2544, `198.18.0.0/15`), so no per-client limit
+/// bites (a stack without the local edge secret ignores the address and counts 127.0.0.1).
+pub async fn unknown_versus_known<P, F>(
+    known: impl Fn(usize) -> String,
+    unknown: impl Fn(usize) -> String,
+    samples: usize,
+    probe: P,
+) -> anyhow::Result<(Latencies, Latencies)>
+where
+    P: Fn(String, String) -> F,
+    F: Future<Output = bool>,
+{
+    let start = Instant::now();
+    let (mut unknown_times, mut known_times) = (Latencies::default(), Latencies::default());
+    for i in 0..samples {
+        let client = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+        let timed = |address: String| Sample::take(start, probe(address, client.clone()));
+        let (stranger, member) = if i % 2 == 0 {
+            let stranger = timed(unknown(i)).await;
+            (stranger, timed(known(i)).await)
+        } else {
+            let member = timed(known(i)).await;
+            (timed(unknown(i)).await, member)
+        };
+        anyhow::ensure!(
+            stranger.ok && member.ok,
+            "a comparison request got another answer"
+        );
+        unknown_times.record(stranger.latency);
+        known_times.record(member.latency);
+    }
+    Ok((unknown_times, known_times))
+}
+
+/// Failed logins: unknown addresses against known accounts with a wrong password, both 401.
+pub async fn failed_logins(
     bench: &Bench,
     known: &[String],
     samples: usize,
 ) -> anyhow::Result<(Latencies, Latencies)> {
-    let start = Instant::now();
-    let (mut unknown, mut known_times) = (Latencies::default(), Latencies::default());
-    for (i, email) in known.iter().cycle().take(samples).enumerate() {
-        // Each pair from its own address in the benchmarking range (RFC 2544), so repeated runs
-        // do not use up the per-address login limit of 127.0.0.1 (a stack without the local edge
-        // secret ignores the address and counts 127.0.0.1).
-        let ip = format!("198.18.{}.{}", i / 250, i % 250 + 1);
-        let stranger = unique_email("nobody");
-        let fail = |email: &str| {
-            let (bench, email, ip) = (bench.clone(), email.to_owned(), ip.clone());
-            async move {
-                let expected = StatusCode::UNAUTHORIZED;
-                Sample::take(start, async {
-                    bench
-                        .login(&email, "wrong password", expected, Some(&ip))
-                        .await
-                })
+    let known = |i: usize| known[i % known.len()].clone();
+    let probe = |address: String, client: String| {
+        let bench = bench.clone();
+        async move {
+            let expected = StatusCode::UNAUTHORIZED;
+            bench
+                .login(&address, "wrong password", expected, Some(&client))
                 .await
-            }
-        };
-        // Alternating which goes first, so neither always meets a warmer machine.
-        let (a, b) = if i % 2 == 0 {
-            let a = fail(&stranger).await;
-            (a, fail(email).await)
-        } else {
-            let b = fail(email).await;
-            (fail(&stranger).await, b)
-        };
-        anyhow::ensure!(a.ok && b.ok, "a comparison login did not get its 401");
-        unknown.record(a.latency);
-        known_times.record(b.latency);
-    }
-    Ok((unknown, known_times))
+        }
+    };
+    unknown_versus_known(known, |_| unique_email("nobody"), samples, probe).await
+}
+
+/// Password-reset requests: one address without an account against one with, both 202. One of
+/// each, repeated, so that both meet the per-address mail cap alike.
+pub async fn forgotten_passwords(
+    bench: &Bench,
+    known: &str,
+    samples: usize,
+) -> anyhow::Result<(Latencies, Latencies)> {
+    let stranger = unique_email("nobody");
+    let probe = |address: String, client: String| {
+        let bench = bench.clone();
+        async move { bench.forgot(&address, &client).await }
+    };
+    unknown_versus_known(|_| known.to_owned(), |_| stranger.clone(), samples, probe).await
 }
 
 /// What a storm measured.
