@@ -13,6 +13,7 @@ use gatehouse_shared::{ExposeSecret, SecretString};
 
 use crate::db::PoolSettings;
 use crate::mail::MailConfig;
+use crate::password_policy;
 use crate::server_secret::{MIN_SECRET_BYTES, ServerKeys};
 use crate::sessions::SessionPolicy;
 use crate::throttle::LoginLimits;
@@ -105,6 +106,8 @@ pub struct Config {
     pub mail: Option<MailConfig>,
     /// `ACCOUNT_ERASE_AFTER_SECS`, `UNVERIFIED_ACCOUNT_TTL_SECS`, `REQUIRE_VERIFIED_EMAIL`.
     pub accounts: AccountPolicy,
+    /// `PASSWORD_MIN_SCORE`: the zxcvbn score, 0 to 4, a new password must reach.
+    pub password_min_score: u8,
 }
 
 /// Default bcrypt cost: OWASP's floor for bcrypt is 10; 12 costs about a quarter second here.
@@ -269,6 +272,11 @@ impl Config {
                 )?),
                 require_verified_email: env.parse("REQUIRE_VERIFIED_EMAIL", false)?,
             },
+            password_min_score: env.bounded(
+                "PASSWORD_MIN_SCORE",
+                password_policy::DEFAULT_MIN_SCORE,
+                0..=4,
+            )?,
         };
         if config.accounts.require_verified_email && config.mail.is_none() {
             return Err(ConfigError::new(
@@ -584,6 +592,7 @@ mod tests {
         assert_eq!(config.accounts.erase_after, Duration::from_secs(2_592_000));
         assert_eq!(config.accounts.unverified_ttl, Duration::from_secs(604_800));
         assert!(!config.accounts.require_verified_email);
+        assert_eq!(config.password_min_score, 3);
         let mail = config.mail.expect("mail is on by default");
         assert_eq!(mail.link_base_url, "https://app.example.com");
         assert_eq!((mail.limit_per_address, mail.limit_per_ip), (3, 30));
@@ -728,6 +737,7 @@ mod tests {
                 "must be at least 32 bytes, e.g. `openssl rand -hex 32`",
             ),
             ("MAIL_RETRY_MAX_SECS", "3601", "must be between 1 and 3600"),
+            ("PASSWORD_MIN_SCORE", "5", "must be between 0 and 4"),
             (
                 "UNVERIFIED_ACCOUNT_TTL_SECS",
                 "60",

@@ -16,6 +16,7 @@ pub mod mail;
 pub mod metrics;
 pub mod openapi;
 pub mod password;
+pub mod password_policy;
 pub mod routes;
 pub mod server_secret;
 pub mod sessions;
@@ -100,6 +101,8 @@ pub struct AppState {
     /// Erasure of deactivated and never-verified accounts; whether sign-in needs a verified
     /// address.
     pub accounts: users::AccountPolicy,
+    /// The zxcvbn score a new password must reach.
+    pub password_min_score: u8,
 }
 
 impl AppState {
@@ -144,6 +147,7 @@ impl AppState {
             server_keys: config.server_keys,
             mail: config.mail.map(mail::Mail::new),
             accounts: config.accounts,
+            password_min_score: config.password_min_score,
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::extract::{ApiJson, AuthUser, ClientMeta};
 use crate::links::{self, Purpose};
 use crate::mail::{Letter, MAIL_IP_WINDOW, Mail, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
-use crate::{credentials, throttle, users};
+use crate::{credentials, password_policy, throttle, users};
 
 /// The account routes; under `/auth`, so the API-key gate applies.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -178,15 +178,18 @@ pub(crate) async fn reset_password(
     ApiJson(request): ApiJson<ResetPasswordRequest>,
 ) -> Result<impl IntoResponse> {
     let mail = mail(&state)?;
-    check_new_password(&request.new_password)?;
     // The link is checked before bcrypt runs, so a flood of bad links costs no hashing; it is
     // checked again, and spent, under its row lock once the hash is ready.
-    {
+    let mailed_to = {
         let mut tx = state.db.begin().await?;
         let token = request.token.expose_secret();
-        links::redeem(&mut tx, token, Purpose::ResetPassword, state.clock.now()).await?;
+        let peeked = links::redeem(&mut tx, token, Purpose::ResetPassword, state.clock.now());
+        let email = peeked.await?.email;
         tx.rollback().await?;
-    }
+        email
+    };
+    let inputs = password_policy::user_inputs(&mailed_to, &[]);
+    check_new_password(&state, &request.new_password, &inputs)?;
     let new_hash = state.hasher.hash(request.new_password).await?;
 
     let now = state.clock.now();

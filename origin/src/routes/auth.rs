@@ -9,19 +9,19 @@ use gatehouse_shared::api::{
     DeactivateRequest, LoginRequest, Problem, RegisterRequest, RegistrationPending, TokenResponse,
     UpdateProfileRequest, UserProfile, VerifyResponse,
 };
-use gatehouse_shared::input::{check_email, check_name, check_password, normalize_email};
+use gatehouse_shared::input::{check_email, check_name, normalize_email};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{ended_response, normalize_name, push_error, token_response};
+use super::{ended_response, normalize_name, password_refusal, push_error, token_response};
 use crate::error::{ApiError, Result, invalid_field};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
 use crate::links::Purpose;
 use crate::mail::{Letter, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
 use crate::users::{self, NameChange, NewUser};
-use crate::{AppState, credentials};
+use crate::{AppState, credentials, password_policy};
 
 /// The `/auth/*` routes; the API-key gate is layered on in [`crate::app`].
 pub fn router() -> OpenApiRouter<AppState> {
@@ -51,13 +51,12 @@ pub(crate) async fn register_user(
     let email = normalize_email(&request.email).to_owned();
     let first_name = normalize_name(request.first_name);
     let last_name = normalize_name(request.last_name);
+    let names = [first_name.as_deref(), last_name.as_deref()];
+    let inputs = password_policy::user_inputs(&email, &names);
     let mut errors = Vec::new();
     push_error(&mut errors, "email", check_email(&email));
-    push_error(
-        &mut errors,
-        "password",
-        check_password(request.password.expose_secret()),
-    );
+    let password = password_refusal(&state, &request.password, &inputs);
+    push_error(&mut errors, "password", password);
     for (field, value) in [("first_name", &first_name), ("last_name", &last_name)] {
         if let Some(name) = value {
             push_error(&mut errors, field, check_name(name));

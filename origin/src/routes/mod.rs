@@ -55,14 +55,28 @@ pub(crate) fn ended_response(state: &AppState, ended: &[Uuid], now: OffsetDateTi
     response
 }
 
-/// The rules every new password meets, at a password change and a reset (registration checks the
-/// same rule among its other fields): 422 naming `new_password` otherwise.
-pub(crate) fn check_new_password(
+/// The rules every new password meets, at registration, reset and change: the length rules, then
+/// not common or guessable from the account's own words (`user_inputs`, see
+/// [`crate::password_policy`]). The refusal, for `field`, says which.
+pub(crate) fn password_refusal(
+    state: &AppState,
     password: &gatehouse_shared::SecretString,
-) -> crate::error::Result<()> {
+    user_inputs: &[&str],
+) -> std::result::Result<(), String> {
     use gatehouse_shared::ExposeSecret as _;
-    gatehouse_shared::input::check_password(password.expose_secret())
-        .map_err(|message| crate::error::invalid_field("new_password", message))
+    let password = password.expose_secret();
+    gatehouse_shared::input::check_password(password).map_err(str::to_owned)?;
+    crate::password_policy::check(password, user_inputs, state.password_min_score)
+}
+
+/// [`password_refusal`] for a `new_password` field: 422 naming it.
+pub(crate) fn check_new_password(
+    state: &AppState,
+    password: &gatehouse_shared::SecretString,
+    user_inputs: &[&str],
+) -> crate::error::Result<()> {
+    password_refusal(state, password, user_inputs)
+        .map_err(|message| crate::error::invalid_field("new_password", &message))
 }
 
 /// Names are trimmed; an empty name is no name.
@@ -74,7 +88,7 @@ pub(crate) fn normalize_name(name: Option<String>) -> Option<String> {
 pub(crate) fn push_error(
     errors: &mut Vec<FieldError>,
     field: &str,
-    outcome: std::result::Result<(), &str>,
+    outcome: std::result::Result<(), impl Into<String>>,
 ) {
     if let Err(message) = outcome {
         errors.push(FieldError {

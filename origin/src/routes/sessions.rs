@@ -17,13 +17,13 @@ use uuid::Uuid;
 
 use super::{check_new_password, ended_response, token_response};
 use crate::AppState;
-use crate::credentials;
 use crate::error::{ApiError, Result};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, ClientMeta};
 use crate::links::{self, Purpose};
 use crate::mail::{Letter, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
 use crate::users;
+use crate::{credentials, password_policy};
 
 /// The session routes; under `/auth`, so the API-key gate applies.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -117,7 +117,12 @@ pub(crate) async fn change_password(
     meta: ClientMeta,
     ApiJson(request): ApiJson<ChangePasswordRequest>,
 ) -> Result<impl IntoResponse> {
-    check_new_password(&request.new_password)?;
+    let email = user.claims.email.clone();
+    check_new_password(
+        &state,
+        &request.new_password,
+        &password_policy::user_inputs(&email, &[]),
+    )?;
     let checked =
         credentials::reauthenticate(&state, &user, request.current_password, meta.ip).await?;
     let new_hash = state.hasher.hash(request.new_password).await?;

@@ -176,6 +176,7 @@ async fn a_reset_sets_the_password_verifies_the_address_and_ends_every_session(p
     let mail = server
         .wait_for_subject("ada@example.com", "Reset your password")
         .await;
+    let guessable = reset(&app, &mail.link_token(), "password123").await;
     let done = reset(&app, &mail.link_token(), NEW_PASSWORD).await;
 
     assert_eq!(asked.status, StatusCode::ACCEPTED);
@@ -184,7 +185,13 @@ async fn a_reset_sets_the_password_verifies_the_address_and_ends_every_session(p
         mail.text
             .contains(&format!("{MAIL_LINK_BASE_URL}/reset-password#token=gtl_"))
     );
-    assert_eq!(done.status, StatusCode::NO_CONTENT);
+    assert_eq!(guessable.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(guessable.problem().errors[0].field, "new_password");
+    assert_eq!(
+        done.status,
+        StatusCode::NO_CONTENT,
+        "a refused password leaves the link unspent"
+    );
     assert!(done.header("x-gatehouse-ended-sessions").is_some());
     for session in [&first, &second] {
         app.assert_ended(session).await;

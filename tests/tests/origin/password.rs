@@ -87,3 +87,52 @@ async fn a_login_racing_a_password_change_does_not_outlive_it(pool: PgPool) {
         .unwrap();
     assert_eq!(sessions, 1, "only the registration's session");
 }
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn guessable_passwords_are_refused_with_the_reason_wherever_one_is_set(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let ada = app.register("ada.lovelace@example.com").await;
+
+    let common = app
+        .post(
+            "/auth/register",
+            json!({ "email": "bea@example.com", "password": "password123" }),
+        )
+        .await;
+    let personal = app
+        .post(
+            "/auth/register",
+            json!({ "email": "cy@example.com", "password": "cyrilwright", "first_name": "Cyril",
+                    "last_name": "Wright" }),
+        )
+        .await;
+    let changed = app
+        .put(
+            "/auth/password",
+            ada.access_token.expose_secret(),
+            json!({ "current_password": PASSWORD, "new_password": "ada.lovelace1815" }),
+        )
+        .await;
+
+    for (response, field) in [
+        (&common, "password"),
+        (&personal, "password"),
+        (&changed, "new_password"),
+    ] {
+        assert_eq!(response.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        let problem = response.problem();
+        assert_eq!(problem.errors[0].field, field);
+        assert!(
+            problem.errors[0]
+                .message
+                .starts_with("is too easy to guess"),
+            "{}",
+            problem.errors[0].message
+        );
+    }
+    assert_eq!(app.user_count().await, 1);
+    assert_eq!(
+        app.login("ada.lovelace@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+}

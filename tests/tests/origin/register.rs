@@ -94,7 +94,7 @@ async fn invalid_fields_are_listed_in_one_422(pool: PgPool) {
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn password_of_exactly_72_bytes_registers_and_logs_in(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let password = "é".repeat(36);
+    let password = format!("mauve lantern éclair quokka {}x", "é".repeat(21));
     assert_eq!(password.len(), 72);
 
     let registered = app
@@ -104,7 +104,7 @@ async fn password_of_exactly_72_bytes_registers_and_logs_in(pool: PgPool) {
         )
         .await;
     let login = app.login("ada@example.com", &password).await;
-    let almost = app.login("ada@example.com", &"é".repeat(35)).await;
+    let almost = app.login("ada@example.com", &password[..71]).await;
 
     assert_eq!(registered.status, StatusCode::CREATED);
     assert_eq!(login.status, StatusCode::OK);
