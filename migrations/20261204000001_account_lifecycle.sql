@@ -41,8 +41,10 @@ create index link_tokens_expires_at_idx on link_tokens (expires_at);
 -- nothing. A row's body is wiped once it is sent or discarded.
 create table outbox (
     id bigint generated always as identity,
-    -- The account the mail is about; a password-reset request names only an address until the
-    -- courier resolves it.
+    -- The random id of the mail's Message-ID: the same on every attempt, unique across databases.
+    message_id uuid not null default gen_random_uuid(),
+    -- The account the mail is about; a request by address (a password reset, a resent
+    -- verification) names only the address until the courier resolves it.
     user_id uuid,
     recipient text not null,
     template text not null,

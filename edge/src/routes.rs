@@ -65,7 +65,8 @@ pub const ROUTES: &[Route] = &[
     Route::new("GET", "/auth/api-key", Gate::ApiKey),
     Route::new("GET", "/auth/profile", Gate::User),
     Route::new("PATCH", "/auth/profile", Gate::User),
-    Route::new("DELETE", "/auth/profile", Gate::User),
+    // Deactivation re-authenticates with the password, so it runs bcrypt.
+    Route::new("DELETE", "/auth/profile", Gate::User).throttled(),
     Route::new("POST", "/auth/refresh", Gate::ApiKey),
     Route::new("POST", "/auth/logout", Gate::User),
     Route::new("PUT", "/auth/password", Gate::User).throttled(),

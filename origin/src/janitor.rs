@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::error::Result;
 use crate::mail::outbox;
+use crate::sessions::{EndReason, Which};
 use crate::{links, throttle, users};
 
 /// How long an ended session stays listed in the database for audit, after its end.
@@ -42,15 +43,25 @@ pub async fn purge(state: &AppState, now: OffsetDateTime) -> Result<Purged> {
     let counters = throttle::purge(&mut connection, &state.login_limits, now).await?;
     let (sessions, seals) =
         crate::sessions::purge(&mut connection, &state.sessions, now - RETENTION, now).await?;
-    // Unverified accounts are erased only while mail can verify them.
-    let unverified_ttl = state.mail.as_ref().map(|_| state.accounts.unverified_ttl);
-    let accounts = users::purge(
-        &mut connection,
-        state.accounts.erase_after,
-        unverified_ttl,
-        now,
-    )
-    .await?;
+    // Unverified accounts are erased only while mail can verify them, in two steps: their
+    // sessions end first, and the rows go once every access token of theirs has expired, so the
+    // edge, whose revocation list is built from sessions, never vouches for a token of an erased
+    // account.
+    let unverified_before = match state.mail {
+        Some(_) => {
+            let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+            let registered_before = now - state.accounts.unverified_ttl;
+            for id in users::deactivate_unverified(&mut tx, registered_before, now).await? {
+                let (all, reason) = (Which::All, EndReason::Deactivated);
+                crate::sessions::end(&mut tx, &state.sessions, id, all, reason, now).await?;
+            }
+            tx.commit().await?;
+            Some(now - state.tokens.longest_validity())
+        }
+        None => None,
+    };
+    let deactivated_before = now - state.accounts.erase_after;
+    let accounts = users::purge(&mut connection, deactivated_before, unverified_before).await?;
     let links = links::purge(&mut connection, now).await?;
     let mails = outbox::purge(&mut connection, now).await?;
     Ok(Purged {

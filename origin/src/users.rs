@@ -212,29 +212,30 @@ pub async fn update_names(
     .await?)
 }
 
-/// Sets a new password hash outright (a reset link proved the address instead of the old
-/// password) and marks the address verified, if it is still the one the link was mailed to.
+/// Sets a new password hash outright, a reset link having proved `mailed_to` instead of the old
+/// password, and marks that address verified; only while it is still the account's address and
+/// the account is active. False otherwise: a link mailed to an address the account has since left
+/// must not take the account back.
 pub async fn reset_password(
     connection: &mut PgConnection,
     id: Uuid,
     new_hash: &str,
     mailed_to: &str,
     now: OffsetDateTime,
-) -> Result<()> {
-    sqlx::query!(
-        "update users set password_hash = $2,
-           email_verified_at = case when lower(email) = lower($3)
-                               then coalesce(email_verified_at, $4) else email_verified_at end,
+) -> Result<bool> {
+    let reset = sqlx::query!(
+        "update users set password_hash = $2, email_verified_at = coalesce(email_verified_at, $4),
            updated_at = now()
-         where id = $1",
+         where id = $1 and lower(email) = lower($3) and is_active",
         id,
         new_hash,
         mailed_to,
         now,
     )
     .execute(connection)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(reset == 1)
 }
 
 /// Marks `email` verified for the account, if it is still the account's address (it may have
@@ -326,23 +327,42 @@ pub async fn erase(pool: &PgPool, email: &str) -> Result<bool> {
     Ok(erased == 1)
 }
 
-/// Erases, as of `now`, accounts deactivated longer than `erase_after` ago (GDPR art. 17: their
-/// personal data goes with the row, by cascade) and, when `unverified_ttl` is given (mail is on),
-/// accounts registered longer ago than that and never verified (pre-hijacking: a squatted address
-/// is freed). Accounts deactivated or registered before those rules existed carry no date or no
-/// flag and are kept.
+/// Deactivates, as of `now`, the accounts registered while mail was on before `registered_before`
+/// and never verified (pre-hijacking: a squatted address is to be freed); their ids, so that
+/// the caller ends their sessions in the same transaction and the endings reach the edge before
+/// [`purge`] deletes the rows.
+pub async fn deactivate_unverified(
+    connection: &mut PgConnection,
+    registered_before: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar!(
+        "update users set is_active = false, deactivated_at = $2, updated_at = now()
+         where erase_if_unverified and email_verified_at is null and is_active
+           and created_at < $1
+         returning id",
+        registered_before,
+        now,
+    )
+    .fetch_all(connection)
+    .await?)
+}
+
+/// Erases accounts deactivated before `deactivated_before` (GDPR art. 17: their personal data goes
+/// with the row, by cascade) and, with `unverified_before`, never-verified accounts that
+/// [`deactivate_unverified`] deactivated before then. Accounts deactivated or registered before
+/// those rules existed carry no date or no flag and are kept.
 pub async fn purge(
     connection: &mut PgConnection,
-    erase_after: std::time::Duration,
-    unverified_ttl: Option<std::time::Duration>,
-    now: OffsetDateTime,
+    deactivated_before: OffsetDateTime,
+    unverified_before: Option<OffsetDateTime>,
 ) -> Result<u64> {
-    let unverified_before = unverified_ttl.map(|ttl| now - ttl);
     Ok(sqlx::query!(
         "delete from users
-         where (not is_active and deactivated_at < $1)
-            or (erase_if_unverified and email_verified_at is null and created_at < $2)",
-        now - erase_after,
+         where not is_active
+           and (deactivated_at < $1
+                or (erase_if_unverified and email_verified_at is null and deactivated_at < $2))",
+        deactivated_before,
         unverified_before,
     )
     .execute(connection)

@@ -19,22 +19,19 @@ use crate::links::{self, Purpose};
 use crate::server_secret::TokenCipher;
 use crate::{AppState, users};
 
-/// Rows claimed at once: enough to drain a burst, few enough that a stopping courier gives back
-/// little.
-const BATCH: i64 = 16;
-
-/// How long a claim holds a row. Longer than any delivery (`SEND_TIMEOUT`), so no second courier
-/// takes a row that is being sent; short enough that a crashed courier's rows go out soon.
-const LEASE: time::Duration = time::Duration::minutes(2);
+/// Rows claimed at once: a few, so that the lease below stays short.
+const BATCH: i64 = 4;
 
 /// The longest one SMTP delivery may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a claim holds its rows: longer than delivering the whole batch at the timeout, plus a
+/// minute for the database, so no second courier takes a row that is still to be sent; short
+/// enough that a crashed courier's rows go out again within minutes.
+const LEASE: time::Duration = time::Duration::seconds(BATCH * SEND_TIMEOUT.as_secs() as i64 + 60);
+
 /// How often an idle courier looks for rows that another instance queued.
 const IDLE_POLL: Duration = Duration::from_secs(5);
-
-/// After this long a mail is given up: every link it could carry has expired by then.
-const GIVE_UP_AFTER: time::Duration = time::Duration::hours(24);
 
 /// A running courier.
 pub struct CourierHandle {
@@ -152,12 +149,12 @@ impl Courier {
     /// Sends one row and records the outcome.
     async fn deliver(&self, row: Claimed) -> Result<()> {
         let now = self.state.clock.now();
-        if now - row.created_at > GIVE_UP_AFTER {
-            return self.discard(&row, "gave up", now).await;
-        }
         let Some(template) = Template::from_name(&row.template) else {
             return self.discard(&row, "unknown template", now).await;
         };
+        if now - row.created_at > template.give_up_after() {
+            return self.discard(&row, "gave up", now).await;
+        }
         let prepared = match self.prepare(&row, template, now).await? {
             Ok(prepared) => prepared,
             Err(reason) => return self.discard(&row, reason, now).await,
@@ -178,16 +175,33 @@ impl Courier {
                     "mail sent"
                 );
             }
-            Ok(Err(error)) if error.is_permanent() => {
-                self.state.metrics.mail("discarded");
-                tracing::warn!(outbox_id = row.id, %error, "the SMTP server refused the mail");
-                outbox::discard(&mut connection, row.id, "refused by the SMTP server", now).await?;
-            }
-            failed => {
-                let reason = match failed {
-                    Err(_) => "timed out",
-                    _ => "SMTP unavailable",
+            // A refusal is retried like an outage, though at the longest interval: lettre cannot
+            // tell a refused recipient from a refused login or sender (all 5xx), and one wrong
+            // SMTP password must not discard the whole queue. Only the reply code is logged; the
+            // server's text often names the recipient.
+            Ok(Err(error)) => {
+                let code = error.status().map(|code| code.to_string());
+                let retry_at = if error.is_permanent() {
+                    now + time::Duration::try_from(self.mail.config.retry_max).unwrap_or(LEASE)
+                } else {
+                    now + self.backoff(row.attempts)
                 };
+                self.state.metrics.mail("failed");
+                tracing::warn!(
+                    outbox_id = row.id,
+                    attempts = row.attempts,
+                    code,
+                    "mail refused or failed"
+                );
+                let reason = if error.is_permanent() {
+                    "refused by the SMTP server"
+                } else {
+                    "SMTP unavailable"
+                };
+                outbox::retry_later(&mut connection, row.id, reason, retry_at).await?;
+            }
+            Err(_) => {
+                let reason = "timed out";
                 let retry_at = now + self.backoff(row.attempts);
                 self.state.metrics.mail("failed");
                 tracing::warn!(
@@ -269,7 +283,9 @@ impl Courier {
         tx.commit().await?;
         Ok(Some(Resolved {
             user_id: user.id,
-            first_name: user.first_name,
+            // A name typed at registration goes only to an address proven to be its owner's, so
+            // nobody can put words of their choice into mail to someone else's address.
+            first_name: user.first_name.filter(|_| user.email_verified_at.is_some()),
             sealed,
         }))
     }
@@ -296,9 +312,10 @@ impl Courier {
             .from(self.mail.config.from.clone())
             .to(to)
             .subject(rendered.subject)
-            // Derived from the row, so a repeat after a crash carries the same id (RFC 5322
-            // section 3.6.4) and receivers can drop it.
-            .message_id(Some(format!("<outbox-{}@{}>", row.id, self.domain)))
+            // The row's own random id, so a repeat after a crash carries the same Message-ID
+            // (RFC 5322 section 3.6.4) and receivers can drop it, while no two databases (a
+            // staging copy, a restore) ever reuse one for different mail.
+            .message_id(Some(format!("<{}@{}>", row.message_id, self.domain)))
             .multipart(MultiPart::alternative_plain_html(
                 rendered.text,
                 rendered.html,

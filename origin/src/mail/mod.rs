@@ -30,8 +30,8 @@ pub struct MailConfig {
     pub smtp_url: SecretString,
     /// `MAIL_FROM`: the sender, `Name <address>` or an address.
     pub from: Mailbox,
-    /// `MAIL_LINK_BASE_URL`: the client application's address; links are
-    /// `{base}/verify-email#token=...` and `{base}/reset-password#token=...`.
+    /// `MAIL_LINK_BASE_URL`: the client application's address; links open its `verify-email`,
+    /// `reset-password`, `confirm-email` and `undo-email-change` pages, `#token=...` appended.
     pub link_base_url: String,
     /// `MAIL_LIMIT_PER_ADDRESS`: mails to one address per hour, all kinds together.
     pub limit_per_address: u32,
@@ -101,7 +101,12 @@ impl Mail {
             Recipient::UserAt(user, address) => (Some(user), address),
             Recipient::Address(address) => (None, address),
         };
-        let name = user.and_then(|user| user.first_name.as_deref());
+        // A name typed at registration goes only to an address proven to be its owner's: nobody
+        // can put words of their choice into mail to someone else's address.
+        let name = match letter.to {
+            Recipient::User(user) if user.email_verified_at.is_some() => user.first_name.as_deref(),
+            _ => None,
+        };
         let mail = NewMail {
             user_id: user.map(|user| user.id),
             recipient,
@@ -110,12 +115,15 @@ impl Mail {
             token: letter.link,
         };
         let cipher = state.server_keys.outbox_cipher();
-        let cap = self.config.limit_per_address;
+        let cap = letter
+            .template
+            .capped()
+            .then_some(self.config.limit_per_address);
         outbox::enqueue(connection, &cipher, cap, mail, now).await
     }
 
-    /// After the transaction that queued `queued` mails committed: counts them and wakes the
-    /// courier.
+    /// After the transaction that queued a mail committed (`queued`, as `queue` answered): counts
+    /// it and wakes the courier.
     pub fn queued_after_commit(&self, state: &AppState, queued: bool) {
         if queued {
             state.metrics.mail("queued");
@@ -223,6 +231,25 @@ impl Template {
             Template::EmailChangeConfirm => "email_change_confirm",
             Template::EmailChangeTaken => "email_change_taken",
             Template::EmailChangeNotice => "email_change_notice",
+        }
+    }
+
+    /// Whether the per-address cap applies. Security notices to the account's own address (its
+    /// password changed, its address is being changed) are never held back: a flood of requests
+    /// for the address must not silence them.
+    pub fn capped(self) -> bool {
+        !matches!(
+            self,
+            Template::PasswordChanged | Template::EmailChangeNotice
+        )
+    }
+
+    /// How long the courier keeps trying: a day, by when every link but an undo has expired; a
+    /// week for the email-change notice, whose undo link lasts that long.
+    pub fn give_up_after(self) -> time::Duration {
+        match self {
+            Template::EmailChangeNotice => time::Duration::days(7),
+            _ => time::Duration::hours(24),
         }
     }
 

@@ -37,12 +37,12 @@ pub fn token_context(template: &str, recipient: &str, user_id: Option<Uuid>) -> 
 }
 
 /// Queues `mail` unless `recipient` has had `cap` mails in the last hour (so nobody can mail-bomb
-/// an address from many clients); whether it was queued. Either way the same statements run, so
-/// a capped request looks and takes like any other.
+/// an address from many clients; `None`: no cap); whether it was queued. Either way the same
+/// statements run, so a capped request looks and takes like any other.
 pub async fn enqueue(
     connection: &mut PgConnection,
     cipher: &TokenCipher,
-    cap: u32,
+    cap: Option<u32>,
     mail: NewMail<'_>,
     now: OffsetDateTime,
 ) -> Result<bool> {
@@ -67,7 +67,7 @@ pub async fn enqueue(
         sealed,
         now,
         now - MAIL_ADDRESS_WINDOW,
-        i64::from(cap),
+        cap.map_or(i64::MAX, i64::from),
     )
     .fetch_optional(connection)
     .await?;
@@ -93,6 +93,8 @@ pub struct Claimed {
     pub attempts: i32,
     /// When it was queued.
     pub created_at: OffsetDateTime,
+    /// The random id of its `Message-ID`.
+    pub message_id: Uuid,
 }
 
 /// Claims up to `limit` due rows until `lease_until`.
@@ -112,7 +114,8 @@ pub async fn claim(
            order by next_attempt_at, id
            limit $2
            for update skip locked)
-         returning id, user_id, recipient, template, params, sealed_token, attempts, created_at",
+         returning id, user_id, recipient, template, params, sealed_token, attempts, created_at,
+                   message_id",
         now,
         limit,
         lease_until,

@@ -202,8 +202,13 @@ pub(crate) async fn reset_password(
     else {
         return Err(ApiError::LinkTokenInvalid);
     };
-    users::reset_password(&mut tx, user.id, &new_hash, &redeemed.email, now).await?;
-    links::void(&mut tx, user.id, Purpose::ResetPassword).await?;
+    if !users::reset_password(&mut tx, user.id, &new_hash, &redeemed.email, now).await? {
+        return Err(ApiError::LinkTokenInvalid);
+    }
+    // A pending email change must not outlive a reset: it may be a hijacker's.
+    for stale in [Purpose::ResetPassword, Purpose::ChangeEmail] {
+        links::void(&mut tx, user.id, stale).await?;
+    }
     let ended = sessions::end(
         &mut tx,
         &state.sessions,
@@ -263,20 +268,19 @@ pub(crate) async fn change_email(
     let mut tx = state.db.begin().await?;
     // Only the latest request can be confirmed.
     links::void(&mut tx, account.id, Purpose::ChangeEmail).await?;
-    let to_new = match users::find_by_email(&mut tx, new_email).await? {
-        Some(_) => {
-            let letter = Letter::new(Recipient::Address(new_email), Template::EmailChangeTaken);
-            mail.queue(&state, &mut tx, letter, now).await?
-        }
+    // The same statements whether or not the new address has an account, so timing does not
+    // tell: a token is issued either way, and one for a taken address can only meet 409.
+    let purpose = Purpose::ChangeEmail;
+    let session = Some(user.session_id);
+    let token = links::issue(&mut tx, account.id, purpose, new_email, session, now).await?;
+    let letter = match users::find_by_email(&mut tx, new_email).await? {
+        Some(_) => Letter::new(Recipient::Address(new_email), Template::EmailChangeTaken),
         None => {
-            let purpose = Purpose::ChangeEmail;
-            let session = Some(user.session_id);
-            let token = links::issue(&mut tx, account.id, purpose, new_email, session, now).await?;
             let to = Recipient::UserAt(&account, new_email);
-            let letter = Letter::new(to, Template::EmailChangeConfirm).with_link(&token);
-            mail.queue(&state, &mut tx, letter, now).await?
+            Letter::new(to, Template::EmailChangeConfirm).with_link(&token)
         }
     };
+    let to_new = mail.queue(&state, &mut tx, letter, now).await?;
     let purpose = Purpose::UndoEmailChange;
     let undo = links::issue(&mut tx, account.id, purpose, &account.email, None, now).await?;
     let letter = Letter::new(Recipient::User(&account), Template::EmailChangeNotice)
@@ -345,7 +349,12 @@ async fn move_account(
     if !users::change_email(&mut tx, redeemed.user_id, &redeemed.email, now).await? {
         return Err(ApiError::LinkTokenInvalid);
     }
-    for stale in [Purpose::VerifyEmail, Purpose::ChangeEmail] {
+    // Links mailed to the address the account left, or for a move it no longer needs, die here.
+    for stale in [
+        Purpose::VerifyEmail,
+        Purpose::ResetPassword,
+        Purpose::ChangeEmail,
+    ] {
         links::void(&mut tx, redeemed.user_id, stale).await?;
     }
     let which = match (purpose, redeemed.session_id) {

@@ -145,8 +145,11 @@ pub(crate) async fn change_password(
         now,
     )
     .await?;
-    // A reset link mailed before the change must not undo it (OWASP Forgot Password Cheat Sheet).
-    links::void(&mut tx, user.user_id, Purpose::ResetPassword).await?;
+    // A reset link mailed before the change must not undo it (OWASP Forgot Password Cheat Sheet),
+    // nor a pending email change, perhaps a hijacker's, outlive it.
+    for stale in [Purpose::ResetPassword, Purpose::ChangeEmail] {
+        links::void(&mut tx, user.user_id, stale).await?;
+    }
     let noticed = match &state.mail {
         Some(mail) => {
             let letter = Letter::new(Recipient::User(&checked), Template::PasswordChanged);

@@ -89,14 +89,11 @@ async fn registration_mails_a_link_that_verifies_the_address(pool: PgPool) {
             .contains(&format!("{MAIL_LINK_BASE_URL}/verify-email#token=gtl_"))
     );
     assert!(mail.html.contains("verify-email#token=gtl_"));
-    let outbox_id: i64 = sqlx::query_scalar("select id from outbox")
+    let message_id: uuid::Uuid = sqlx::query_scalar("select message_id from outbox")
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(
-        mail.message_id(),
-        format!("<outbox-{outbox_id}@example.test>")
-    );
+    assert_eq!(mail.message_id(), format!("<{message_id}@example.test>"));
     let refreshed = app
         .refreshed(registered.refresh_token.expose_secret())
         .await;
@@ -456,11 +453,22 @@ async fn accounts_never_verified_are_erased_after_a_week_and_older_ones_kept(poo
     let early = janitor::purge(&app.state, now + time::Duration::days(6))
         .await
         .unwrap();
-    let late = janitor::purge(&app.state, now + time::Duration::days(8))
+    // Still signing in on day 7, so a session is live when the account falls due on day 8.
+    app.clock
+        .advance(std::time::Duration::from_secs(7 * 86_400));
+    let live = app.sign_in("ada@example.com").await;
+    let due = janitor::purge(&app.state, now + time::Duration::days(8))
         .await
         .unwrap();
+    let ended = !app.session_live(live.session_id).await;
+    let later = now + time::Duration::days(8) + time::Duration::minutes(16);
+    let gone = janitor::purge(&app.state, later).await.unwrap();
 
-    assert_eq!((early.accounts, late.accounts), (0, 1));
+    assert_eq!((early.accounts, due.accounts, gone.accounts), (0, 0, 1));
+    assert!(
+        ended,
+        "its sessions end first, so the edge refuses their tokens"
+    );
     assert_eq!(app.emails().await, ["bea@example.com", "cy@example.com"]);
     app.register("ada@example.com").await;
 }
@@ -561,12 +569,7 @@ async fn a_taken_address_is_told_so_and_the_answer_does_not_change(pool: PgPool)
 
     assert_eq!(asked.status, StatusCode::ACCEPTED);
     assert!(!told.text.contains("#token="), "the notice carries no link");
-    let links: i64 =
-        sqlx::query_scalar("select count(*) from link_tokens where purpose = 'change_email'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(links, 0, "nothing can move ada onto bea's address");
+    assert_eq!(app.emails().await, ["ada@example.com", "bea@example.com"]);
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -610,4 +613,61 @@ async fn an_email_change_needs_the_password_and_another_address(pool: PgPool) {
     assert_eq!(wrong.problem().code, "wrong_password");
     assert_eq!(same.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(same.problem().errors[0].field, "new_email");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_reset_link_to_an_address_the_account_has_left_is_dead(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    let ada = app.register("ada@example.com").await;
+    forgot(&app, "ada@example.com").await;
+    let old_link = server
+        .wait_for_subject("ada@example.com", "Reset")
+        .await
+        .link_token();
+    change_email(&app, ada.access_token.expose_secret(), "ada@new.example").await;
+    let confirm = server
+        .wait_for_subject("ada@new.example", "Confirm")
+        .await
+        .link_token();
+    app.post("/auth/email/confirm", json!({ "token": confirm }))
+        .await;
+
+    let reset = reset(&app, &old_link, NEW_PASSWORD).await;
+
+    assert_eq!(reset.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reset.problem().code, "link_token_invalid");
+    assert_eq!(
+        app.login("ada@new.example", PASSWORD).await.status,
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_flood_of_requests_cannot_silence_the_password_change_notice(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = app_sending_to(pool, &server).await;
+    let ada = app.register("ada@example.com").await;
+    for _ in 0..5 {
+        forgot(&app, "ada@example.com").await;
+    }
+    wait_until_outbox_is_empty(&app).await;
+    assert_eq!(
+        server.received_by("ada@example.com").await.len(),
+        3,
+        "the cap is full"
+    );
+
+    let changed = app
+        .put(
+            "/auth/password",
+            ada.access_token.expose_secret(),
+            json!({ "current_password": PASSWORD, "new_password": NEW_PASSWORD }),
+        )
+        .await;
+
+    assert_eq!(changed.status, StatusCode::NO_CONTENT);
+    server
+        .wait_for_subject("ada@example.com", "Your password was changed")
+        .await;
 }
