@@ -554,15 +554,21 @@ mod tests {
             .to_string()
     }
 
+    /// A production configuration with a database URL and a fresh signing key, plus `vars`
+    /// (which win over both).
+    fn production(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let pem = key_pem();
+        let mut all = vec![
+            ("DATABASE_URL", "postgres://x/g"),
+            ("JWT_SIGNING_KEY", pem.as_str()),
+        ];
+        all.extend_from_slice(vars);
+        config(&all)
+    }
+
     #[test]
     fn defaults_apply_when_only_required_values_are_set() {
-        let pem = key_pem();
-
-        let config = config(&[
-            ("DATABASE_URL", "postgres://localhost/g"),
-            ("JWT_SIGNING_KEY", &pem),
-        ])
-        .unwrap();
+        let config = production(&[]).unwrap();
 
         assert_eq!(config.listen_addr.port(), 8007);
         assert_eq!(config.metrics_listen_addr.map(|a| a.port()), Some(9007));
@@ -601,19 +607,13 @@ mod tests {
 
     #[test]
     fn production_names_each_missing_secret_and_mail_setting() {
-        let pem = key_pem();
         for name in [
             "SERVER_SECRET",
             "SMTP_URL",
             "MAIL_FROM",
             "MAIL_LINK_BASE_URL",
         ] {
-            let error = config(&[
-                ("DATABASE_URL", "postgres://x/g"),
-                ("JWT_SIGNING_KEY", &pem),
-                (name, ""),
-            ])
-            .unwrap_err();
+            let error = production(&[(name, "")]).unwrap_err();
 
             assert_eq!(error.name, name);
         }
@@ -638,20 +638,6 @@ mod tests {
     }
 
     #[test]
-    fn development_fills_in_a_local_mail_server_and_a_random_secret() {
-        let config = config(&[
-            ("DATABASE_URL", "postgres://x/g"),
-            ("GATEHOUSE_ENV", "development"),
-            ("SERVER_SECRET", ""),
-            ("SMTP_URL", ""),
-        ])
-        .unwrap();
-
-        let mail = config.mail.unwrap();
-        assert_eq!(mail.smtp_url.expose_secret(), "smtp://127.0.0.1:1025");
-    }
-
-    #[test]
     fn missing_database_url_names_the_variable() {
         let pem = key_pem();
 
@@ -668,14 +654,18 @@ mod tests {
     }
 
     #[test]
-    fn development_without_a_signing_key_gets_an_ephemeral_one() {
+    fn development_fills_in_a_signing_key_a_secret_and_a_local_mail_server() {
         let config = config(&[
             ("DATABASE_URL", "postgres://x/g"),
             ("GATEHOUSE_ENV", "development"),
+            ("SERVER_SECRET", ""),
+            ("SMTP_URL", ""),
         ])
         .unwrap();
 
         assert!(matches!(config.signing_key, SigningKeySource::Ephemeral(_)));
+        let mail = config.mail.unwrap();
+        assert_eq!(mail.smtp_url.expose_secret(), "smtp://127.0.0.1:1025");
     }
 
     #[test]
@@ -720,7 +710,6 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_refused_with_the_range_they_must_fall_in() {
-        let pem = key_pem();
         for (name, value, reason) in [
             ("PASSWORD_HASH_ROUNDS", "19", "must be between 4 and 18"),
             ("ACCESS_TOKEN_TTL_SECS", "0", "must be between 1 and 86400"),
@@ -744,12 +733,7 @@ mod tests {
                 "must be between 3600 and 31536000",
             ),
         ] {
-            let error = config(&[
-                ("DATABASE_URL", "postgres://x/g"),
-                ("JWT_SIGNING_KEY", &pem),
-                (name, value),
-            ])
-            .unwrap_err();
+            let error = production(&[(name, value)]).unwrap_err();
 
             assert_eq!((error.name, error.reason.as_str()), (name, reason));
         }
@@ -757,21 +741,15 @@ mod tests {
 
     #[test]
     fn garbage_signing_key_is_refused() {
-        let error = config(&[
-            ("DATABASE_URL", "postgres://x/g"),
-            ("JWT_SIGNING_KEY", "not a key"),
-        ])
-        .unwrap_err();
+        let error = production(&[("JWT_SIGNING_KEY", "not a key")]).unwrap_err();
 
         assert_eq!(error.name, "JWT_SIGNING_KEY");
     }
 
     #[test]
     fn debug_output_hides_the_database_url_the_smtp_password_and_the_server_secret() {
-        let pem = key_pem();
-        let config = config(&[
+        let config = production(&[
             ("DATABASE_URL", "postgres://u:hunter2@x/g"),
-            ("JWT_SIGNING_KEY", &pem),
             ("SMTP_URL", "smtps://mailer:hunter3@mail.example.com:465"),
         ])
         .unwrap();

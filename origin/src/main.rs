@@ -36,8 +36,7 @@ async fn main() -> ExitCode {
         ["api-key", "create", name] => create_api_key(name).await,
         ["api-key", "list"] => list_api_keys().await,
         ["api-key", "revoke", id] => revoke_api_key(id).await,
-        ["user", "reactivate", email] => reactivate_user(email).await,
-        ["user", "erase", email] => erase_user(email).await,
+        ["user", action @ ("reactivate" | "erase"), email] => user_command(action, email).await,
         ["keygen"] => {
             print!(
                 "{}",
@@ -159,22 +158,25 @@ async fn revoke_api_key(id: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn reactivate_user(email: &str) -> anyhow::Result<()> {
+/// `user reactivate EMAIL` and `user erase EMAIL`.
+async fn user_command(action: &str, email: &str) -> anyhow::Result<()> {
     let pool = command_pool().await?;
-    if users::reactivate(&pool, email).await? {
-        eprintln!("reactivated the account of {email}");
+    let (done, success, failure) = match action {
+        "erase" => (
+            users::erase(&pool, email).await?,
+            "erased, with all it owned, the account",
+            "no account has the address",
+        ),
+        _ => (
+            users::reactivate(&pool, email).await?,
+            "reactivated the account",
+            "no deactivated account has the address",
+        ),
+    };
+    if done {
+        eprintln!("{success} of {email}");
         Ok(())
     } else {
-        anyhow::bail!("no deactivated account has the address {email}")
-    }
-}
-
-async fn erase_user(email: &str) -> anyhow::Result<()> {
-    let pool = command_pool().await?;
-    if users::erase(&pool, email).await? {
-        eprintln!("erased the account of {email} and everything it owned");
-        Ok(())
-    } else {
-        anyhow::bail!("no account has the address {email}")
+        anyhow::bail!("{failure} {email}")
     }
 }

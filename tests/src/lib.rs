@@ -392,6 +392,16 @@ impl TestApp {
         response.json()
     }
 
+    /// Asserts that logging in as `email` with `password` is answered `status`.
+    pub async fn assert_login(&self, email: &str, password: &str, status: StatusCode) {
+        let response = self.login(email, password).await;
+        assert_eq!(
+            response.status, status,
+            "login {email}: {:?}",
+            response.body
+        );
+    }
+
     /// Logs in and returns the raw response.
     pub async fn login(&self, email: &str, password: &str) -> TestResponse {
         self.call(
@@ -492,6 +502,25 @@ impl TestApp {
         }
     }
 
+    /// The number a `select count(*) ...` query answers on the test database.
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("the test database answers")
+    }
+
+    /// `PUT /auth/password` from `current` to `new`.
+    pub async fn change_password(
+        &self,
+        access_token: &str,
+        current: &str,
+        new: &str,
+    ) -> TestResponse {
+        let body = serde_json::json!({ "current_password": current, "new_password": new });
+        self.put("/auth/password", access_token, body).await
+    }
+
     /// The addresses of every account, sorted.
     pub async fn emails(&self) -> Vec<String> {
         sqlx::query_scalar("select email from users order by email")
@@ -518,6 +547,17 @@ pub fn assert_refused(response: &TestResponse, code: &str) {
         response.body
     );
     assert_eq!(response.problem().code, code);
+}
+
+/// Asserts that `response` is a 422 whose first refused field is `field`.
+pub fn assert_invalid_field(response: &TestResponse, field: &str) {
+    assert_eq!(
+        response.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        response.body
+    );
+    assert_eq!(response.problem().errors[0].field, field);
 }
 
 /// How many of `responses` have `status`.

@@ -167,7 +167,7 @@ impl Courier {
         let mut connection = self.state.db.acquire().await?;
         match sent {
             Ok(Ok(_)) => {
-                outbox::mark_sent(&mut connection, row.id, self.state.clock.now()).await?;
+                outbox::finish(&mut connection, row.id, None, self.state.clock.now()).await?;
                 self.state.metrics.mail("sent");
                 tracing::info!(
                     outbox_id = row.id,
@@ -179,38 +179,29 @@ impl Courier {
             // tell a refused recipient from a refused login or sender (all 5xx), and one wrong
             // SMTP password must not discard the whole queue. Only the reply code is logged; the
             // server's text often names the recipient.
-            Ok(Err(error)) => {
-                let code = error.status().map(|code| code.to_string());
-                let retry_at = if error.is_permanent() {
-                    now + time::Duration::try_from(self.mail.config.retry_max).unwrap_or(LEASE)
-                } else {
-                    now + self.backoff(row.attempts)
+            failed => {
+                let (reason, code, refused) = match &failed {
+                    Ok(Err(error)) => (
+                        "SMTP failed or refused",
+                        error.status().map(|code| code.to_string()),
+                        error.is_permanent(),
+                    ),
+                    _ => ("timed out", None, false),
+                };
+                let wait = match refused {
+                    true => time::Duration::try_from(self.mail.config.retry_max).unwrap_or(LEASE),
+                    false => self.backoff(row.attempts),
                 };
                 self.state.metrics.mail("failed");
+                let attempts = row.attempts;
                 tracing::warn!(
                     outbox_id = row.id,
-                    attempts = row.attempts,
-                    code,
-                    "mail refused or failed"
-                );
-                let reason = if error.is_permanent() {
-                    "refused by the SMTP server"
-                } else {
-                    "SMTP unavailable"
-                };
-                outbox::retry_later(&mut connection, row.id, reason, retry_at).await?;
-            }
-            Err(_) => {
-                let reason = "timed out";
-                let retry_at = now + self.backoff(row.attempts);
-                self.state.metrics.mail("failed");
-                tracing::warn!(
-                    outbox_id = row.id,
-                    attempts = row.attempts,
+                    attempts,
                     reason,
+                    code = code.as_deref(),
                     "mail delayed"
                 );
-                outbox::retry_later(&mut connection, row.id, reason, retry_at).await?;
+                outbox::retry_later(&mut connection, row.id, reason, now + wait).await?;
             }
         }
         Ok(())
@@ -330,7 +321,7 @@ impl Courier {
         now: OffsetDateTime,
     ) -> Result<()> {
         let mut connection = self.state.db.acquire().await?;
-        outbox::discard(&mut connection, row.id, reason, now).await?;
+        outbox::finish(&mut connection, row.id, Some(reason), now).await?;
         self.state.metrics.mail("discarded");
         tracing::info!(outbox_id = row.id, reason, "mail discarded");
         Ok(())

@@ -134,30 +134,19 @@ pub async fn next_due(connection: &mut PgConnection) -> Result<Option<OffsetDate
     .await?)
 }
 
-/// Sent: the body and token are wiped, the row kept briefly for the metrics and the cap.
-pub async fn mark_sent(connection: &mut PgConnection, id: i64, now: OffsetDateTime) -> Result<()> {
-    sqlx::query!(
-        "update outbox set sent_at = $2, params = '{}', sealed_token = null,
-           claimed_until = null, last_error = null
-         where id = $1",
-        id,
-        now,
-    )
-    .execute(connection)
-    .await?;
-    Ok(())
-}
-
-/// Nothing to send, or given up on: wiped like a sent row, with the reason.
-pub async fn discard(
+/// Done with a row: sent (`reason` `None`), or discarded for `reason` (nothing to send, or given
+/// up). Either way its body and token are wiped; the row stays a day for the metrics and the cap.
+pub async fn finish(
     connection: &mut PgConnection,
     id: i64,
-    reason: &str,
+    reason: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<()> {
     sqlx::query!(
-        "update outbox set discarded_at = $2, params = '{}', sealed_token = null,
-           claimed_until = null, last_error = $3
+        "update outbox set
+           sent_at = case when $3::text is null then $2::timestamptz end,
+           discarded_at = case when $3::text is null then null else $2::timestamptz end,
+           params = '{}', sealed_token = null, claimed_until = null, last_error = $3
          where id = $1",
         id,
         now,

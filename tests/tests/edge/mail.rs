@@ -12,19 +12,24 @@ use sqlx::PgPool;
 
 use crate::{Stack, problem};
 
-#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
-async fn an_address_is_verified_and_a_password_reset_through_the_edge(pool: PgPool) {
+/// maildev, and a stack whose origin mails to it. A minute between revocation-list refreshes: only
+/// a request's own answer can end sessions at the edge in time.
+async fn mail_stack(pool: PgPool) -> (MailServer, Stack) {
     let server = MailServer::start().await;
     let options = Options {
         mail: MailSetting::SentTo(server.smtp_url()),
         ..Options::default()
     };
-    // A minute between revocation-list refreshes: only the reset's own answer can end the
-    // sessions at the edge in time.
     let stack = Stack::with(pool, options, |bindings| {
         bindings.insert("REVOCATION_REFRESH_SECS".into(), Value::from("60"));
     })
     .await;
+    (server, stack)
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_address_is_verified_and_a_password_reset_through_the_edge(pool: PgPool) {
+    let (server, stack) = mail_stack(pool).await;
     let registered = stack.register("ada@example.com").await;
     let post = |path: &str, body: Value| stack.request(Method::POST, path).json(&body).send();
 
@@ -88,15 +93,7 @@ async fn an_address_is_verified_and_a_password_reset_through_the_edge(pool: PgPo
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn an_email_change_and_its_undo_end_sessions_at_the_edge(pool: PgPool) {
-    let server = MailServer::start().await;
-    let options = Options {
-        mail: MailSetting::SentTo(server.smtp_url()),
-        ..Options::default()
-    };
-    let stack = Stack::with(pool, options, |bindings| {
-        bindings.insert("REVOCATION_REFRESH_SECS".into(), Value::from("60"));
-    })
-    .await;
+    let (server, stack) = mail_stack(pool).await;
     let asking = stack.register("ada@example.com").await;
     let other = stack.login("ada@example.com").await;
     let token = asking.access_token.expose_secret();

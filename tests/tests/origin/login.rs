@@ -4,7 +4,7 @@
 use axum::http::{Method, StatusCode};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::TokenResponse;
-use gatehouse_tests::{Options, PASSWORD, TEST_HASH_COST, TestApp};
+use gatehouse_tests::{Options, PASSWORD, TEST_HASH_COST, TestApp, assert_invalid_field};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -32,10 +32,7 @@ async fn each_login_starts_its_own_session(pool: PgPool) {
     let first = app.claims(&registered.access_token);
     let second = app.claims(&login.access_token);
     assert_ne!(first.sid, second.sid);
-    let sessions: i64 = sqlx::query_scalar("select count(*) from sessions")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let sessions = app.count("select count(*) from sessions").await;
     assert_eq!(sessions, 2);
 }
 
@@ -134,10 +131,8 @@ async fn overlong_empty_or_malformed_login_fields_are_422(pool: PgPool) {
         )
         .await;
 
-    assert_eq!(long.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(long.problem().errors[0].field, "password");
-    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(empty.problem().errors[0].field, "email");
+    assert_invalid_field(&long, "password");
+    assert_invalid_field(&empty, "email");
     assert_eq!(
         nul.status,
         StatusCode::UNPROCESSABLE_ENTITY,

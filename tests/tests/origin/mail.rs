@@ -12,7 +12,7 @@ use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER, UserProfile, V
 use gatehouse_tests::mail::MailServer;
 use gatehouse_tests::{
     EDGE_SECRET, MAIL_LINK_BASE_URL, MailSetting, Options, PASSWORD, TestApp, TestResponse,
-    register_body,
+    assert_invalid_field, register_body,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -182,8 +182,7 @@ async fn a_reset_sets_the_password_verifies_the_address_and_ends_every_session(p
         mail.text
             .contains(&format!("{MAIL_LINK_BASE_URL}/reset-password#token=gtl_"))
     );
-    assert_eq!(guessable.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(guessable.problem().errors[0].field, "new_password");
+    assert_invalid_field(&guessable, "new_password");
     assert_eq!(
         done.status,
         StatusCode::NO_CONTENT,
@@ -193,10 +192,8 @@ async fn a_reset_sets_the_password_verifies_the_address_and_ends_every_session(p
     for session in [&first, &second] {
         app.assert_ended(session).await;
     }
-    assert_eq!(
-        app.login("ada@example.com", PASSWORD).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    app.assert_login("ada@example.com", PASSWORD, StatusCode::UNAUTHORIZED)
+        .await;
     let signed_in = app.login("ada@example.com", NEW_PASSWORD).await;
     assert_eq!(signed_in.status, StatusCode::OK);
     let token = signed_in
@@ -234,11 +231,9 @@ async fn an_unknown_address_gets_the_same_answer_and_no_mail(pool: PgPool) {
     }
     assert!(server.received_by("nobody@example.com").await.is_empty());
     assert_eq!(server.received_by("ada@example.com").await.len(), 2);
-    let discarded: i64 =
-        sqlx::query_scalar("select count(*) from outbox where discarded_at is not null")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let discarded = app
+        .count("select count(*) from outbox where discarded_at is not null")
+        .await;
     assert_eq!(
         discarded, 2,
         "both requests for the unknown address were written, then dropped"
@@ -269,10 +264,8 @@ async fn two_resets_with_one_link_leave_exactly_one_password(pool: PgPool) {
     } else {
         "second new passphrase"
     };
-    assert_eq!(
-        app.login("ada@example.com", winner).await.status,
-        StatusCode::OK
-    );
+    app.assert_login("ada@example.com", winner, StatusCode::OK)
+        .await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -373,10 +366,7 @@ async fn with_mail_disabled_the_mail_routes_do_not_exist(pool: PgPool) {
         assert_eq!(response.status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(response.problem().code, "not_found");
     }
-    let queued: i64 = sqlx::query_scalar("select count(*) from outbox")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let queued = app.count("select count(*) from outbox").await;
     assert_eq!(queued, 0);
 }
 
@@ -529,14 +519,10 @@ async fn an_email_change_is_confirmed_by_the_new_address_and_undone_by_the_old(p
         (claims.email.as_str(), claims.email_verified),
         ("ada@new.example", true)
     );
-    assert_eq!(
-        app.login("ada@example.com", PASSWORD).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.login("ada@new.example", PASSWORD).await.status,
-        StatusCode::OK
-    );
+    app.assert_login("ada@example.com", PASSWORD, StatusCode::UNAUTHORIZED)
+        .await;
+    app.assert_login("ada@new.example", PASSWORD, StatusCode::OK)
+        .await;
 
     let undone = app
         .post("/auth/email/undo", json!({ "token": notice.link_token() }))
@@ -545,10 +531,8 @@ async fn an_email_change_is_confirmed_by_the_new_address_and_undone_by_the_old(p
     assert_eq!(undone.status, StatusCode::NO_CONTENT);
     app.assert_ended(&moved).await;
     assert_eq!(app.emails().await, ["ada@example.com"]);
-    assert_eq!(
-        app.login("ada@example.com", PASSWORD).await.status,
-        StatusCode::OK
-    );
+    app.assert_login("ada@example.com", PASSWORD, StatusCode::OK)
+        .await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -611,8 +595,7 @@ async fn an_email_change_needs_the_password_and_another_address(pool: PgPool) {
 
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     assert_eq!(wrong.problem().code, "wrong_password");
-    assert_eq!(same.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(same.problem().errors[0].field, "new_email");
+    assert_invalid_field(&same, "new_email");
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -637,10 +620,8 @@ async fn a_reset_link_to_an_address_the_account_has_left_is_dead(pool: PgPool) {
 
     assert_eq!(reset.status, StatusCode::BAD_REQUEST);
     assert_eq!(reset.problem().code, "link_token_invalid");
-    assert_eq!(
-        app.login("ada@new.example", PASSWORD).await.status,
-        StatusCode::OK
-    );
+    app.assert_login("ada@new.example", PASSWORD, StatusCode::OK)
+        .await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -659,11 +640,7 @@ async fn a_flood_of_requests_cannot_silence_the_password_change_notice(pool: PgP
     );
 
     let changed = app
-        .put(
-            "/auth/password",
-            ada.access_token.expose_secret(),
-            json!({ "current_password": PASSWORD, "new_password": NEW_PASSWORD }),
-        )
+        .change_password(ada.access_token.expose_secret(), PASSWORD, NEW_PASSWORD)
         .await;
 
     assert_eq!(changed.status, StatusCode::NO_CONTENT);

@@ -15,18 +15,14 @@ async fn password_change_needs_the_current_password_and_ends_other_sessions(pool
     let new_password = "a brand new passphrase";
 
     let wrong = app
-        .put(
-            "/auth/password",
+        .change_password(
             first.access_token.expose_secret(),
-            json!({"current_password": "not my password", "new_password": new_password}),
+            "not my password",
+            new_password,
         )
         .await;
     let weak = app
-        .put(
-            "/auth/password",
-            first.access_token.expose_secret(),
-            json!({"current_password": PASSWORD, "new_password": "short"}),
-        )
+        .change_password(first.access_token.expose_secret(), PASSWORD, "short")
         .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     assert_eq!(wrong.problem().code, "wrong_password");
@@ -40,25 +36,17 @@ async fn password_change_needs_the_current_password_and_ends_other_sessions(pool
     );
 
     let changed = app
-        .put(
-            "/auth/password",
-            first.access_token.expose_secret(),
-            json!({"current_password": PASSWORD, "new_password": new_password}),
-        )
+        .change_password(first.access_token.expose_secret(), PASSWORD, new_password)
         .await;
 
     assert_eq!(changed.status, StatusCode::NO_CONTENT);
     app.assert_verifies(first.access_token.expose_secret())
         .await;
     app.assert_ended(&second).await;
-    assert_eq!(
-        app.login("ada@example.com", PASSWORD).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.login("ada@example.com", new_password).await.status,
-        StatusCode::OK
-    );
+    app.assert_login("ada@example.com", PASSWORD, StatusCode::UNAUTHORIZED)
+        .await;
+    app.assert_login("ada@example.com", new_password, StatusCode::OK)
+        .await;
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -107,10 +95,10 @@ async fn guessable_passwords_are_refused_with_the_reason_wherever_one_is_set(poo
         )
         .await;
     let changed = app
-        .put(
-            "/auth/password",
+        .change_password(
             ada.access_token.expose_secret(),
-            json!({ "current_password": PASSWORD, "new_password": "ada.lovelace1815" }),
+            PASSWORD,
+            "ada.lovelace1815",
         )
         .await;
 
@@ -131,8 +119,6 @@ async fn guessable_passwords_are_refused_with_the_reason_wherever_one_is_set(poo
         );
     }
     assert_eq!(app.user_count().await, 1);
-    assert_eq!(
-        app.login("ada.lovelace@example.com", PASSWORD).await.status,
-        StatusCode::OK
-    );
+    app.assert_login("ada.lovelace@example.com", PASSWORD, StatusCode::OK)
+        .await;
 }

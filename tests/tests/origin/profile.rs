@@ -4,7 +4,7 @@ use axum::http::{Method, StatusCode};
 use gatehouse_origin::{janitor, users};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::UserProfile;
-use gatehouse_tests::TestApp;
+use gatehouse_tests::{TestApp, assert_invalid_field};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -80,8 +80,7 @@ async fn patch_refuses_bad_names_and_unknown_members(pool: PgPool) {
         )
         .await;
 
-    assert_eq!(too_long.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(too_long.problem().errors[0].field, "first_name");
+    assert_invalid_field(&too_long, "first_name");
     assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
     let profile: UserProfile = app.get("/auth/profile", token.expose_secret()).await.json();
     assert_eq!(profile.email, "ada@example.com");
@@ -102,11 +101,9 @@ async fn delete_deactivates_and_ends_every_session(pool: PgPool) {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let live_sessions: i64 =
-        sqlx::query_scalar("select count(*) from sessions where revoked_at is null")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let live_sessions = app
+        .count("select count(*) from sessions where revoked_at is null")
+        .await;
     assert!(!active);
     assert_eq!(live_sessions, 0);
     assert_eq!(app.user_count().await, 1, "deactivated, not deleted");
@@ -179,10 +176,7 @@ async fn a_deactivated_account_is_erased_after_thirty_days_and_its_address_freed
 
     assert_eq!((early.accounts, late.accounts), (0, 1));
     assert_eq!(app.emails().await, ["bea@example.com", "cy@example.com"]);
-    let sessions: i64 = sqlx::query_scalar("select count(*) from sessions")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let sessions = app.count("select count(*) from sessions").await;
     assert_eq!(
         sessions, 1,
         "bea's live session is left: ada's went with her account, cy's ended over 30 days ago"

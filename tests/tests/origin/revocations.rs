@@ -8,7 +8,6 @@ use axum::http::{Request, StatusCode};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{EDGE_SECRET_HEADER, RevocationList};
 use gatehouse_tests::{EDGE_SECRET, PASSWORD, TestApp, TestResponse, assert_refused};
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -94,10 +93,10 @@ async fn every_kind_of_ending_reaches_the_revocation_list(pool: PgPool) {
     app.refreshed(reused.refresh_token.expose_secret()).await;
     app.pass_reuse_window();
     app.refresh(reused.refresh_token.expose_secret()).await;
-    app.put(
-        "/auth/password",
+    app.change_password(
         kept.access_token.expose_secret(),
-        json!({"current_password": PASSWORD, "new_password": "a new passphrase"}),
+        PASSWORD,
+        "a new passphrase",
     )
     .await;
     app.deactivate(deactivated.access_token.expose_secret())

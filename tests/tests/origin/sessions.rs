@@ -230,10 +230,10 @@ async fn the_current_session_keeps_refreshing_after_ending_the_others(pool: PgPo
         .await;
     let after_others = app.refreshed(current.refresh_token.expose_secret()).await;
     let changed = app
-        .put(
-            "/auth/password",
+        .change_password(
             after_others.access_token.expose_secret(),
-            json!({"current_password": PASSWORD, "new_password": "a new passphrase"}),
+            PASSWORD,
+            "a new passphrase",
         )
         .await;
 
