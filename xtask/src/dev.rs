@@ -187,15 +187,7 @@ async fn start_edge(log: Option<&Path>) -> anyhow::Result<Child> {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
     let mut wrangler = Command::new(crate::edge::node_bin("wrangler"))
         .current_dir(crate::root())
-        .args([
-            "dev",
-            "--config",
-            "wrangler.toml",
-            "--env",
-            "local",
-            "--ip",
-            "127.0.0.1",
-        ])
+        .args("dev --config wrangler.toml --env local --ip 127.0.0.1".split(' '))
         .args(["--port", &EDGE_PORT.to_string(), "--inspector-port", "0"])
         .args(["--show-interactive-dev-session=false"])
         .env("WRANGLER_SEND_METRICS", "false")
