@@ -189,7 +189,7 @@ pub(crate) async fn reset_password(
         email
     };
     let inputs = password_policy::user_inputs(&mailed_to, &[]);
-    check_new_password(&state, &request.new_password, &inputs)?;
+    check_new_password(&state, &request.new_password, &inputs).await?;
     let new_hash = state.hasher.hash(request.new_password).await?;
 
     let now = state.clock.now();

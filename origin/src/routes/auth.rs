@@ -55,7 +55,7 @@ pub(crate) async fn register_user(
     let inputs = password_policy::user_inputs(&email, &names);
     let mut errors = Vec::new();
     push_error(&mut errors, "email", check_email(&email));
-    let password = password_refusal(&state, &request.password, &inputs);
+    let password = password_refusal(&state, &request.password, &inputs).await?;
     push_error(&mut errors, "password", password);
     for (field, value) in [("first_name", &first_name), ("last_name", &last_name)] {
         if let Some(name) = value {

@@ -57,25 +57,39 @@ pub(crate) fn ended_response(state: &AppState, ended: &[Uuid], now: OffsetDateTi
 
 /// The rules every new password meets, at registration, reset and change: the length rules, then
 /// not common or guessable from the account's own words (`user_inputs`, see
-/// [`crate::password_policy`]). The refusal, for `field`, says which.
-pub(crate) fn password_refusal(
+/// [`crate::password_policy`]). `Ok(Err(why))` refuses it. zxcvbn's matching costs milliseconds of
+/// CPU, more for long passwords, so it runs on the blocking pool, never on the async workers that
+/// answer token checks.
+pub(crate) async fn password_refusal(
     state: &AppState,
     password: &gatehouse_shared::SecretString,
     user_inputs: &[&str],
-) -> std::result::Result<(), String> {
+) -> crate::error::Result<std::result::Result<(), String>> {
     use gatehouse_shared::ExposeSecret as _;
-    let password = password.expose_secret();
-    gatehouse_shared::input::check_password(password).map_err(str::to_owned)?;
-    crate::password_policy::check(password, user_inputs, state.password_min_score)
+    if let Err(message) = gatehouse_shared::input::check_password(password.expose_secret()) {
+        return Ok(Err(message.to_owned()));
+    }
+    let (password, min_score) = (password.clone(), state.password_min_score);
+    let inputs: Vec<String> = user_inputs
+        .iter()
+        .map(|input| (*input).to_owned())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        crate::password_policy::check(password.expose_secret(), &inputs, min_score)
+    })
+    .await
+    .map_err(|error| crate::error::ApiError::Internal(error.into()))
 }
 
 /// [`password_refusal`] for a `new_password` field: 422 naming it.
-pub(crate) fn check_new_password(
+pub(crate) async fn check_new_password(
     state: &AppState,
     password: &gatehouse_shared::SecretString,
     user_inputs: &[&str],
 ) -> crate::error::Result<()> {
     password_refusal(state, password, user_inputs)
+        .await?
         .map_err(|message| crate::error::invalid_field("new_password", &message))
 }
 

@@ -122,7 +122,8 @@ pub(crate) async fn change_password(
         &state,
         &request.new_password,
         &password_policy::user_inputs(&email, &[]),
-    )?;
+    )
+    .await?;
     let checked =
         credentials::reauthenticate(&state, &user, request.current_password, meta.ip).await?;
     let new_hash = state.hasher.hash(request.new_password).await?;
