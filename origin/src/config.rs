@@ -259,19 +259,7 @@ impl Config {
                 .map(|(secret, _)| secret.trim().into()),
             server_keys: read_server_keys(&env, environment)?,
             mail: read_mail(&env, environment)?,
-            accounts: AccountPolicy {
-                erase_after: Duration::from_secs(env.bounded(
-                    "ACCOUNT_ERASE_AFTER_SECS",
-                    DEFAULT_ERASE_AFTER_SECS,
-                    RETENTION_SECS,
-                )?),
-                unverified_ttl: Duration::from_secs(env.bounded(
-                    "UNVERIFIED_ACCOUNT_TTL_SECS",
-                    DEFAULT_UNVERIFIED_TTL_SECS,
-                    RETENTION_SECS,
-                )?),
-                require_verified_email: env.parse("REQUIRE_VERIFIED_EMAIL", false)?,
-            },
+            accounts: read_accounts(&env)?,
             password_min_score: env.bounded(
                 "PASSWORD_MIN_SCORE",
                 password_policy::DEFAULT_MIN_SCORE,
@@ -377,6 +365,24 @@ fn read_mail(env: &Env, environment: Environment) -> Result<Option<MailConfig>, 
             MAIL_RETRY_MAX_SECS,
         )?),
     }))
+}
+
+/// Erasure of deactivated and never-verified accounts, and whether sign-in waits for a verified
+/// address.
+fn read_accounts(env: &Env) -> Result<AccountPolicy, ConfigError> {
+    Ok(AccountPolicy {
+        erase_after: Duration::from_secs(env.bounded(
+            "ACCOUNT_ERASE_AFTER_SECS",
+            DEFAULT_ERASE_AFTER_SECS,
+            RETENTION_SECS,
+        )?),
+        unverified_ttl: Duration::from_secs(env.bounded(
+            "UNVERIFIED_ACCOUNT_TTL_SECS",
+            DEFAULT_UNVERIFIED_TTL_SECS,
+            RETENTION_SECS,
+        )?),
+        require_verified_email: env.parse("REQUIRE_VERIFIED_EMAIL", false)?,
+    })
 }
 
 /// The database pool: its size, how long a request may wait for a connection, and whether

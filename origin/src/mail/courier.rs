@@ -92,11 +92,14 @@ impl Courier {
                     false
                 }
             };
-            self.report_backlog().await;
+            let next_due = self.report_backlog().await;
             if worked {
                 continue;
             }
-            let wait = self.until_next_due().await;
+            // Until the next row falls due, at most IDLE_POLL (rows other instances queue).
+            let wait = next_due
+                .map(|due| Duration::try_from(due - self.state.clock.now()).unwrap_or_default())
+                .map_or(IDLE_POLL, |wait| wait.min(IDLE_POLL));
             tokio::select! {
                 () = self.mail.queued.notified() => {}
                 () = tokio::time::sleep(wait) => {}
@@ -334,34 +337,19 @@ impl Courier {
         time::Duration::try_from(delay).unwrap_or(LEASE)
     }
 
-    /// How long to sleep when idle: until the next row falls due, at most [`IDLE_POLL`].
-    async fn until_next_due(&self) -> Duration {
-        let next = async {
-            let mut connection = self.state.db.acquire().await?;
-            outbox::next_due(&mut connection).await
-        };
-        match next.await {
-            Ok(Some(due)) => {
-                let wait = due - self.state.clock.now();
-                Duration::try_from(wait)
-                    .unwrap_or(Duration::ZERO)
-                    .min(IDLE_POLL)
-            }
-            _ => IDLE_POLL,
-        }
-    }
-
-    async fn report_backlog(&self) {
+    /// Publishes the backlog to the metrics; when the next row falls due, if one waits.
+    async fn report_backlog(&self) -> Option<OffsetDateTime> {
         let backlog = async {
             let mut connection = self.state.db.acquire().await?;
             outbox::backlog(&mut connection).await
         };
-        if let Ok((waiting, oldest)) = backlog.await {
-            let age = oldest.map_or(0, |oldest| {
-                (self.state.clock.now() - oldest).whole_seconds()
-            });
-            self.state.metrics.mail_backlog(waiting, age);
-        }
+        let backlog = backlog.await.ok()?;
+        let now = self.state.clock.now();
+        let age = backlog
+            .oldest
+            .map_or(0, |oldest| (now - oldest).whole_seconds());
+        self.state.metrics.mail_backlog(backlog.waiting, age);
+        backlog.next_due
     }
 }
 

@@ -124,16 +124,6 @@ pub async fn claim(
     .await?)
 }
 
-/// When the next row falls due, if any is waiting.
-pub async fn next_due(connection: &mut PgConnection) -> Result<Option<OffsetDateTime>> {
-    Ok(sqlx::query_scalar!(
-        "select min(greatest(next_attempt_at, coalesce(claimed_until, next_attempt_at)))
-         from outbox where sent_at is null and discarded_at is null",
-    )
-    .fetch_one(connection)
-    .await?)
-}
-
 /// Done with a row: sent (`reason` `None`), or discarded for `reason` (nothing to send, or given
 /// up). Either way its body and token are wiped; the row stays a day for the metrics and the cap.
 pub async fn finish(
@@ -206,15 +196,26 @@ pub async fn attach_token(
     Ok(())
 }
 
-/// The queue as the metrics show it: rows waiting, and when the oldest was written.
-pub async fn backlog(connection: &mut PgConnection) -> Result<(i64, Option<OffsetDateTime>)> {
-    let row = sqlx::query!(
-        r#"select count(*) as "waiting!", min(created_at) as oldest
+/// The queue as the courier sees it between rounds.
+pub struct Backlog {
+    /// Rows not yet sent or discarded.
+    pub waiting: i64,
+    /// When the oldest of them was written.
+    pub oldest: Option<OffsetDateTime>,
+    /// When the next of them falls due (its retry time, or its lease's end while claimed).
+    pub next_due: Option<OffsetDateTime>,
+}
+
+/// The queue's backlog, in one read of the rows still to send.
+pub async fn backlog(connection: &mut PgConnection) -> Result<Backlog> {
+    Ok(sqlx::query_as!(
+        Backlog,
+        r#"select count(*) as "waiting!", min(created_at) as oldest,
+             min(greatest(next_attempt_at, coalesce(claimed_until, next_attempt_at))) as next_due
            from outbox where sent_at is null and discarded_at is null"#,
     )
     .fetch_one(connection)
-    .await?;
-    Ok((row.waiting, row.oldest))
+    .await?)
 }
 
 /// Deletes rows finished more than a day ago (they no longer count toward the cap).
