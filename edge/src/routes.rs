@@ -27,8 +27,8 @@ pub struct Route {
     pub path: &'static str,
     pub gate: Gate,
     /// Covered by the per-address credential throttle: the routes that run bcrypt, which a flood
-    /// targets. Refresh is not among them: it costs one indexed lookup, and a whole office behind
-    /// one address refreshes routinely.
+    /// targets. Refresh is not among them: a whole office behind one address refreshes routinely,
+    /// and the origin limits refreshes per session (`REFRESH_LIMIT_PER_SESSION`).
     pub throttled: bool,
     /// Answered here from the token alone, without an origin round trip.
     pub answered_here: bool,

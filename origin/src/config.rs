@@ -95,7 +95,8 @@ pub struct Config {
     /// `LOGIN_LIMIT_WINDOW_SECS`, `LOGIN_LIMIT_PER_ACCOUNT`, `LOGIN_LIMIT_PER_ACCOUNT_AND_IP`,
     /// `LOGIN_LIMIT_PER_IP`.
     pub login_limits: LoginLimits,
-    /// `SESSION_IDLE_TIMEOUT_SECS`, `SESSION_MAX_LIFETIME_SECS`, `REFRESH_REUSE_WINDOW_SECS`.
+    /// `SESSION_IDLE_TIMEOUT_SECS`, `SESSION_MAX_LIFETIME_SECS`, `REFRESH_REUSE_WINDOW_SECS`,
+    /// `REFRESH_LIMIT_PER_SESSION`.
     pub sessions: SessionPolicy,
     /// `EDGE_SECRET` or `EDGE_SECRET_FILE`: proves a request came through the edge, whose
     /// client-IP header is then believed.
@@ -395,7 +396,7 @@ fn read_pool(env: &Env) -> Result<PoolSettings, ConfigError> {
     })
 }
 
-/// Session lifetimes and the refresh-token reuse window.
+/// Session lifetimes, the refresh-token reuse window and the refresh limit.
 fn read_sessions(env: &Env) -> Result<SessionPolicy, ConfigError> {
     let policy = SessionPolicy {
         idle_timeout: Duration::from_secs(env.bounded(
@@ -413,6 +414,7 @@ fn read_sessions(env: &Env) -> Result<SessionPolicy, ConfigError> {
             10,
             REFRESH_REUSE_WINDOW_SECS,
         )?),
+        refresh_limit: env.positive("REFRESH_LIMIT_PER_SESSION", 30)?,
     };
     if policy.idle_timeout > policy.max_lifetime {
         return Err(ConfigError::new(
@@ -587,6 +589,7 @@ mod tests {
         assert_eq!(config.sessions.idle_timeout, Duration::from_secs(604_800));
         assert_eq!(config.sessions.max_lifetime, Duration::from_secs(2_592_000));
         assert_eq!(config.sessions.reuse_window, Duration::from_secs(10));
+        assert_eq!(config.sessions.refresh_limit, 30);
         let limits = config.login_limits;
         assert_eq!(limits.window, Duration::from_secs(900));
         assert_eq!(

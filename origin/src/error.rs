@@ -67,7 +67,7 @@ pub enum ApiError {
     NotFound,
     /// The route exists but not for this method (405).
     MethodNotAllowed,
-    /// Too many failed password checks for this account or address; retry after the delay (429).
+    /// A limit is reached (password checks, mail, refreshes); retry after the delay (429).
     RateLimited {
         /// Seconds until the limiting window ends.
         retry_after_secs: u64,
@@ -81,6 +81,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// 429 until `until`, a limiting window's end: `Retry-After` in whole seconds, rounded up
+    /// so a client that waits exactly that long finds the window over (RFC 9110 section 10.2.3).
+    pub fn limited_until(until: time::OffsetDateTime, now: time::OffsetDateTime) -> Self {
+        let left = until - now;
+        let secs = left.whole_seconds() + i64::from(left.subsec_nanoseconds() > 0);
+        ApiError::RateLimited {
+            retry_after_secs: u64::try_from(secs).unwrap_or(0).max(1),
+        }
+    }
+
     /// The kind of problem each error is, from the contract in `gatehouse_shared::api`: code,
     /// status, title and challenge all follow from it.
     pub fn kind(&self) -> ProblemKind {

@@ -96,6 +96,8 @@ pub struct AppState {
     pub edge_secret: Option<Arc<str>>,
     /// The keys derived from `SERVER_SECRET`.
     pub server_keys: server_secret::ServerKeys,
+    /// The key that vouches for refresh tokens, derived from `server_keys`.
+    pub refresh_key: gatehouse_shared::refresh::RefreshKey,
     /// Outgoing mail; `None` when `MAIL_ENABLED` is false, and the mail routes answer 404.
     pub mail: Option<mail::Mail>,
     /// Erasure of deactivated and never-verified accounts; whether sign-in needs a verified
@@ -144,6 +146,7 @@ impl AppState {
             edge_secret: config
                 .edge_secret
                 .map(|secret| Arc::from(secret.expose_secret())),
+            refresh_key: config.server_keys.refresh_key(),
             server_keys: config.server_keys,
             mail: config.mail.map(mail::Mail::new),
             accounts: config.accounts,

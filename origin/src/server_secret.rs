@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use gatehouse_shared::link::LinkToken;
+use gatehouse_shared::refresh::RefreshKey;
 use hkdf::Hkdf;
 use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
@@ -25,12 +26,15 @@ const SALT: &[u8] = b"gatehouse server keys v1";
 pub enum KeyUse {
     /// Encrypts link tokens while their mail waits in the outbox.
     OutboxTokens,
+    /// Vouches for refresh tokens (see `gatehouse_shared::refresh`).
+    RefreshTokens,
 }
 
 impl KeyUse {
     fn label(self) -> &'static [u8] {
         match self {
             KeyUse::OutboxTokens => b"outbox link-token encryption",
+            KeyUse::RefreshTokens => b"refresh-token mac",
         }
     }
 }
@@ -69,6 +73,11 @@ impl ServerKeys {
             .expand(key_use.label(), &mut key)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         key
+    }
+
+    /// The key that vouches for refresh tokens.
+    pub fn refresh_key(&self) -> RefreshKey {
+        RefreshKey::new(self.key(KeyUse::RefreshTokens))
     }
 
     /// The cipher for link tokens waiting in the outbox.

@@ -8,10 +8,17 @@
 //! - All refreshes of one session take the session's row lock first, so they run one at a time.
 //! - A spent token is accepted again only while its successor is still unspent and only within
 //!   `REFRESH_REUSE_WINDOW_SECS` (default 10) of being spent. The answer then carries the *same*
-//!   successor (opened from its seal; see `gatehouse_shared::refresh`) and a new access token, so
-//!   a race of any size leaves the session with exactly one live successor.
+//!   successor (derived again from the server's key; see `gatehouse_shared::refresh`) and a new
+//!   access token, so a race of any size leaves the session with exactly one live successor.
 //! - Any other reuse (an older token, or the window passed) is treated as theft: the whole session
 //!   ends (RFC 9700 section 4.14.2; OWASP ASVS 5.0 10.4.5) and every token of it stops working.
+//!   Only tokens the server can prove it issued count: one whose MAC fails is refused and ends
+//!   nothing, so a session id seen in an access token is not enough to end someone's session.
+//! - Rotations are limited per session (`REFRESH_LIMIT_PER_SESSION` a minute, 429 beyond): a
+//!   client looping on refresh costs one row update each, never storage, and not without bound.
+//!
+//! A session stores its live generation, not its tokens, so its storage is the same after one
+//! refresh or a million.
 //!
 //! A session also ends by itself: after `SESSION_IDLE_TIMEOUT_SECS` without a refresh, and
 //! `SESSION_MAX_LIFETIME_SECS` after it began whatever happens (OWASP ASVS 5.0 7.3.1, 7.3.2).
@@ -23,7 +30,7 @@
 use std::time::Duration;
 
 use gatehouse_shared::api::RevokedSession;
-use gatehouse_shared::refresh::RefreshToken;
+use gatehouse_shared::refresh::{Presented, RefreshKey, RefreshToken};
 use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -40,6 +47,8 @@ pub struct SessionPolicy {
     pub max_lifetime: Duration,
     /// How long after a refresh token is spent a racing request with it still gets its successor.
     pub reuse_window: Duration,
+    /// Rotations a session may make per [`REFRESH_LIMIT_WINDOW`] (`REFRESH_LIMIT_PER_SESSION`).
+    pub refresh_limit: u32,
 }
 
 impl SessionPolicy {
@@ -124,39 +133,38 @@ pub struct Grant {
     pub expires_at: OffsetDateTime,
 }
 
+/// The generation of a session's first refresh token; 0 marks a session still on the old format.
+const FIRST_GENERATION: u64 = 1;
+
+/// Length of the fixed window `REFRESH_LIMIT_PER_SESSION` counts rotations in.
+pub const REFRESH_LIMIT_WINDOW: Duration = Duration::from_secs(60);
+
 /// Begins a session for `user_id` inside `tx`, with its first refresh token.
 pub async fn begin(
     tx: &mut Transaction<'static, Postgres>,
     policy: &SessionPolicy,
+    key: &RefreshKey,
     user_id: Uuid,
     meta: &ClientMeta,
     now: OffsetDateTime,
 ) -> Result<Grant> {
     let session_id = Uuid::now_v7();
     sqlx::query!(
-        "insert into sessions (id, user_id, created_at, last_used_at, user_agent, ip)
-         values ($1, $2, $3, $3, $4, $5)",
+        "insert into sessions (id, user_id, created_at, last_used_at, user_agent, ip,
+                               refresh_generation)
+         values ($1, $2, $3, $3, $4, $5, $6)",
         session_id,
         user_id,
         now,
         meta.user_agent.as_deref(),
         meta.ip.map(|ip| ip.to_string()),
-    )
-    .execute(&mut **tx)
-    .await?;
-    let refresh_token = RefreshToken::generate(&mut rand_core::OsRng);
-    let lookup_hash = refresh_token.lookup_hash();
-    sqlx::query!(
-        "insert into refresh_tokens (session_id, token_hash, created_at) values ($1, $2, $3)",
-        session_id,
-        lookup_hash.as_slice(),
-        now,
+        FIRST_GENERATION as i64,
     )
     .execute(&mut **tx)
     .await?;
     Ok(Grant {
         session_id,
-        refresh_token,
+        refresh_token: RefreshToken::issue(key, session_id, FIRST_GENERATION),
         expires_at: policy.expires_at(now, now),
     })
 }
@@ -177,17 +185,73 @@ struct LockedSession {
     last_used_at: OffsetDateTime,
     revoked_at: Option<OffsetDateTime>,
     is_active: bool,
+    refresh_generation: i64,
+    refresh_rotated_at: Option<OffsetDateTime>,
+    refresh_window_start: Option<OffsetDateTime>,
+    refresh_window_count: i32,
 }
 
-struct TokenRow {
-    id: i64,
-    spent_at: Option<OffsetDateTime>,
-    successor_sealed: Option<Vec<u8>>,
+/// Which token of its session a presented one is, once the server has vouched for it.
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    /// A token of the current format with this generation.
+    Generation(u64),
+    /// A token of the old format, found in `refresh_tokens` (`spent_at` set once rotated).
+    Legacy {
+        id: i64,
+        spent_at: Option<OffsetDateTime>,
+    },
 }
 
-struct SuccessorRow {
-    token_hash: Vec<u8>,
-    spent_at: Option<OffsetDateTime>,
+/// What the rule in the module docs makes of a presented token.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The live token: spend it, hand out the next generation.
+    Rotate,
+    /// The token just before the live one, within the reuse window: hand out the live one again.
+    Successor,
+    /// A spent token outside the rule: theft, the session ends.
+    Reused,
+    /// A generation the session never reached: not a token of this session.
+    Unknown,
+}
+
+impl Position {
+    fn judge(
+        self,
+        live: u64,
+        rotated_at: Option<OffsetDateTime>,
+        window: Duration,
+        now: OffsetDateTime,
+    ) -> Verdict {
+        let in_window = |at: OffsetDateTime| now - at <= window;
+        match self {
+            Position::Generation(generation) if generation == live => Verdict::Rotate,
+            // The live generation is still unspent (it would be higher otherwise), so a race of
+            // any size ends with exactly one live token.
+            Position::Generation(generation)
+                if generation + 1 == live && rotated_at.is_some_and(in_window) =>
+            {
+                Verdict::Successor
+            }
+            Position::Generation(generation) if (FIRST_GENERATION..live).contains(&generation) => {
+                Verdict::Reused
+            }
+            Position::Generation(_) => Verdict::Unknown,
+            Position::Legacy { spent_at: None, .. } if live == 0 => Verdict::Rotate,
+            // The old-format token whose successor is the session's first generation.
+            Position::Legacy {
+                spent_at: Some(spent_at),
+                ..
+            } if live == FIRST_GENERATION
+                && rotated_at == Some(spent_at)
+                && in_window(spent_at) =>
+            {
+                Verdict::Successor
+            }
+            Position::Legacy { .. } => Verdict::Reused,
+        }
+    }
 }
 
 /// Exchanges `presented` for its successor under the rule in the module docs. `token_validity`
@@ -196,32 +260,49 @@ struct SuccessorRow {
 pub async fn refresh(
     db: &crate::db::Database,
     policy: &SessionPolicy,
-    presented: &RefreshToken,
+    key: &RefreshKey,
+    presented: &Presented,
     clock: &crate::Clock,
     token_validity: Duration,
 ) -> Result<Refreshed> {
-    let hash = presented.lookup_hash();
+    // A token the key did not make is refused before any database work, and ends nothing.
+    if matches!(presented, Presented::Issued(token) if !token.is_issued_under(key)) {
+        return Err(ApiError::InvalidRefreshToken);
+    }
     let mut tx = db.begin().await?;
-    let session_id = sqlx::query_scalar!(
-        "select session_id from refresh_tokens where token_hash = $1",
-        hash.as_slice(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let session_id = session_id.ok_or(ApiError::InvalidRefreshToken)?;
+    let (session_id, position) = match presented {
+        Presented::Issued(token) => (token.session_id(), Position::Generation(token.generation())),
+        Presented::Legacy(token) => {
+            let hash = token.lookup_hash();
+            let row = sqlx::query!(
+                "select id, session_id, spent_at from refresh_tokens where token_hash = $1",
+                hash.as_slice(),
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(ApiError::InvalidRefreshToken)?;
+            let position = Position::Legacy {
+                id: row.id,
+                spent_at: row.spent_at,
+            };
+            (row.session_id, position)
+        }
+    };
 
     // The lock that serializes every refresh of this session. Rows read after it are current:
     // each statement in a read-committed transaction sees what committed before it began.
     let session = sqlx::query_as!(
         LockedSession,
-        "select s.user_id, s.created_at, s.last_used_at, s.revoked_at, u.is_active
+        "select s.user_id, s.created_at, s.last_used_at, s.revoked_at, u.is_active,
+                s.refresh_generation, s.refresh_rotated_at, s.refresh_window_start,
+                s.refresh_window_count
          from sessions s join users u on u.id = s.user_id
          where s.id = $1 for update of s",
         session_id,
     )
     .fetch_optional(&mut *tx)
     .await?;
-    // Gone since the first read (purged, or its user deleted): as unknown as a token can be.
+    // Purged, or its user deleted: as unknown as a token can be.
     let session = session.ok_or(ApiError::InvalidRefreshToken)?;
     if session.revoked_at.is_some() || !session.is_active {
         return Err(ApiError::InvalidRefreshToken);
@@ -235,48 +316,39 @@ pub async fn refresh(
         return Err(ApiError::SessionExpired);
     }
 
-    let token = sqlx::query_as!(
-        TokenRow,
-        "select id, spent_at, successor_sealed from refresh_tokens where token_hash = $1",
-        hash.as_slice(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let token = token.ok_or(ApiError::InvalidRefreshToken)?;
-
-    let refresh_token = match token.spent_at {
-        None => rotate(&mut tx, policy, session_id, presented, token.id, now).await?,
-        Some(spent_at) => {
-            match successor_in_grace(&mut tx, policy, presented, &token, spent_at, now).await? {
-                Some(successor) => successor,
-                None => {
-                    end_locked(&mut tx, session_id, EndReason::RefreshTokenReused, now).await?;
-                    tx.commit().await?;
-                    tracing::warn!(
-                        %session_id,
-                        "spent refresh token presented again: session ended"
-                    );
-                    return Err(ApiError::RefreshTokenReused(RevokedSession {
-                        sid: session_id,
-                        until: (now + token_validity).unix_timestamp(),
-                    }));
-                }
-            }
+    let live = u64::try_from(session.refresh_generation).unwrap_or_default();
+    let verdict = position.judge(live, session.refresh_rotated_at, policy.reuse_window, now);
+    let generation = match verdict {
+        Verdict::Rotate => {
+            rotate(&mut tx, policy, session_id, &session, position, now).await?;
+            live + 1
         }
+        Verdict::Successor => {
+            sqlx::query!(
+                "update sessions set last_used_at = $2 where id = $1",
+                session_id,
+                now,
+            )
+            .execute(&mut *tx)
+            .await?;
+            live
+        }
+        Verdict::Reused => {
+            end_locked(&mut tx, session_id, EndReason::RefreshTokenReused, now).await?;
+            tx.commit().await?;
+            tracing::warn!(%session_id, "spent refresh token presented again: session ended");
+            return Err(ApiError::RefreshTokenReused(RevokedSession {
+                sid: session_id,
+                until: (now + token_validity).unix_timestamp(),
+            }));
+        }
+        Verdict::Unknown => return Err(ApiError::InvalidRefreshToken),
     };
-
-    sqlx::query!(
-        "update sessions set last_used_at = $2 where id = $1",
-        session_id,
-        now,
-    )
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await?;
     Ok(Refreshed {
         grant: Grant {
             session_id,
-            refresh_token,
+            refresh_token: RefreshToken::issue(key, session_id, generation),
             expires_at: policy.expires_at(session.created_at, now),
         },
         user_id: session.user_id,
@@ -284,82 +356,53 @@ pub async fn refresh(
     })
 }
 
-/// Spends the token `token_id` (whose text is `presented`) and stores its successor.
+/// Spends the live token of the locked `session`: counts the rotation against
+/// `REFRESH_LIMIT_PER_SESSION` and moves the session to the next generation. Answers given under
+/// the reuse window do not come here, so racing tabs never spend the limit.
 async fn rotate(
     tx: &mut Transaction<'static, Postgres>,
     policy: &SessionPolicy,
     session_id: Uuid,
-    presented: &RefreshToken,
-    token_id: i64,
+    session: &LockedSession,
+    position: Position,
     now: OffsetDateTime,
-) -> Result<RefreshToken> {
-    let successor = RefreshToken::generate(&mut rand_core::OsRng);
-    let lookup_hash = successor.lookup_hash();
-    let sealed = presented.seal_successor(&successor);
-    sqlx::query!(
-        "insert into refresh_tokens (session_id, token_hash, parent_id, created_at)
-         values ($1, $2, $3, $4)",
-        session_id,
-        lookup_hash.as_slice(),
-        token_id,
-        now,
-    )
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query!(
-        "update refresh_tokens set spent_at = $2, successor_sealed = $3 where id = $1",
-        token_id,
-        now,
-        sealed.as_slice(),
-    )
-    .execute(&mut **tx)
-    .await?;
-    // Seals the reuse rule can no longer accept are wiped: the parent's (its successor, the
-    // presented token, is spent now) and any older than the window. A seal opens only with its
-    // spent token, but one kept needlessly would let a database copy plus an old token open it.
-    sqlx::query!(
-        "update refresh_tokens set successor_sealed = null
-         where session_id = $1 and successor_sealed is not null and id <> $2
-           and (id = (select parent_id from refresh_tokens where id = $2) or spent_at < $3)",
-        session_id,
-        token_id,
-        now - policy.reuse_window,
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(successor)
-}
-
-/// The successor of the spent `token` when the reuse rule accepts it: within the window, and
-/// the successor still unspent.
-async fn successor_in_grace(
-    tx: &mut Transaction<'static, Postgres>,
-    policy: &SessionPolicy,
-    presented: &RefreshToken,
-    token: &TokenRow,
-    spent_at: OffsetDateTime,
-    now: OffsetDateTime,
-) -> Result<Option<RefreshToken>> {
-    if now - spent_at > policy.reuse_window {
-        return Ok(None);
-    }
-    let Some(sealed) = &token.successor_sealed else {
-        return Ok(None);
+) -> Result<()> {
+    let (window_start, count) = match session.refresh_window_start {
+        Some(start) if now - start < REFRESH_LIMIT_WINDOW => (
+            start,
+            u32::try_from(session.refresh_window_count).unwrap_or_default(),
+        ),
+        _ => (now, 0),
     };
-    let successor = sqlx::query_as!(
-        SuccessorRow,
-        "select token_hash, spent_at from refresh_tokens where parent_id = $1",
-        token.id,
+    if count >= policy.refresh_limit {
+        return Err(ApiError::limited_until(
+            window_start + REFRESH_LIMIT_WINDOW,
+            now,
+        ));
+    }
+    sqlx::query!(
+        "update sessions set refresh_generation = refresh_generation + 1,
+                refresh_rotated_at = $2, last_used_at = $2,
+                refresh_window_start = $3, refresh_window_count = $4
+         where id = $1",
+        session_id,
+        now,
+        window_start,
+        i32::try_from(count + 1).unwrap_or(i32::MAX),
     )
-    .fetch_optional(&mut **tx)
+    .execute(&mut **tx)
     .await?;
-    Ok(successor
-        .filter(|row| row.spent_at.is_none())
-        .and_then(|row| {
-            presented
-                .open_successor(sealed)
-                .filter(|successor| successor.matches(&row.token_hash))
-        }))
+    if let Position::Legacy { id, .. } = position {
+        // Kept, spent, so that the old token is still recognised if presented again.
+        sqlx::query!(
+            "update refresh_tokens set spent_at = $2, successor_sealed = null where id = $1",
+            id,
+            now,
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn end_locked(
@@ -523,7 +566,8 @@ pub async fn revoked_since(
 
 /// Deletes sessions (their refresh tokens go with them) that ended before `ended_before`, by
 /// being ended or by expiring under `policy`, and wipes seals the reuse rule can no longer accept
-/// at `now`. Returns how many sessions and seals went.
+/// at `now` (only tokens of the old format, written before generations, have them). Returns how
+/// many sessions and seals went.
 pub async fn purge(
     connection: &mut PgConnection,
     policy: &SessionPolicy,

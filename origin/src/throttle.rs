@@ -166,9 +166,7 @@ pub async fn reserve(
     match blocked_until {
         Some(until) => {
             tx.rollback().await?;
-            Err(ApiError::RateLimited {
-                retry_after_secs: (until - now).whole_seconds().max(1) as u64,
-            })
+            Err(ApiError::limited_until(until, now))
         }
         None => {
             tx.commit().await?;
@@ -208,9 +206,7 @@ pub async fn count_request(
     if i64::from(row.attempts) > i64::from(limit) {
         tx.rollback().await?;
         let until = row.window_start + window;
-        return Err(ApiError::RateLimited {
-            retry_after_secs: (until - now).whole_seconds().max(1) as u64,
-        });
+        return Err(ApiError::limited_until(until, now));
     }
     tx.commit().await?;
     Ok(())

@@ -94,10 +94,6 @@ impl<K: TokenKind> OpaqueToken<K> {
     pub fn matches(&self, stored: &[u8]) -> bool {
         self.lookup_hash().ct_eq(stored).into()
     }
-
-    pub(crate) fn bytes(&self) -> &[u8; TOKEN_BYTES] {
-        &self.bytes
-    }
 }
 
 impl<K> Clone for OpaqueToken<K> {

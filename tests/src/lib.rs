@@ -141,6 +141,21 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The defaults with `REFRESH_LIMIT_PER_SESSION` out of the way, for tests that refresh in a
+    /// loop.
+    pub fn lifted_refresh_limit() -> Self {
+        let defaults = Options::default();
+        Options {
+            sessions: SessionPolicy {
+                refresh_limit: u32::MAX,
+                ..defaults.sessions
+            },
+            ..defaults
+        }
+    }
+}
+
 /// The origin on a test database, with an API key to call it.
 pub struct TestApp {
     /// The state the router runs on.
@@ -464,11 +479,13 @@ impl TestApp {
             .unwrap()
     }
 
-    /// The refresh tokens of session `session_id`: (unspent, all).
-    pub async fn refresh_tokens(&self, session_id: uuid::Uuid) -> (i64, i64) {
+    /// What the database holds for a session's refresh tokens: its live generation, and the rows
+    /// in `refresh_tokens` (only sessions begun before generations have any).
+    pub async fn refresh_state(&self, session_id: uuid::Uuid) -> (i64, i64) {
         sqlx::query_as(
-            "select count(*) filter (where spent_at is null), count(*) from refresh_tokens
-             where session_id = $1",
+            "select refresh_generation,
+                    (select count(*) from refresh_tokens t where t.session_id = s.id)
+             from sessions s where id = $1",
         )
         .bind(session_id)
         .fetch_one(&self.pool)
@@ -508,6 +525,20 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .expect("the test database answers")
+    }
+
+    /// The number of rows in every table of the database, by table name.
+    pub async fn table_rows(&self) -> Vec<(String, i64)> {
+        sqlx::query_as(
+            "select table_name::text, (xpath('/row/n/text()', query_to_xml(
+                      format('select count(*) as n from %I', table_name), false, true, '')))[1]
+                      ::text::bigint
+             from information_schema.tables
+             where table_schema = 'public' and table_type = 'BASE TABLE' order by table_name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("the test database answers")
     }
 
     /// `PUT /auth/password` from `current` to `new`.

@@ -83,7 +83,15 @@ pub(crate) async fn register_user(
     }
     let mut tx = state.db.begin().await?;
     let user = users::create(&mut tx, new).await?;
-    let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
+    let grant = sessions::begin(
+        &mut tx,
+        &state.sessions,
+        &state.refresh_key,
+        user.id,
+        &meta,
+        now,
+    )
+    .await?;
     let queued = match &state.mail {
         Some(mail) => {
             mail.queue_link(&state, &mut tx, &user, Purpose::VerifyEmail, now)
@@ -212,7 +220,15 @@ async fn check_login(
         tracing::info!(user_id = %user.id, "login refused: address not verified");
         return Err(ApiError::EmailNotVerified);
     }
-    let grant = sessions::begin(&mut tx, &state.sessions, user.id, &meta, now).await?;
+    let grant = sessions::begin(
+        &mut tx,
+        &state.sessions,
+        &state.refresh_key,
+        user.id,
+        &meta,
+        now,
+    )
+    .await?;
     tx.commit().await?;
 
     tracing::info!(user_id = %user.id, "login succeeded");

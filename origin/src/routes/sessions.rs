@@ -42,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "A new access token and the next refresh token", body = TokenResponse),
         (status = 401, description = "The refresh token is invalid, reused (the session is now ended) or its session expired, or the X-API-Key is bad", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The session refreshed more than REFRESH_LIMIT_PER_SESSION times this minute; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn refresh_session(
@@ -53,6 +54,7 @@ pub(crate) async fn refresh_session(
     let refreshed = sessions::refresh(
         &state.db,
         &state.sessions,
+        &state.refresh_key,
         &presented,
         &state.clock,
         state.tokens.longest_validity(),

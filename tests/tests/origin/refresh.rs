@@ -1,5 +1,6 @@
 //! Refresh-token rotation: a new token per refresh within one session, racing tabs given the
-//! same successor, reuse after the window ending the session, and expiry on the test clock.
+//! same successor, reuse after the window ending the session, forged tokens ending nothing, the
+//! per-session limit, constant storage, tokens of the old format, and expiry on the test clock.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use futures_util::future::join_all;
 use gatehouse_origin::sessions::SessionPolicy;
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{TokenResponse, UserProfile};
-use gatehouse_shared::refresh::RefreshToken;
+use gatehouse_shared::refresh::{LegacyRefreshToken, Presented, RefreshKey, RefreshToken};
 use gatehouse_tests::{Options, RowLock, TestApp, assert_refused};
 use serde_json::json;
 use sqlx::PgPool;
@@ -38,28 +39,156 @@ async fn refresh_rotates_the_token_within_the_session(pool: PgPool) {
         .get("/auth/profile", next.access_token.expose_secret())
         .await;
     assert_eq!(profile.json::<UserProfile>(), registered.user);
-    assert_eq!(app.refresh_tokens(registered.session_id).await, (1, 2));
+    assert_eq!(app.refresh_state(registered.session_id).await, (2, 0));
     let after = app.refreshed(next.refresh_token.expose_secret()).await;
     assert_eq!(after.session_id, registered.session_id);
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
-async fn refresh_tokens_are_stored_only_as_hashes(pool: PgPool) {
+async fn refresh_tokens_are_not_stored(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
-    let token = RefreshToken::parse(registered.refresh_token.expose_secret()).unwrap();
+    let next = app
+        .refreshed(registered.refresh_token.expose_secret())
+        .await;
 
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar("select token_hash from refresh_tokens")
-        .fetch_all(&app.pool)
+    let dump: String = sqlx::query_scalar(
+        "select string_agg(s::text, ' ') || coalesce(string_agg(t::text, ' '), '')
+         from sessions s left join refresh_tokens t on t.session_id = s.id",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+
+    for token in [&registered.refresh_token, &next.refresh_token] {
+        let mac = &token.expose_secret()[token.expose_secret().len() - 64..];
+        assert!(!dump.contains(mac));
+    }
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn many_refreshes_leave_the_same_rows_behind(pool: PgPool) {
+    let app = TestApp::with(pool, Options::lifted_refresh_limit()).await;
+    let registered = app.register("ada@example.com").await;
+    let mut token = app
+        .refreshed(registered.refresh_token.expose_secret())
+        .await
+        .refresh_token;
+    let rows_after_one = app.table_rows().await;
+
+    for _ in 0..200 {
+        token = app.refreshed(token.expose_secret()).await.refresh_token;
+    }
+
+    assert_eq!(app.table_rows().await, rows_after_one);
+    assert_eq!(app.refresh_state(registered.session_id).await, (202, 0));
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_forged_old_token_ends_nothing(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+    let live = app
+        .refreshed(registered.refresh_token.expose_secret())
+        .await;
+    // What someone who saw the session id in an access token could make: the right session and
+    // an old generation, but not the server's MAC.
+    let forged = RefreshToken::issue(&RefreshKey::new([7; 32]), registered.session_id, 1);
+
+    let refused = app.refresh(forged.expose()).await;
+
+    assert_refused(&refused, "invalid_refresh_token");
+    assert!(app.session_live(registered.session_id).await);
+    app.refreshed(live.refresh_token.expose_secret()).await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn refreshes_past_the_limit_wait_and_racing_tabs_do_not_count(pool: PgPool) {
+    let defaults = Options::default();
+    let app = TestApp::with(
+        pool,
+        Options {
+            sessions: SessionPolicy {
+                refresh_limit: 3,
+                ..defaults.sessions
+            },
+            ..defaults
+        },
+    )
+    .await;
+    let registered = app.register("ada@example.com").await;
+    let mut previous = registered.refresh_token.clone();
+    let mut live = registered.refresh_token.clone();
+    for _ in 0..3 {
+        previous = live;
+        live = app.refreshed(previous.expose_secret()).await.refresh_token;
+    }
+    app.clock.advance(Duration::from_secs(5));
+
+    let over = app.refresh(live.expose_secret()).await;
+    let racing_tab = app.refreshed(previous.expose_secret()).await;
+
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.problem().code, "too_many_attempts");
+    assert_eq!(over.header("retry-after"), Some("55"));
+    assert_eq!(
+        racing_tab.refresh_token.expose_secret(),
+        live.expose_secret(),
+        "a racing tab is answered at the limit and the live token is still the live one"
+    );
+    app.clock.advance(Duration::from_secs(55));
+    app.refreshed(live.expose_secret()).await;
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn sessions_begun_before_generations_keep_working(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+    // The session as the previous release left it: generation 0 and two token rows, the older
+    // one spent.
+    let (older, legacy) = (
+        LegacyRefreshToken::generate(&mut rand_core::OsRng),
+        LegacyRefreshToken::generate(&mut rand_core::OsRng),
+    );
+    sqlx::query(
+        "with older as (
+           insert into refresh_tokens (session_id, token_hash, created_at, spent_at)
+           values ($1, $2, now(), now()) returning id
+         )
+         insert into refresh_tokens (session_id, token_hash, parent_id, created_at)
+         select $1, $3, id, now() from older",
+    )
+    .bind(registered.session_id)
+    .bind(older.lookup_hash().as_slice())
+    .bind(legacy.lookup_hash().as_slice())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("update sessions set refresh_generation = 0 where id = $1")
+        .bind(registered.session_id)
+        .execute(&app.pool)
         .await
         .unwrap();
 
-    assert_eq!(stored, vec![token.lookup_hash().to_vec()]);
-    let dump: String = sqlx::query_scalar("select string_agg(t::text, ' ') from refresh_tokens t")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert!(!dump.contains(&registered.refresh_token.expose_secret()[4..]));
+    let moved = app.refreshed(legacy.expose()).await;
+    let racing_tab = app.refreshed(legacy.expose()).await;
+    let next = app.refreshed(moved.refresh_token.expose_secret()).await;
+
+    assert!(matches!(
+        RefreshToken::parse(moved.refresh_token.expose_secret()),
+        Ok(Presented::Issued(_))
+    ));
+    assert_eq!(
+        racing_tab.refresh_token.expose_secret(),
+        moved.refresh_token.expose_secret()
+    );
+    assert_eq!(app.refresh_state(registered.session_id).await, (2, 2));
+    assert_refused(&app.refresh(older.expose()).await, "refresh_token_reused");
+    assert!(!app.session_live(registered.session_id).await);
+    assert_refused(
+        &app.refresh(next.refresh_token.expose_secret()).await,
+        "invalid_refresh_token",
+    );
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -92,8 +221,8 @@ async fn racing_refreshes_of_one_token_all_get_the_same_successor(pool: PgPool) 
     assert!(successors.iter().all(|s| *s == successors[0]));
     assert!(app.session_live(registered.session_id).await);
     assert_eq!(
-        app.refresh_tokens(registered.session_id).await,
-        (1, 2),
+        app.refresh_state(registered.session_id).await,
+        (2, 0),
         "exactly one successor"
     );
     for response in &responses {
@@ -120,7 +249,7 @@ async fn previous_token_inside_the_window_gets_the_same_successor(pool: PgPool) 
         again.refresh_token.expose_secret(),
         first.refresh_token.expose_secret()
     );
-    assert_eq!(app.refresh_tokens(registered.session_id).await, (1, 2));
+    assert_eq!(app.refresh_state(registered.session_id).await, (2, 0));
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -177,7 +306,7 @@ async fn reuse_of_a_token_whose_successor_was_used_ends_the_session(pool: PgPool
 async fn malformed_and_unknown_refresh_tokens_are_refused(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let registered = app.register("ada@example.com").await;
-    let unknown = RefreshToken::generate(&mut rand_core::OsRng);
+    let unknown = LegacyRefreshToken::generate(&mut rand_core::OsRng);
 
     for presented in [
         "",

@@ -1,0 +1,18 @@
+-- Refresh tokens are numbered per session and vouched for by an HMAC (gatehouse_shared::refresh),
+-- so a session keeps its live generation instead of a row per token: a session refreshed 100,000
+-- times takes the space of one refreshed once. refresh_tokens keeps only the rows of sessions begun
+-- before this change (generation 0), which stop growing at their next refresh and go with their
+-- sessions.
+alter table sessions
+    -- The live refresh token's generation; 0 while the session still uses a token of the old format.
+    add column refresh_generation bigint not null default 0,
+    -- When the live generation was handed out, i.e. when the one before it was spent: the reuse
+    -- window counts from here.
+    add column refresh_rotated_at timestamptz,
+    -- REFRESH_LIMIT_PER_SESSION: rotations counted in the fixed window that began at this time.
+    add column refresh_window_start timestamptz,
+    add column refresh_window_count integer not null default 0,
+    add constraint sessions_refresh_generation_check check (refresh_generation >= 0);
+
+-- The janitor's seal wipe reads only rows that still hold a seal.
+create index refresh_tokens_sealed_idx on refresh_tokens (spent_at) where successor_sealed is not null;
