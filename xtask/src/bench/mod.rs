@@ -41,6 +41,11 @@ const IDLE_VERIFIES: usize = 500;
 const THROUGHPUT_CLIENTS: usize = 16;
 const VERIFIES_PER_CLIENT: usize = 200;
 const REFRESHES_PER_CLIENT: usize = 50;
+/// Refreshes of one session in the storage-growth run, and the first and last this many compared.
+const REFRESH_CHAIN: usize = 100_000;
+const REFRESH_CHAIN_WINDOW: usize = 1_000;
+/// How much slower the last refreshes of the chain may be than the first (issue 11, item 1).
+const REFRESH_CHAIN_SLOWDOWN: f64 = 1.10;
 /// bcrypt hashes timed to estimate the cost of one.
 const HASH_SAMPLES: usize = 5;
 /// What a flow may cost beyond its two bcrypt operations.
@@ -60,6 +65,9 @@ const FORGOT_SAMPLES: usize = 250;
 const STORM_TARGET: f64 = 0.9;
 /// Cloudflare's free-plan limit on a worker's compressed size.
 const WORKER_SIZE_LIMIT: u64 = 3 * 1024 * 1024;
+
+/// Limits the bench's own load would trip: every refresh chain runs far past a person's rate.
+const BENCH_ORIGIN_ENV: &[(&str, &str)] = &[("REFRESH_LIMIT_PER_SESSION", "1000000000")];
 
 /// The stack being measured, and the one the bench started, if it did.
 struct Target {
@@ -178,6 +186,29 @@ async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
             );
         }
     }
+
+    let (first, last) =
+        scenarios::long_refresh_chain(origin, REFRESH_CHAIN, REFRESH_CHAIN_WINDOW).await?;
+    report.latencies(
+        &format!("origin: refreshes 1-{REFRESH_CHAIN_WINDOW} of one session"),
+        &first,
+        None,
+    );
+    report.latencies(
+        &format!(
+            "origin: refreshes {}-{REFRESH_CHAIN} of the same session",
+            REFRESH_CHAIN - REFRESH_CHAIN_WINDOW + 1
+        ),
+        &last,
+        None,
+    );
+    let slowdown = last.median().as_secs_f64() / first.median().as_secs_f64();
+    report.check(
+        "origin: refresh p50, last / first 1,000 of 100,000",
+        format!("{slowdown:.3}"),
+        &format!("<= {REFRESH_CHAIN_SLOWDOWN:.2}"),
+        slowdown <= REFRESH_CHAIN_SLOWDOWN,
+    );
 
     // The storm: accounts first (registration hashes too), then the comparison of failed logins,
     // then the storm alone and the storm under verification load.
@@ -453,7 +484,7 @@ async fn find_target() -> anyhow::Result<Target> {
         "xtask: no running stack; starting a release build (log: {})",
         log.display()
     );
-    let stack = Stack::start(true, Some(&log), &[]).await?;
+    let stack = Stack::start(true, Some(&log), BENCH_ORIGIN_ENV).await?;
     Ok(target(
         stack.origin_url.clone(),
         stack.edge_url.clone(),

@@ -199,6 +199,35 @@ pub async fn refresh_throughput(
     })
 }
 
+/// One session refreshed `count` times in a row by one client: the latencies of its first and its
+/// last `window` refreshes. With a row per refresh token the last ones would wait on a table grown
+/// by `count` rows; with generations they should not differ.
+pub async fn long_refresh_chain(
+    bench: &Bench,
+    count: usize,
+    window: usize,
+) -> anyhow::Result<(Latencies, Latencies)> {
+    let mut request = RefreshRequest {
+        refresh_token: bench.session().await?.refresh_token,
+    };
+    let (mut first, mut last) = (Latencies::default(), Latencies::default());
+    for n in 0..count {
+        let sent = Instant::now();
+        let next = bench
+            .refresh(&request)
+            .await
+            .with_context(|| format!("refresh {} of {count} failed", n + 1))?;
+        let took = sent.elapsed();
+        if n < window {
+            first.record(took);
+        } else if n >= count - window {
+            last.record(took);
+        }
+        request.refresh_token = next.refresh_token;
+    }
+    Ok((first, last))
+}
+
 /// Registers `count` accounts with [`PASSWORD`], a few at a time so that the hashing queue
 /// never sheds them.
 pub async fn accounts(bench: &Bench, count: usize) -> anyhow::Result<Vec<String>> {
