@@ -93,7 +93,8 @@ pub struct Config {
     /// `BODY_LIMIT_BYTES`.
     pub body_limit_bytes: usize,
     /// `LOGIN_LIMIT_WINDOW_SECS`, `LOGIN_LIMIT_PER_ACCOUNT`, `LOGIN_LIMIT_PER_ACCOUNT_AND_IP`,
-    /// `LOGIN_LIMIT_PER_IP`.
+    /// `LOGIN_LIMIT_PER_IP`, `REGISTER_LIMIT_PER_IP`, `CLIENT_LIMIT_IPV6_56_FACTOR`,
+    /// `CLIENT_LIMIT_IPV6_48_FACTOR`.
     pub login_limits: LoginLimits,
     /// `SESSION_IDLE_TIMEOUT_SECS`, `SESSION_MAX_LIFETIME_SECS`, `REFRESH_REUSE_WINDOW_SECS`,
     /// `REFRESH_LIMIT_PER_SESSION`.
@@ -436,6 +437,9 @@ fn read_login_limits(env: &Env) -> Result<LoginLimits, ConfigError> {
         per_account: env.positive("LOGIN_LIMIT_PER_ACCOUNT", 20)?,
         per_account_and_ip: env.positive("LOGIN_LIMIT_PER_ACCOUNT_AND_IP", 10)?,
         per_ip: env.positive("LOGIN_LIMIT_PER_IP", 100)?,
+        register_per_ip: env.positive("REGISTER_LIMIT_PER_IP", 20)?,
+        ipv6_56_factor: env.positive("CLIENT_LIMIT_IPV6_56_FACTOR", 4)?,
+        ipv6_48_factor: env.positive("CLIENT_LIMIT_IPV6_48_FACTOR", 16)?,
     };
     // Fixed windows: any hour overlaps at most ceil(3600 / window) + 1 of them.
     let per_hour = u64::from(limits.per_account) * (3600_u64.div_ceil(limits.window.as_secs()) + 1);
@@ -595,6 +599,14 @@ mod tests {
         assert_eq!(
             (limits.per_account, limits.per_account_and_ip, limits.per_ip),
             (20, 10, 100)
+        );
+        assert_eq!(
+            (
+                limits.register_per_ip,
+                limits.ipv6_56_factor,
+                limits.ipv6_48_factor
+            ),
+            (20, 4, 16)
         );
         assert!(
             limits.per_account * 5 <= 100,

@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 
 use gatehouse_shared::SecretString;
+use gatehouse_shared::device::DeviceToken;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -38,7 +39,8 @@ impl Account<'_> {
     }
 }
 
-/// Checks `password` for `account` from the client at `ip`: the active account when the
+/// Checks `password` for `account` from the client at `ip` (with the device token the request
+/// carried, see [`crate::throttle`]): the active account when the
 /// password is right, `None` when it is wrong, the account unknown or deactivated (the caller
 /// answers all three alike). 429 before any hashing once a limit is reached. A signed-in user
 /// whose row has gone gets 401 `invalid_token`: the token speaks for nobody any more.
@@ -47,12 +49,21 @@ pub async fn check(
     account: Account<'_>,
     password: SecretString,
     ip: Option<IpAddr>,
+    device: Option<&DeviceToken>,
 ) -> Result<Option<User>> {
     let now = state.clock.now();
     let (counters, user): (Counters, Option<User>) = {
         let mut connection = state.db.acquire().await?;
-        let counters =
-            Counters::for_check(&mut connection, &state.login_limits, account.email(), ip).await?;
+        let counters = Counters::for_check(
+            &mut connection,
+            &state.login_limits,
+            &state.counter_names,
+            account.email(),
+            ip,
+            device,
+            now,
+        )
+        .await?;
         // Counted before the password is checked: concurrent guesses cannot all pass a limit.
         throttle::reserve(&mut connection, &state.login_limits, &counters, now).await?;
         let user = match account {
@@ -70,7 +81,7 @@ pub async fn check(
     let Some(user) = user.filter(|user| verified && user.is_active) else {
         return Ok(None);
     };
-    throttle::give_back(&state.db, &counters, now).await;
+    throttle::give_back(&state.db, &counters).await;
     Ok(Some(user))
 }
 
@@ -96,7 +107,7 @@ pub async fn reauthenticate(
         id: user.user_id,
         email: &user.claims.email,
     };
-    match check(state, account, current_password, ip).await? {
+    match check(state, account, current_password, ip, None).await? {
         Some(checked) => Ok(checked),
         None => {
             tracing::info!(user_id = %user.user_id, "re-authentication refused");

@@ -98,6 +98,8 @@ pub struct AppState {
     pub server_keys: server_secret::ServerKeys,
     /// The key that vouches for refresh tokens, derived from `server_keys`.
     pub refresh_key: gatehouse_shared::refresh::RefreshKey,
+    /// The key that names brute-force counters, derived from `server_keys`.
+    pub counter_names: throttle::CounterNames,
     /// Outgoing mail; `None` when `MAIL_ENABLED` is false, and the mail routes answer 404.
     pub mail: Option<mail::Mail>,
     /// Erasure of deactivated and never-verified accounts; whether sign-in needs a verified
@@ -147,6 +149,7 @@ impl AppState {
                 .edge_secret
                 .map(|secret| Arc::from(secret.expose_secret())),
             refresh_key: config.server_keys.refresh_key(),
+            counter_names: config.server_keys.counter_names(),
             server_keys: config.server_keys,
             mail: config.mail.map(mail::Mail::new),
             accounts: config.accounts,

@@ -28,6 +28,8 @@ pub enum KeyUse {
     OutboxTokens,
     /// Vouches for refresh tokens (see `gatehouse_shared::refresh`).
     RefreshTokens,
+    /// Names brute-force counters and trusted devices (see [`crate::throttle`]).
+    CounterNames,
 }
 
 impl KeyUse {
@@ -35,6 +37,7 @@ impl KeyUse {
         match self {
             KeyUse::OutboxTokens => b"outbox link-token encryption",
             KeyUse::RefreshTokens => b"refresh-token mac",
+            KeyUse::CounterNames => b"throttle counter names",
         }
     }
 }
@@ -78,6 +81,11 @@ impl ServerKeys {
     /// The key that vouches for refresh tokens.
     pub fn refresh_key(&self) -> RefreshKey {
         RefreshKey::new(self.key(KeyUse::RefreshTokens))
+    }
+
+    /// The key that names brute-force counters and trusted devices.
+    pub fn counter_names(&self) -> crate::throttle::CounterNames {
+        crate::throttle::CounterNames::new(self.key(KeyUse::CounterNames))
     }
 
     /// The cipher for link tokens waiting in the outbox.

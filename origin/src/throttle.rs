@@ -4,34 +4,45 @@
 //!
 //! Three counters, each over a fixed window of `LOGIN_LIMIT_WINDOW_SECS` that starts at its first
 //! attempt:
-//! - the account from one client address (`LOGIN_LIMIT_PER_ACCOUNT_AND_IP`, default 10): stops a
-//!   single attacker early, and locks out only that attacker's address;
+//! - the account from one client (`LOGIN_LIMIT_PER_ACCOUNT_AND_IP`, default 10): stops a single
+//!   attacker early, and locks out only that attacker's address;
 //! - the account from anywhere (`LOGIN_LIMIT_PER_ACCOUNT`, default 20 per 15 minutes: any 60
 //!   minutes overlap at most five windows, so at most 100 an hour): stops a distributed guess;
-//! - the client address across accounts (`LOGIN_LIMIT_PER_IP`, default 100): stops credential
-//!   stuffing from one address.
+//! - the client across accounts (`LOGIN_LIMIT_PER_IP`, default 100): stops credential stuffing
+//!   from one address.
 //!
-//! An IPv6 client is counted by its /64, the block one subscriber usually holds: counting single
-//! addresses would let anyone with a /64 rotate through 2^64 of them. IPv4-mapped addresses count
-//! as the IPv4 address.
+//! A client is an IPv4 address or an IPv6 /64, the block one subscriber usually holds; IPv6
+//! clients are also counted by their /56 and /48 at `CLIENT_LIMIT_IPV6_56_FACTOR` (4) and
+//! `CLIENT_LIMIT_IPV6_48_FACTOR` (16) times the per-client limit, so a subscriber holding a /48
+//! cannot multiply the limit by moving between its 65,536 /64s (see
+//! `gatehouse_shared::api::client_blocks`).
 //!
-//! A client (address or /64) that has signed in to an account within [`TRUSTED_CLIENT_DAYS`] is
-//! not held to that account's account-wide limit, only to its own per-client ones: an attacker
-//! filling the account-wide limit from elsewhere does not lock the owner out where they usually
-//! sign in (OWASP Authentication Cheat Sheet, "Account Lockout": lockout must not become a denial
-//! of service).
+//! A login that carries a device token (returned by an earlier successful login to the same
+//! account, see `gatehouse_shared::device`) is counted on that device's own counter, at the
+//! account-wide limit, instead of the account-wide one: guesses from elsewhere do not lock the
+//! owner out of their own devices, and a stolen device token buys at most the same number of
+//! guesses again (OWASP, "Slow Down Online Guessing Attacks with Device Cookies"; OWASP
+//! Authentication Cheat Sheet, "Account Lockout": lockout must not become a denial of service).
 //!
 //! [`reserve`] counts an attempt on all its counters in one transaction before the password is
 //! verified, and rolls the count back when any counter is over its limit: concurrent guesses
 //! queue on the counters' row locks, so none slips past a limit, and an attempt refused by one
-//! limit does not use up the others. [`release`] gives the attempt back when the password was
-//! right. Unknown accounts are counted exactly like known ones, so a 429 reveals nothing about who
+//! limit does not use up the others. [`give_back`] returns exactly that attempt when the password
+//! was right, and never resets a counter: others behind the same address, or elsewhere, share
+//! them. Unknown accounts are counted exactly like known ones, so a 429 reveals nothing about who
 //! has an account. Counter rows are locked in key order everywhere, so two checks never deadlock.
+//!
+//! Counters are named by HMAC-SHA256 under a key derived from the root server secret, not by the
+//! address or account they count: a database reader cannot reverse an IPv4 counter by
+//! enumerating 2^32 addresses, nor confirm an account by hashing a guessed address.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use gatehouse_shared::api::{BlockSize, client_blocks};
+use gatehouse_shared::device::DeviceToken;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 
@@ -44,79 +55,130 @@ pub struct LoginLimits {
     pub window: Duration,
     /// Attempts on one account from anywhere per window.
     pub per_account: u32,
-    /// Attempts on one account from one address per window.
+    /// Attempts on one account from one client per window.
     pub per_account_and_ip: u32,
-    /// Attempts from one address, whatever the account, per window.
+    /// Attempts from one client, whatever the account, per window.
     pub per_ip: u32,
+    /// Registrations from one client per window (`REGISTER_LIMIT_PER_IP`).
+    pub register_per_ip: u32,
+    /// How many times a per-client limit an IPv6 /56 may reach.
+    pub ipv6_56_factor: u32,
+    /// How many times a per-client limit an IPv6 /48 may reach.
+    pub ipv6_48_factor: u32,
 }
 
-/// How long a client that signed in to an account stays exempt from that account's account-wide
-/// limit.
-pub const TRUSTED_CLIENT_DAYS: i64 = 30;
+impl LoginLimits {
+    /// The limit of a block of `size` for a per-client `limit`.
+    fn scaled(&self, size: BlockSize, limit: u32) -> u32 {
+        match size {
+            BlockSize::Client => limit,
+            BlockSize::Ipv6Slash56 => limit.saturating_mul(self.ipv6_56_factor),
+            BlockSize::Ipv6Slash48 => limit.saturating_mul(self.ipv6_48_factor),
+        }
+    }
+
+    /// The counters of `family` (a route family) for the client at `ip`: one per block it is
+    /// counted in, each at its scaled `limit`.
+    fn client_counters(
+        &self,
+        names: &CounterNames,
+        family: &str,
+        ip: IpAddr,
+        limit: u32,
+    ) -> impl Iterator<Item = ([u8; 32], u32)> {
+        client_blocks(ip)
+            .into_iter()
+            .map(move |(size, block)| (names.name(&[family, &block]), self.scaled(size, limit)))
+    }
+}
+
+/// How long a device token stays trusted after its last successful login.
+pub const TRUSTED_DEVICE_DAYS: i64 = 30;
+
+/// Names counters and trusted devices: HMAC-SHA256 under a key derived from the root secret.
+#[derive(Clone)]
+pub struct CounterNames(Hmac<Sha256>);
+
+impl CounterNames {
+    /// Names under `key`.
+    pub fn new(key: [u8; 32]) -> Self {
+        CounterNames(Hmac::new_from_slice(&key).expect("HMAC takes any key length"))
+    }
+
+    /// The name of the NUL-separated `parts`: fixed-size, and without the key it says nothing of
+    /// the address or account in it.
+    fn name(&self, parts: &[&str]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        for part in parts {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
+        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl std::fmt::Debug for CounterNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CounterNames(***)")
+    }
+}
 
 /// The counters one password check touches, with their limits, in key order.
 #[derive(Debug, Clone)]
 pub struct Counters {
     keys: Vec<([u8; 32], u32)>,
-    /// The per-account-and-address counter, cleared on success.
-    pair: Option<[u8; 32]>,
-    /// The account-wide counter, which a trusted client is not held to.
-    account: [u8; 32],
-    /// The key under which this client is trusted for this account.
-    trusted: Option<[u8; 32]>,
 }
 
 impl Counters {
-    /// The counters of a check on the account named `email` from `ip`. The account is named as
-    /// PostgreSQL's `lower()` folds it, the same folding the account lookup uses, so no spelling
-    /// of an address finds the account under another counter.
+    /// The counters of a check on the account named `email` from `ip`, with the device token the
+    /// request carried. The account is named as PostgreSQL's `lower()` folds it, the same folding
+    /// the account lookup uses, so no spelling of an address finds the account under another
+    /// counter.
     pub async fn for_check(
         connection: &mut PgConnection,
         limits: &LoginLimits,
+        names: &CounterNames,
         email: &str,
         ip: Option<IpAddr>,
+        device: Option<&DeviceToken>,
+        now: OffsetDateTime,
     ) -> Result<Self> {
         let account = crate::users::folded_email(connection, email).await?;
-        let account_key = key(&["account", &account]);
-        let mut keys = vec![(account_key, limits.per_account)];
-        let (mut pair, mut trusted) = (None, None);
+        let trusted_device = match device {
+            Some(token) => {
+                let key = device_key(names, &account, token);
+                let trusted = sqlx::query_scalar!(
+                    r#"select exists (select 1 from login_trusted_clients
+                       where key = $1 and last_success > $2) as "trusted!""#,
+                    key.as_slice(),
+                    now - time::Duration::days(TRUSTED_DEVICE_DAYS),
+                )
+                .fetch_one(&mut *connection)
+                .await?;
+                trusted.then_some(key)
+            }
+            None => None,
+        };
+        // A trusted device is held to its own counter in place of the account-wide one.
+        let account_counter = trusted_device.unwrap_or_else(|| names.name(&["account", &account]));
+        let mut keys = vec![(account_counter, limits.per_account)];
         if let Some(ip) = ip {
             let client = gatehouse_shared::api::client_block(ip);
-            let pair_key = key(&["account+ip", &account, &client]);
-            keys.push((pair_key, limits.per_account_and_ip));
-            keys.push((key(&["ip", &client]), limits.per_ip));
-            pair = Some(pair_key);
-            trusted = Some(key(&["trusted", &account, &client]));
+            keys.push((
+                names.name(&["account+ip", &account, &client]),
+                limits.per_account_and_ip,
+            ));
+            keys.extend(limits.client_counters(names, "ip", ip, limits.per_ip));
         }
         keys.sort();
-        Ok(Counters {
-            keys,
-            pair,
-            account: account_key,
-            trusted,
-        })
-    }
-
-    fn key_bytes(&self) -> Vec<Vec<u8>> {
-        self.keys.iter().map(|(key, _)| key.to_vec()).collect()
-    }
-
-    fn limit_of(&self, key: &[u8]) -> u32 {
-        self.keys
-            .iter()
-            .find(|(candidate, _)| candidate.as_slice() == key)
-            .map_or(0, |(_, limit)| *limit)
+        Ok(Counters { keys })
     }
 }
 
-/// SHA-256 over the NUL-separated parts: a fixed-size key that does not keep the email in clear.
-fn key(parts: &[&str]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-        hasher.update([0]);
-    }
-    hasher.finalize().into()
+/// The name under which `token` is trusted for `account` (folded), in `login_trusted_clients`
+/// and, as the device's own counter, in `login_attempts`.
+fn device_key(names: &CounterNames, account: &str, token: &DeviceToken) -> [u8; 32] {
+    names.name(&["device", account, token.expose()])
 }
 
 /// Counts one attempt on every counter (a new window for a counter whose window has passed), or,
@@ -127,20 +189,47 @@ pub async fn reserve(
     counters: &Counters,
     now: OffsetDateTime,
 ) -> Result<()> {
-    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-    let trusted = match counters.trusted {
-        Some(key) => {
-            sqlx::query_scalar!(
-                r#"select exists (select 1 from login_trusted_clients
-                   where key = $1 and last_success > $2) as "trusted!""#,
-                key.as_slice(),
-                now - time::Duration::days(TRUSTED_CLIENT_DAYS),
-            )
-            .fetch_one(&mut *tx)
-            .await?
-        }
-        None => false,
+    count(connection, &counters.keys, limits.window, now).await
+}
+
+/// Counts one request from the client at `ip` on the counters of `family` (a route family), over
+/// `window`; past `limit` in the window (scaled for the wider IPv6 blocks), refuses with 429 and
+/// counts nothing. A request without a known client address is not counted, as for the login
+/// limits.
+pub async fn count_request(
+    connection: &mut PgConnection,
+    state: &crate::AppState,
+    family: &str,
+    ip: Option<IpAddr>,
+    limit: u32,
+    window: Duration,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let Some(ip) = ip else {
+        return Ok(());
     };
+    let names = &state.counter_names;
+    let mut keys: Vec<_> = (state.login_limits)
+        .client_counters(names, family, ip, limit)
+        .collect();
+    keys.sort();
+    count(connection, &keys, window, now).await
+}
+
+/// One attempt on each of `keys` (sorted) in one transaction, all or none.
+async fn count(
+    connection: &mut PgConnection,
+    keys: &[([u8; 32], u32)],
+    window: Duration,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let names: Vec<Vec<u8>> = keys.iter().map(|(key, _)| key.to_vec()).collect();
+    let limit_of = |key: &[u8]| {
+        keys.iter()
+            .find(|(candidate, _)| candidate.as_slice() == key)
+            .map_or(0, |(_, limit)| *limit)
+    };
+    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
     // `unnest` yields the keys in array order, which is key order: rows are locked in that order.
     let rows = sqlx::query!(
         "insert into login_attempts as a (key, window_start, attempts)
@@ -149,19 +238,16 @@ pub async fn reserve(
            attempts = case when a.window_start <= $3 then 1 else a.attempts + 1 end,
            window_start = case when a.window_start <= $3 then $2 else a.window_start end
          returning key, attempts, window_start",
-        &counters.key_bytes()[..],
+        &names[..],
         now,
-        now - limits.window,
+        now - window,
     )
     .fetch_all(&mut *tx)
     .await?;
     let blocked_until = rows
         .iter()
-        .filter(|row| i64::from(row.attempts) > i64::from(counters.limit_of(&row.key)))
-        // A client the owner signs in from is held to its own limits, not the account-wide one,
-        // so guesses from elsewhere cannot lock the owner out there.
-        .filter(|row| !(trusted && row.key.as_slice() == counters.account))
-        .map(|row| row.window_start + limits.window)
+        .filter(|row| i64::from(row.attempts) > i64::from(limit_of(&row.key)))
+        .map(|row| row.window_start + window)
         .max();
     match blocked_until {
         Some(until) => {
@@ -175,76 +261,19 @@ pub async fn reserve(
     }
 }
 
-/// Counts one request from the client at `ip` on the counter named `name` (a route family), over
-/// `window`; past `limit` in the window, refuses with 429 and counts nothing. A request without a
-/// known client address is not counted, as for the login limits.
-pub async fn count_request(
-    connection: &mut PgConnection,
-    name: &str,
-    ip: Option<IpAddr>,
-    limit: u32,
-    window: Duration,
-    now: OffsetDateTime,
-) -> Result<()> {
-    let Some(ip) = ip else {
-        return Ok(());
-    };
-    let key = key(&[name, &gatehouse_shared::api::client_block(ip)]);
-    let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-    let row = sqlx::query!(
-        "insert into login_attempts as a (key, window_start, attempts) values ($1, $2, 1)
-         on conflict (key) do update set
-           attempts = case when a.window_start <= $3 then 1 else a.attempts + 1 end,
-           window_start = case when a.window_start <= $3 then $2 else a.window_start end
-         returning attempts, window_start",
-        key.as_slice(),
-        now,
-        now - window,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if i64::from(row.attempts) > i64::from(limit) {
-        tx.rollback().await?;
-        let until = row.window_start + window;
-        return Err(ApiError::limited_until(until, now));
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// After a correct password: the attempt is given back on the account and address counters,
-/// and the account's counter for this address starts over. One statement per row, in key order.
-pub async fn release(connection: &mut PgConnection, counters: &Counters) -> Result<()> {
-    for (key, _) in &counters.keys {
-        if Some(*key) == counters.pair {
-            sqlx::query!("delete from login_attempts where key = $1", key.as_slice())
-                .execute(&mut *connection)
-                .await?;
-        } else {
+/// After a correct password: this attempt, and only this one, is given back on every counter it
+/// was counted on. No counter is reset: others share them (everyone behind one address shares its
+/// counters, everyone shares the account's), and a reset would let each of the owner's logins
+/// wipe an attacker's count. Best effort: the password was right, so a database hiccup here must
+/// not fail the request; the attempt then stays counted until its window ends.
+pub async fn give_back(db: &crate::db::Database, counters: &Counters) {
+    let outcome = async {
+        let mut connection = db.acquire().await?;
+        // One statement per row, in key order, like every other writer of these rows.
+        for (key, _) in &counters.keys {
             sqlx::query!(
                 "update login_attempts set attempts = greatest(attempts - 1, 0) where key = $1",
                 key.as_slice(),
-            )
-            .execute(&mut *connection)
-            .await?;
-        }
-    }
-    Ok(())
-}
-
-/// After a correct password, on a pooled connection: [`release`], and the client becomes (or
-/// stays) trusted for the account. Best effort: the password was right, so a database hiccup here
-/// must not fail the request; the attempt then stays counted until its window ends.
-pub async fn give_back(db: &crate::db::Database, counters: &Counters, now: OffsetDateTime) {
-    let outcome = async {
-        let mut connection = db.acquire().await?;
-        release(&mut connection, counters).await?;
-        if let Some(key) = counters.trusted {
-            sqlx::query!(
-                "insert into login_trusted_clients (key, last_success) values ($1, $2)
-                 on conflict (key) do update set last_success = excluded.last_success",
-                key.as_slice(),
-                now,
             )
             .execute(&mut *connection)
             .await?;
@@ -257,8 +286,45 @@ pub async fn give_back(db: &crate::db::Database, counters: &Counters, now: Offse
     }
 }
 
-/// Deletes counters whose window ended before `now`, and trust not renewed for
-/// [`TRUSTED_CLIENT_DAYS`].
+/// After a successful login to the account named `email`: the device token to hand back. The
+/// presented one if it is trusted for this account (its trust renewed), else a new one.
+pub async fn trust_device(
+    connection: &mut PgConnection,
+    names: &CounterNames,
+    email: &str,
+    presented: Option<DeviceToken>,
+    now: OffsetDateTime,
+) -> Result<DeviceToken> {
+    let account = crate::users::folded_email(connection, email).await?;
+    if let Some(token) = presented {
+        let key = device_key(names, &account, &token);
+        let renewed = sqlx::query!(
+            "update login_trusted_clients set last_success = $2 where key = $1 and last_success > $3",
+            key.as_slice(),
+            now,
+            now - time::Duration::days(TRUSTED_DEVICE_DAYS),
+        )
+        .execute(&mut *connection)
+        .await?
+        .rows_affected();
+        if renewed == 1 {
+            return Ok(token);
+        }
+    }
+    let token = DeviceToken::generate(&mut rand_core::OsRng);
+    let key = device_key(names, &account, &token);
+    sqlx::query!(
+        "insert into login_trusted_clients (key, last_success) values ($1, $2)",
+        key.as_slice(),
+        now,
+    )
+    .execute(&mut *connection)
+    .await?;
+    Ok(token)
+}
+
+/// Deletes counters whose window ended before `now`, and device trust not renewed for
+/// [`TRUSTED_DEVICE_DAYS`].
 pub async fn purge(
     connection: &mut PgConnection,
     limits: &LoginLimits,
@@ -275,7 +341,7 @@ pub async fn purge(
     .rows_affected();
     sqlx::query!(
         "delete from login_trusted_clients where last_success <= $1",
-        now - time::Duration::days(TRUSTED_CLIENT_DAYS),
+        now - time::Duration::days(TRUSTED_DEVICE_DAYS),
     )
     .execute(&mut *connection)
     .await?;

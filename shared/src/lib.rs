@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod api_key;
+pub mod device;
 pub mod input;
 pub mod jwk;
 pub mod link;

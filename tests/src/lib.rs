@@ -33,6 +33,9 @@ pub const ISSUER: &str = "https://gatehouse.test";
 pub const AUDIENCE: &str = "gatehouse-tests";
 /// The secret the test edge and the test origin share.
 pub const EDGE_SECRET: &str = "test-edge-secret-0123456789abcdef0123456789";
+/// The root server secret of every test origin: instances on one database share it, as in
+/// production (refresh tokens and counter names derive from it).
+pub const SERVER_SECRET: &str = "test-server-secret-0123456789abcdef0123456789";
 /// A password that passes every rule.
 pub const PASSWORD: &str = "correct horse battery staple";
 /// The client application whose pages mailed links open.
@@ -112,6 +115,7 @@ fn test_variable(name: &str) -> Option<String> {
         "JWT_ISSUER" => ISSUER,
         "JWT_AUDIENCE" => AUDIENCE,
         "EDGE_SECRET" => EDGE_SECRET,
+        "SERVER_SECRET" => SERVER_SECRET,
         _ => return None,
     };
     Some(value.to_owned())

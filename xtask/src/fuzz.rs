@@ -64,6 +64,7 @@ pub fn run(postgres: &Postgres) -> anyhow::Result<bool> {
                 ("LOGIN_LIMIT_PER_ACCOUNT", "1000000"),
                 ("LOGIN_LIMIT_PER_ACCOUNT_AND_IP", "1000000"),
                 ("REFRESH_LIMIT_PER_SESSION", "1000000"),
+                ("REGISTER_LIMIT_PER_IP", "1000000"),
                 ("MAIL_LIMIT_PER_IP", "1000000"),
             ],
         )?;

@@ -153,8 +153,16 @@ async fn request_link(
     check_email(email).map_err(|message| invalid_field("email", message))?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    let limit = mail.config.limit_per_ip;
-    throttle::count_request(&mut tx, "mail", meta.ip, limit, MAIL_IP_WINDOW, now).await?;
+    throttle::count_request(
+        &mut tx,
+        state,
+        "mail",
+        meta.ip,
+        mail.config.limit_per_ip,
+        MAIL_IP_WINDOW,
+        now,
+    )
+    .await?;
     let letter = Letter::new(Recipient::Address(email), template);
     let queued = mail.queue(state, &mut tx, letter, now).await?;
     tx.commit().await?;

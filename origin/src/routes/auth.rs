@@ -9,6 +9,7 @@ use gatehouse_shared::api::{
     DeactivateRequest, LoginRequest, Problem, RegisterRequest, RegistrationPending, TokenResponse,
     UpdateProfileRequest, UserProfile, VerifyResponse,
 };
+use gatehouse_shared::device::DeviceToken;
 use gatehouse_shared::input::{check_email, check_name, normalize_email};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -21,7 +22,7 @@ use crate::links::Purpose;
 use crate::mail::{Letter, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
 use crate::users::{self, NameChange, NewUser};
-use crate::{AppState, credentials, password_policy};
+use crate::{AppState, credentials, password_policy, throttle};
 
 /// The `/auth/*` routes; the API-key gate is layered on in [`crate::app`].
 pub fn router() -> OpenApiRouter<AppState> {
@@ -41,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 201, description = "Account and first session created", body = TokenResponse),
         (status = 202, description = "With REQUIRE_VERIFIED_EMAIL: a verification link is on its way if the address was free (the answer is the same if it was not)", body = RegistrationPending),
         (status = 409, description = "The email address has an account", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "REGISTER_LIMIT_PER_IP is reached for this client; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn register_user(
@@ -66,6 +68,22 @@ pub(crate) async fn register_user(
         return Err(ApiError::Validation(errors));
     }
 
+    // Each registration costs a hash on the pool logins share, so clients are limited here too,
+    // not only at the edge: the origin may be reached directly.
+    {
+        let mut connection = state.db.acquire().await?;
+        let limits = &state.login_limits;
+        throttle::count_request(
+            &mut connection,
+            &state,
+            "register",
+            meta.ip,
+            limits.register_per_ip,
+            limits.window,
+            state.clock.now(),
+        )
+        .await?;
+    }
     // Hash before touching the database: no pooled connection waits on bcrypt.
     let password_hash = state.hasher.hash(request.password).await?;
 
@@ -192,11 +210,16 @@ async fn check_login(
     }
 
     let password = request.password;
+    // A malformed device token is as good as none: it is a hint, never a reason to refuse.
+    let device = request
+        .device_token
+        .and_then(|token| DeviceToken::parse(token.expose_secret()).ok());
     let Some(mut user) = credentials::check(
         state,
         credentials::Account::Email(email),
         password.clone(),
         meta.ip,
+        device.as_ref(),
     )
     .await?
     else {
@@ -229,10 +252,14 @@ async fn check_login(
         now,
     )
     .await?;
+    let device =
+        throttle::trust_device(&mut tx, &state.counter_names, &user.email, device, now).await?;
     tx.commit().await?;
 
     tracing::info!(user_id = %user.id, "login succeeded");
-    Ok(Json(token_response(state, user, grant, now)))
+    let mut response = token_response(state, user, grant, now);
+    response.device_token = Some(device.expose().into());
+    Ok(Json(response))
 }
 
 /// `GET /auth/verify`: the token is valid, its session live, its account active.

@@ -38,6 +38,7 @@ pub(crate) fn token_response(
         token_type: TOKEN_TYPE.into(),
         expires_in: issued.expires_in,
         refresh_token: grant.refresh_token.expose().into(),
+        device_token: None,
         session_id: grant.session_id,
         user: user.into(),
     }

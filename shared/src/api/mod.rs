@@ -16,6 +16,16 @@ fn expose<S: Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, 
     serializer.serialize_str(secret.expose_secret())
 }
 
+fn expose_option<S: Serializer>(
+    secret: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => serializer.serialize_some(secret.expose_secret()),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// The header that carries the API key on every `/auth/*` request.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
@@ -60,16 +70,46 @@ pub const CLIENT_IP_HEADER: &str = "x-gatehouse-client-ip";
 /// an IPv6 /64, the block one subscriber usually holds (counting single IPv6 addresses would let
 /// a client rotate through 2^64 of them). IPv4-mapped IPv6 addresses count as IPv4.
 pub fn client_block(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
+    client_blocks(ip).swap_remove(0).1
+}
+
+/// The sizes of address block a client is counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockSize {
+    /// The client's own block: an IPv4 address or an IPv6 /64 (see [`client_block`]).
+    Client,
+    /// The IPv6 /56 around the client: what many providers give one subscriber (RIPE-690 4.2).
+    Ipv6Slash56,
+    /// The IPv6 /48 around the client: what one site may get, 65,536 /64s.
+    Ipv6Slash48,
+}
+
+/// Every block a client at `ip` is counted in, its own first: for IPv6 also its /56 and /48, so
+/// that a subscriber holding a whole /48 cannot multiply a per-client limit by 65,536 by moving
+/// between /64s. Each size has its own, larger limit.
+pub fn client_blocks(ip: std::net::IpAddr) -> Vec<(BlockSize, String)> {
+    let v6 = match ip {
+        std::net::IpAddr::V4(v4) => return vec![(BlockSize::Client, v4.to_string())],
         std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
+            Some(v4) => return vec![(BlockSize::Client, v4.to_string())],
+            None => v6,
         },
-    }
+    };
+    let s = v6.segments();
+    vec![
+        (
+            BlockSize::Client,
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]),
+        ),
+        (
+            BlockSize::Ipv6Slash56,
+            format!("{:x}:{:x}:{:x}:{:x}::/56", s[0], s[1], s[2], s[3] & 0xff00),
+        ),
+        (
+            BlockSize::Ipv6Slash48,
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]),
+        ),
+    ]
 }
 
 /// The response header in which the origin tells the edge which sessions a request ended:
@@ -113,6 +153,15 @@ pub struct LoginRequest {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     #[serde(serialize_with = "expose")]
     pub password: SecretString,
+    /// The `device_token` an earlier login to this account returned on this device, if any. It
+    /// keeps the owner signing in here while others' failed guesses hold the account's limit.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[serde(
+        default,
+        serialize_with = "expose_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_token: Option<SecretString>,
 }
 
 /// The answer to a successful register or login (RFC 6749 section 5.1 field names).
@@ -132,6 +181,15 @@ pub struct TokenResponse {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     #[serde(serialize_with = "expose")]
     pub refresh_token: SecretString,
+    /// After a login: the device token (`gtd_...`) to send with this account's next logins from
+    /// this device (`LoginRequest::device_token`). Store it like a refresh token.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[serde(
+        default,
+        serialize_with = "expose_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_token: Option<SecretString>,
     /// The session the tokens belong to (the access token's `sid`).
     pub session_id: Uuid,
     /// The signed-in user.
@@ -526,6 +584,7 @@ mod tests {
         let login = LoginRequest {
             email: "a@b.c".into(),
             password: "hunter2hunter2".into(),
+            device_token: None,
         };
 
         let change = ChangePasswordRequest {
@@ -570,6 +629,7 @@ mod tests {
         let login = LoginRequest {
             email: "a@b.c".into(),
             password: "hunter2hunter2".into(),
+            device_token: None,
         };
 
         let json = serde_json::to_value(&login).unwrap();
@@ -601,6 +661,33 @@ mod tests {
         assert_ne!(block("2001:db8:1:2::1"), block("2001:db8:1:3::1"));
         assert_eq!(block("::ffff:203.0.113.7"), "203.0.113.7");
         assert_eq!(block("203.0.113.7"), "203.0.113.7");
+    }
+
+    #[test]
+    fn ipv6_clients_are_also_counted_by_their_56_and_48() {
+        let blocks = |ip: &str| client_blocks(ip.parse().unwrap());
+
+        assert_eq!(
+            blocks("2001:db8:1:2ab::1"),
+            vec![
+                (BlockSize::Client, "2001:db8:1:2ab::/64".to_owned()),
+                (BlockSize::Ipv6Slash56, "2001:db8:1:200::/56".to_owned()),
+                (BlockSize::Ipv6Slash48, "2001:db8:1::/48".to_owned()),
+            ]
+        );
+        assert_eq!(
+            blocks("2001:db8:1:2ff::1")[1],
+            blocks("2001:db8:1:200::1")[1]
+        );
+        assert_ne!(
+            blocks("2001:db8:1:300::1")[1],
+            blocks("2001:db8:1:200::1")[1]
+        );
+        assert_eq!(blocks("2001:db8:1:ffff::1")[2], blocks("2001:db8:1::1")[2]);
+        assert_eq!(
+            blocks("203.0.113.7"),
+            vec![(BlockSize::Client, "203.0.113.7".to_owned())]
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ async fn full_flow_over_http_with_the_shared_types(pool: PgPool) {
         .json(&LoginRequest {
             email: "ada@example.com".into(),
             password: PASSWORD.into(),
+            device_token: None,
         })
         .send()
         .await

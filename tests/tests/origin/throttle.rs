@@ -1,5 +1,6 @@
-//! Brute-force limits: counted in PostgreSQL per account, per account and address, and per
-//! address; 429 with `Retry-After`; shared by every origin instance on the database.
+//! Brute-force limits: counted in PostgreSQL per account, per account and address, per address
+//! (and per IPv6 /56 and /48), per trusted device; registrations per client; 429 with
+//! `Retry-After`; shared by every origin instance on the database.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gatehouse_origin::throttle::LoginLimits;
 use gatehouse_shared::ExposeSecret;
-use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER};
+use gatehouse_shared::api::{CLIENT_IP_HEADER, EDGE_SECRET_HEADER, TokenResponse};
 use gatehouse_tests::{EDGE_SECRET, Options, PASSWORD, TestApp, TestResponse, count_status};
 use serde_json::json;
 use sqlx::PgPool;
@@ -18,6 +19,9 @@ const LIMITS: LoginLimits = LoginLimits {
     per_account: 6,
     per_account_and_ip: 3,
     per_ip: 8,
+    register_per_ip: 4,
+    ipv6_56_factor: 2,
+    ipv6_48_factor: 4,
 };
 
 async fn app(pool: PgPool) -> TestApp {
@@ -39,16 +43,50 @@ async fn guess(app: &TestApp, ip: &str, email: &str) {
 
 /// A login as the edge forwards it for a client at `ip`.
 async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> TestResponse {
-    let request = Request::post("/auth/login")
+    let body = json!({ "email": email, "password": password });
+    app.send(forwarded_from(app, ip, "/auth/login", body)).await
+}
+
+/// A login from `ip` with the device token an earlier login returned.
+async fn login_with_device(
+    app: &TestApp,
+    ip: &str,
+    password: &str,
+    device_token: &str,
+) -> TestResponse {
+    let body = json!({
+        "email": "ada@example.com", "password": password, "device_token": device_token
+    });
+    app.send(forwarded_from(app, ip, "/auth/login", body)).await
+}
+
+/// A registration of `email` as the edge forwards it for a client at `ip`.
+async fn register_from(app: &TestApp, ip: &str, email: &str) -> TestResponse {
+    let body = json!({ "email": email, "password": PASSWORD });
+    app.send(forwarded_from(app, ip, "/auth/register", body))
+        .await
+}
+
+/// A POST of `body` to `path` as the edge forwards it for a client at `ip`.
+fn forwarded_from(app: &TestApp, ip: &str, path: &str, body: serde_json::Value) -> Request<Body> {
+    Request::post(path)
         .header("x-api-key", &app.api_key)
         .header("content-type", "application/json")
         .header(EDGE_SECRET_HEADER, EDGE_SECRET)
         .header(CLIENT_IP_HEADER, ip)
-        .body(Body::from(
-            json!({ "email": email, "password": password }).to_string(),
-        ))
-        .unwrap();
-    app.send(request).await
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// The device token of a successful login.
+fn device_token(response: &TestResponse) -> String {
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    response
+        .json::<TokenResponse>()
+        .device_token
+        .expect("a login returns a device token")
+        .expose_secret()
+        .to_owned()
 }
 
 fn assert_limited(response: &TestResponse) {
@@ -232,18 +270,11 @@ async fn password_changes_share_the_login_limits(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
-async fn the_owner_still_signs_in_where_they_usually_do_while_the_account_is_attacked(
-    pool: PgPool,
-) {
+async fn the_owner_still_signs_in_on_their_device_while_the_account_is_attacked(pool: PgPool) {
     let app = app(pool).await;
     app.register("ada@example.com").await;
     let home = "198.51.100.7";
-    assert_eq!(
-        login_from(&app, home, "ada@example.com", PASSWORD)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    let device = device_token(&login_from(&app, home, "ada@example.com", PASSWORD).await);
 
     // Two attackers fill the account-wide limit.
     for attempt in 0..LIMITS.per_account {
@@ -252,15 +283,143 @@ async fn the_owner_still_signs_in_where_they_usually_do_while_the_account_is_att
         assert_eq!(failed.status, StatusCode::UNAUTHORIZED);
     }
     let stranger = login_from(&app, "192.0.2.99", "ada@example.com", PASSWORD).await;
-    let owner = login_from(&app, home, "ada@example.com", PASSWORD).await;
-    let owner_v6_neighbour = login_from(&app, "2001:db8::1", "ada@example.com", PASSWORD).await;
+    let same_address_no_device = login_from(&app, home, "ada@example.com", PASSWORD).await;
+    let owner_travelling = login_with_device(&app, "192.0.2.50", PASSWORD, &device).await;
+    let owner_at_home = login_with_device(&app, home, PASSWORD, &device).await;
+    let forged = login_with_device(&app, home, PASSWORD, &format!("gtd_{}", "0".repeat(64))).await;
 
     assert_limited(&stranger);
-    assert_eq!(owner.status, StatusCode::OK, "trusted where they signed in");
-    assert_limited(&owner_v6_neighbour);
-    // Trust is no licence to guess: the client's own limit still applies.
-    for _ in 0..LIMITS.per_account_and_ip {
-        login_from(&app, home, "ada@example.com", "wrong guess").await;
+    // Trust belongs to the device, not to whoever shares its address (a NAT, an office).
+    assert_limited(&same_address_no_device);
+    assert_eq!(
+        device_token(&owner_travelling),
+        device,
+        "the same token, renewed"
+    );
+    assert_eq!(device_token(&owner_at_home), device);
+    assert_limited(&forged);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_stolen_device_token_buys_no_more_than_the_account_limit_again(pool: PgPool) {
+    let app = app(pool).await;
+    app.register("ada@example.com").await;
+    let device = device_token(&login_from(&app, "198.51.100.7", "ada@example.com", PASSWORD).await);
+
+    for attempt in 0..LIMITS.per_account {
+        let ip = format!("203.0.113.{attempt}");
+        let failed = login_with_device(&app, &ip, "wrong guess", &device).await;
+        assert_eq!(failed.status, StatusCode::UNAUTHORIZED);
     }
-    assert_limited(&login_from(&app, home, "ada@example.com", PASSWORD).await);
+
+    assert_limited(&login_with_device(&app, "192.0.2.1", PASSWORD, &device).await);
+    let account_wide = login_from(&app, "192.0.2.2", "ada@example.com", PASSWORD).await;
+    assert_eq!(
+        account_wide.status,
+        StatusCode::OK,
+        "the device's guesses went to its own counter"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn an_owner_login_gives_back_only_its_own_attempt(pool: PgPool) {
+    let app = app(pool).await;
+    app.register("ada@example.com").await;
+    let office = "203.0.113.1";
+    for _ in 0..LIMITS.per_account_and_ip - 1 {
+        guess(&app, office, "ada@example.com").await;
+    }
+
+    // The owner signs in from behind the same address as the guesser.
+    let owner = login_from(&app, office, "ada@example.com", PASSWORD).await;
+    let last_guess = login_from(&app, office, "ada@example.com", "wrong guess").await;
+    let over = login_from(&app, office, "ada@example.com", "wrong guess").await;
+
+    assert_eq!(owner.status, StatusCode::OK);
+    assert_eq!(last_guess.status, StatusCode::UNAUTHORIZED);
+    assert_limited(&over);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn no_hour_sees_more_than_five_windows_of_guesses_on_an_account(pool: PgPool) {
+    let app = app(pool).await;
+    app.register("ada@example.com").await;
+
+    // A distributed guesser (a fresh address every time) tries once a minute until refused,
+    // over the closed hour from its first guess: the worst alignment, five windows.
+    let mut checked = 0;
+    for minute in 0..=60 {
+        loop {
+            let ip = format!("10.0.{}.{}", minute, checked % 250);
+            let answer = login_from(&app, &ip, "ada@example.com", "wrong guess").await;
+            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                break;
+            }
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+            checked += 1;
+        }
+        app.clock.advance(Duration::from_secs(60));
+    }
+
+    // 60 minutes span at most ceil(3600 / 900) + 1 = 5 windows: 5 x LOGIN_LIMIT_PER_ACCOUNT.
+    assert_eq!(checked, 5 * LIMITS.per_account);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn registrations_are_limited_per_client(pool: PgPool) {
+    let app = app(pool).await;
+
+    for n in 0..LIMITS.register_per_ip {
+        let created = register_from(&app, "203.0.113.1", &format!("user{n}@example.com")).await;
+        assert_eq!(created.status, StatusCode::CREATED);
+    }
+    let over = register_from(&app, "203.0.113.1", "one.more@example.com").await;
+    let elsewhere = register_from(&app, "198.51.100.7", "one.more@example.com").await;
+
+    assert_limited(&over);
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::CREATED,
+        "the refused registration created nothing"
+    );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn ipv6_clients_moving_between_their_64s_meet_the_56_and_48_limits(pool: PgPool) {
+    let app = app(pool).await;
+    let per_56 = LIMITS.register_per_ip * LIMITS.ipv6_56_factor;
+    let per_48 = LIMITS.register_per_ip * LIMITS.ipv6_48_factor;
+    let mut n = 0;
+    let mut register = |ip: String| {
+        n += 1;
+        let email = format!("user{n}@example.com");
+        let app = &app;
+        async move { register_from(app, &ip, &email).await.status }
+    };
+
+    // Every registration from a different /64 of the /56 2001:db8:1:100::/56.
+    let mut statuses = Vec::new();
+    for subnet in 0..=per_56 {
+        statuses.push(register(format!("2001:db8:1:1{subnet:02x}::1")).await);
+    }
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, per_56 as usize);
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+
+    // Further /56s of the same /48 share the /48's limit.
+    let mut created = per_56;
+    for block in 2..=9u32 {
+        if register(format!("2001:db8:1:{block:x}00::1")).await == StatusCode::CREATED {
+            created += 1;
+        }
+    }
+    assert_eq!(created, per_48);
+    assert_eq!(
+        register("2001:db8:2::1".into()).await,
+        StatusCode::CREATED,
+        "another /48 is another client"
+    );
 }

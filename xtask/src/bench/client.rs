@@ -100,6 +100,7 @@ impl Bench {
             .json(&LoginRequest {
                 email,
                 password: PASSWORD.into(),
+                device_token: None,
             })
             .send()
             .await?;
@@ -146,6 +147,7 @@ impl Bench {
         let mut request = self.post("/auth/login").json(&LoginRequest {
             email: email.into(),
             password: password.into(),
+            device_token: None,
         });
         if let Some(ip) = client_ip {
             request = request

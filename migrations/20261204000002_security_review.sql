@@ -16,3 +16,9 @@ alter table sessions
 
 -- The janitor's seal wipe reads only rows that still hold a seal.
 create index refresh_tokens_sealed_idx on refresh_tokens (spent_at) where successor_sealed is not null;
+
+-- Counters and trusted devices are now named by an HMAC under a key derived from SERVER_SECRET,
+-- and trust belongs to a device token rather than a client address. Rows named the old way
+-- (unkeyed SHA-256) can never match again; trust keyed on an address must not survive.
+delete from login_trusted_clients;
+delete from login_attempts;
