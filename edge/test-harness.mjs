@@ -1,7 +1,9 @@
 // Runs the built worker (edge/build) in workerd through Miniflare, for the end-to-end tests in
 // tests/. Bindings come as JSON in EDGE_BINDINGS; an entry whose value is `{ simple: { limit,
 // period } }` becomes a rate-limiting binding, as `[[ratelimits]]` in wrangler.toml declares one.
-// The worker's URL is printed as "READY <url>".
+// The worker's URL is printed as "READY <url>". EDGE_CACHE_DIR, when set, persists the Cache API
+// there, so a second instance (a fresh isolate) finds what the first stored; EDGE_SCRIPT, when
+// set, runs that module instead of the built worker (a stand-in for another Worker of the zone).
 // Stops when its standard input closes (the test process went away) or on SIGTERM.
 import { Miniflare, Log, LogLevel } from "miniflare";
 import { fileURLToPath } from "node:url";
@@ -17,11 +19,17 @@ for (const [name, value] of Object.entries(JSON.parse(process.env.EDGE_BINDINGS 
     bindings[name] = value;
   }
 }
+const script = process.env.EDGE_SCRIPT
+  ? { script: process.env.EDGE_SCRIPT }
+  : {
+      scriptPath: path.join(here, "build", "index.js"),
+      modulesRoot: path.join(here, "build"),
+      modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    };
 const mf = new Miniflare({
   modules: true,
-  scriptPath: path.join(here, "build", "index.js"),
-  modulesRoot: path.join(here, "build"),
-  modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+  ...script,
+  ...(process.env.EDGE_CACHE_DIR ? { cachePersist: process.env.EDGE_CACHE_DIR } : {}),
   compatibilityDate: "2026-04-01",
   bindings,
   ratelimits,

@@ -4,14 +4,23 @@
 //! cannot be reached, the last copy held, for as long as the document allows.
 //!
 //! Every copy is stamped with when its fetch was sent, and its freshness counts from then in every
-//! layer, so that no layer of caching extends another's.
+//! layer, so that no layer of caching extends another's. The Cache API keeps a copy for as long as
+//! it is *usable*, not only fresh: an isolate started during an origin outage has no copy of its
+//! own, and finds the last one there (judged by its stamp, so a stale copy is never taken for a
+//! fresh one).
+//!
+//! Every stored copy carries an HMAC tag under a key derived from `EDGE_SECRET`, over its URL,
+//! stamp and body ([`Tagger`]); a copy whose tag fails is ignored. Another Worker of the same zone
+//! can open a cache by this name and write to it, but cannot plant a key set, a revocation list
+//! or an API-key verdict that this edge believes.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::thread::LocalKey;
 
-use gatehouse_shared::api::EDGE_SECRET_HEADER;
-use worker::{Cache, Date, Headers, Method, Request, RequestInit, Response};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use worker::{Cache, Date, Headers, Response};
 
 use crate::config::EdgeConfig;
 use crate::error::AppError;
@@ -22,6 +31,49 @@ pub const CACHE_NAME: &str = "gatehouse-edge";
 
 /// The header carrying the fetch time (ms since the epoch) on a stored copy.
 const FETCHED_AT_HEADER: &str = "x-gatehouse-fetched-at";
+
+/// The header carrying, on a stored copy, the `max-age` the origin sent with it (its own
+/// `Cache-Control` says how long the Cache API keeps it, which is longer).
+const ORIGIN_MAX_AGE_HEADER: &str = "x-gatehouse-origin-max-age";
+
+/// The header carrying a stored copy's tag.
+const TAG_HEADER: &str = "x-gatehouse-tag";
+
+/// Tags what the edge stores in the Cache API, and checks tags of what it reads back.
+pub struct Tagger(Hmac<Sha256>);
+
+impl Tagger {
+    /// The tagger of an edge whose secret is `edge_secret`. Its key is HMAC-SHA256 of a label
+    /// under the secret (a PRF, as RFC 5869's expand step uses it), so the tag key is not the
+    /// secret the origin checks.
+    pub fn new(edge_secret: &str) -> Self {
+        let mut derive = Hmac::<Sha256>::new_from_slice(edge_secret.as_bytes())
+            .expect("HMAC takes any key length");
+        derive.update(b"gatehouse edge cache tag v1");
+        let key = derive.finalize().into_bytes();
+        Tagger(Hmac::new_from_slice(&key).expect("HMAC takes any key length"))
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
+        let mut mac = self.0.clone();
+        for part in parts {
+            // Length-prefixed, so no two lists of parts tag alike.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// The tag of `parts`, in hex.
+    pub fn tag(&self, parts: &[&[u8]]) -> String {
+        hex::encode(self.mac(parts).finalize().into_bytes())
+    }
+
+    /// Whether `tag` is the tag of `parts`, compared in constant time.
+    pub fn verifies(&self, parts: &[&[u8]], tag: &str) -> bool {
+        hex::decode(tag).is_ok_and(|tag| self.mac(parts).verify_slice(&tag).is_ok())
+    }
+}
 
 /// A document the edge copies from the origin, and how long a copy is good for.
 pub trait Document: Sized + 'static {
@@ -90,7 +142,7 @@ pub struct Current<D> {
 }
 
 /// A fresh copy from memory, else from the Cache API, else from the origin; while the origin
-/// cannot be reached, the copy held in memory until it is no longer usable.
+/// cannot be reached, the latest copy still usable, from memory or from the Cache API.
 pub async fn current<D: Document>(
     config: &EdgeConfig,
     request_id: &str,
@@ -105,9 +157,12 @@ pub async fn current<D: Document>(
             just_fetched: false,
         });
     }
-    if let Some(cached) = from_cache::<D>(config, now).await {
+    let cached = cached_copy::<D>(config).await;
+    if let Some(cached) = &cached
+        && cached.fresh_until > now
+    {
         return Ok(Current {
-            document: cached,
+            document: remember(cached.clone()),
             just_fetched: false,
         });
     }
@@ -116,66 +171,85 @@ pub async fn current<D: Document>(
             document,
             just_fetched: true,
         }),
-        Err(error) => match held.filter(|held| held.usable_until > now) {
-            Some(mut stale) => {
-                stale.fresh_until = now + D::RETRY_AFTER_FAILURE_MS;
-                let document = Rc::clone(&stale.document);
-                D::slot().with_borrow_mut(|slot| *slot = Some(stale));
-                worker::console_warn!(
-                    "request {request_id}: using a stale copy of {}; the origin is unavailable",
-                    D::NAME
-                );
-                Ok(Current {
-                    document,
-                    just_fetched: false,
-                })
+        Err(error) => {
+            let stale = [held, cached]
+                .into_iter()
+                .flatten()
+                .filter(|copy| copy.usable_until > now)
+                .max_by_key(|copy| copy.usable_until);
+            match stale {
+                Some(mut stale) => {
+                    stale.fresh_until = now + D::RETRY_AFTER_FAILURE_MS;
+                    let document = remember(stale);
+                    worker::console_warn!(
+                        "request {request_id}: using a stale copy of {}; the origin is unavailable",
+                        D::NAME
+                    );
+                    Ok(Current {
+                        document,
+                        just_fetched: false,
+                    })
+                }
+                None => {
+                    worker::console_error!(
+                        "request {request_id}: no usable copy of {}; the origin is unavailable",
+                        D::NAME
+                    );
+                    Err(error)
+                }
             }
-            None => {
-                worker::console_error!(
-                    "request {request_id}: no usable copy of {}; the origin is unavailable",
-                    D::NAME
-                );
-                Err(error)
-            }
-        },
+        }
     }
 }
 
 /// The Cache API's copy when it is fresh, remembered in this isolate: another isolate may have
 /// fetched since this one did, and asking the cache costs the origin nothing.
 pub async fn from_cache<D: Document>(config: &EdgeConfig, now: u64) -> Option<Rc<D>> {
-    let cache = Cache::open(CACHE_NAME.into()).await;
-    let mut response = cache.get(url::<D>(config), false).await.ok()??;
-    let fetched_at: u64 = response
-        .headers()
-        .get(FETCHED_AT_HEADER)
-        .ok()??
-        .parse()
-        .ok()?;
-    let lifetime = D::lifetime(max_age(&response), config);
-    let document = D::parse(&response.text().await.ok()?)?;
-    let held = Held::new(document, fetched_at, lifetime);
+    let held = cached_copy::<D>(config).await?;
     (held.fresh_until > now).then(|| remember(held))
+}
+
+/// The Cache API's copy, fresh or not, when its tag verifies.
+async fn cached_copy<D: Document>(config: &EdgeConfig) -> Option<Held<D>> {
+    let cache = Cache::open(CACHE_NAME.into()).await;
+    let url = url::<D>(config);
+    let mut response = cache.get(&url, false).await.ok()??;
+    let headers = response.headers();
+    let fetched_at = headers.get(FETCHED_AT_HEADER).ok()??;
+    let tag = headers.get(TAG_HEADER).ok()??;
+    let origin_max_age = headers.get(ORIGIN_MAX_AGE_HEADER).ok()?.unwrap_or_default();
+    let body = response.text().await.ok()?;
+    let parts = tagged(&url, &fetched_at, &origin_max_age, &body);
+    if !config.cache_tags.verifies(&parts, &tag) {
+        worker::console_warn!("a cached copy of {} has a bad tag: ignored", D::NAME);
+        return None;
+    }
+    let document = D::parse(&body)?;
+    let lifetime = D::lifetime(origin_max_age.parse().ok(), config);
+    Some(Held::new(document, fetched_at.parse().ok()?, lifetime))
+}
+
+/// What a stored copy's tag covers: where it came from, when, how fresh the origin said it was,
+/// and the document itself.
+fn tagged<'a>(url: &'a str, fetched_at: &'a str, max_age: &'a str, body: &'a str) -> [&'a [u8]; 4] {
+    [
+        url.as_bytes(),
+        fetched_at.as_bytes(),
+        max_age.as_bytes(),
+        body.as_bytes(),
+    ]
 }
 
 /// Asks the origin, bypassing every cache, and keeps what it says in both.
 pub async fn fetch<D: Document>(config: &EdgeConfig, request_id: &str) -> Result<Rc<D>, AppError> {
     // Freshness counts from the moment the request leaves: the answer cannot be newer than that.
     let fetched_at = Date::now().as_millis();
-    let headers = Headers::new();
-    if D::EDGE_ONLY {
-        headers.set(EDGE_SECRET_HEADER, &config.edge_secret)?;
-    }
-    let mut init = RequestInit::new();
-    init.with_method(Method::Get).with_headers(headers);
-    let request = Request::new_with_init(&url::<D>(config), &init)?;
-    let mut response =
-        proxy::send(request, config, request_id)
-            .await
-            .map_err(|error| match error {
-                AppError::OriginUnreachable => D::unavailable(),
-                other => other,
-            })?;
+    let mut response = proxy::lookup(&url::<D>(config), &[], D::EDGE_ONLY, config, request_id)
+        .await
+        .map_err(|error| match error {
+            AppError::OriginUnreachable => D::unavailable(),
+            other => other,
+        })?;
     if response.status_code() != 200 {
         worker::console_error!(
             "request {request_id}: origin answered {} for {}",
@@ -193,7 +267,9 @@ pub async fn fetch<D: Document>(config: &EdgeConfig, request_id: &str) -> Result
     worker::console_log!("request {request_id}: fetched {} from the origin", D::NAME);
 
     let lifetime = D::lifetime(max_age, config);
-    store::<D>(config, body, lifetime.fresh_ms / 1000, fetched_at).await;
+    if lifetime.fresh_ms > 0 {
+        store::<D>(config, body, max_age, lifetime.usable_ms / 1000, fetched_at).await;
+    }
     Ok(remember(Held::new(document, fetched_at, lifetime)))
 }
 
@@ -207,17 +283,27 @@ fn url<D: Document>(config: &EdgeConfig) -> String {
     format!("{}{}", config.origin_url, D::PATH)
 }
 
-/// Stores `body` fetched at `fetched_at` (ms) for `max_age_secs`. A failed write only costs
-/// another isolate a fetch, so it is not an error; a copy fresh for no time is not stored.
-async fn store<D: Document>(config: &EdgeConfig, body: String, max_age_secs: u64, fetched_at: u64) {
-    if max_age_secs == 0 {
-        return;
-    }
+/// Stores `body` fetched at `fetched_at` (ms), kept for `keep_secs` (its usable life) and carrying
+/// the origin's `max_age` so a reader computes the same freshness. A failed write only costs
+/// another isolate a fetch, so it is not an error.
+async fn store<D: Document>(
+    config: &EdgeConfig,
+    body: String,
+    max_age: Option<u64>,
+    keep_secs: u64,
+    fetched_at: u64,
+) {
+    let url = url::<D>(config);
+    let fetched_at = fetched_at.to_string();
+    let max_age = max_age.map(|secs| secs.to_string()).unwrap_or_default();
+    let tag = (config.cache_tags).tag(&tagged(&url, &fetched_at, &max_age, &body));
     let headers = Headers::new();
     let stamped = headers
-        .set("cache-control", &format!("max-age={max_age_secs}"))
+        .set("cache-control", &format!("max-age={keep_secs}"))
         .and_then(|()| headers.set("content-type", "application/json"))
-        .and_then(|()| headers.set(FETCHED_AT_HEADER, &fetched_at.to_string()));
+        .and_then(|()| headers.set(FETCHED_AT_HEADER, &fetched_at))
+        .and_then(|()| headers.set(ORIGIN_MAX_AGE_HEADER, &max_age))
+        .and_then(|()| headers.set(TAG_HEADER, &tag));
     if stamped.is_err() {
         return;
     }
@@ -225,9 +311,10 @@ async fn store<D: Document>(config: &EdgeConfig, body: String, max_age_secs: u64
         .with_headers(headers)
         .fixed(body.into_bytes());
     let cache = Cache::open(CACHE_NAME.into()).await;
-    let _ = cache.put(url::<D>(config), copy).await;
+    let _ = cache.put(url, copy).await;
 }
 
+/// The `max-age` of an origin answer.
 fn max_age(response: &Response) -> Option<u64> {
     let cache_control = response.headers().get("cache-control").ok().flatten()?;
     parse_max_age(&cache_control)

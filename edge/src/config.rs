@@ -1,17 +1,79 @@
 //! The worker's configuration: `vars` and secrets from `wrangler.toml` and the dashboard.
 
 use gatehouse_shared::token::Validation;
-use std::cell::Cell;
+use std::cell::RefCell;
 
 use worker::{Env, RateLimiter};
 
 use crate::error::AppError;
 
-/// The binding name of the credential-route rate limiter in `wrangler.toml`.
-pub const AUTH_RATE_LIMITER: &str = "AUTH_RATE_LIMITER";
+/// The rate-limiting bindings `wrangler.toml` declares, by name.
+const AUTH_RATE_LIMITER: &str = "AUTH_RATE_LIMITER";
+const AUTH_RATE_LIMITER_IPV6_56: &str = "AUTH_RATE_LIMITER_IPV6_56";
+const AUTH_RATE_LIMITER_IPV6_48: &str = "AUTH_RATE_LIMITER_IPV6_48";
+const API_KEY_MISS_LIMITER: &str = "API_KEY_MISS_LIMITER";
 
 thread_local! {
-    static WARNED_NO_LIMITER: Cell<bool> = const { Cell::new(false) };
+    /// The limiters already warned about as missing, so the log says it once per isolate.
+    static WARNED_NO_LIMITER: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The rate-limiting bindings. Each is absent (with a warning in the log) when the deployment
+/// has not declared it, and a limiter's failure lets requests through: the origin's limits stand
+/// behind each.
+pub struct Limiters {
+    /// Credential routes per client block (an IPv4 address or an IPv6 /64).
+    pub auth: Option<RateLimiter>,
+    /// Credential routes per IPv6 /56; a binding's limit is fixed, so each size has its own.
+    pub auth_ipv6_56: Option<RateLimiter>,
+    /// Credential routes per IPv6 /48.
+    pub auth_ipv6_48: Option<RateLimiter>,
+    /// Lookups of API keys never seen valid, per client block.
+    pub api_key_misses: Option<RateLimiter>,
+}
+
+impl Limiters {
+    fn from_env(env: &Env) -> Self {
+        let binding = |name: &'static str| {
+            let limiter = env.rate_limiter(name).ok();
+            if limiter.is_none() {
+                WARNED_NO_LIMITER.with_borrow_mut(|warned| {
+                    if !warned.contains(&name) {
+                        warned.push(name);
+                        worker::console_warn!(
+                            "the {name} rate-limiting binding is missing: not limited at the edge"
+                        );
+                    }
+                });
+            }
+            limiter
+        };
+        Limiters {
+            auth: binding(AUTH_RATE_LIMITER),
+            auth_ipv6_56: binding(AUTH_RATE_LIMITER_IPV6_56),
+            auth_ipv6_48: binding(AUTH_RATE_LIMITER_IPV6_48),
+            api_key_misses: binding(API_KEY_MISS_LIMITER),
+        }
+    }
+}
+
+/// Whether the edge may send its secrets to `origin_url`: over `https`, or plain `http` to this
+/// machine only (development, tests). Anything else would put the edge secret and API keys on
+/// the wire in clear.
+fn origin_url_is_safe(origin_url: &str) -> bool {
+    let Ok(url) = worker::Url::parse(origin_url) else {
+        return false;
+    };
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(worker::url::Host::Domain(domain)) => domain == "localhost",
+            Some(worker::url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(worker::url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
+    }
 }
 
 /// Longest a revoked API key may keep working at the edge.
@@ -51,9 +113,10 @@ pub struct EdgeConfig {
     /// `REVOCATION_MAX_STALE_SECS` (default 300, at most 3600): how long the last revocation list
     /// is used while the origin cannot be reached, before verification answers 503.
     pub revocation_max_stale_secs: u64,
-    /// The `AUTH_RATE_LIMITER` rate-limiting binding: credential routes per client address. Absent
-    /// (with a warning in the log) when the deployment has not declared it.
-    pub auth_rate_limiter: Option<RateLimiter>,
+    /// The rate-limiting bindings.
+    pub limiters: Limiters,
+    /// Tags and checks what the edge keeps in the Cache API; keyed from `EDGE_SECRET`.
+    pub cache_tags: crate::cache::Tagger,
     /// `EDGE_SECRET` (a secret, required): sent to the origin, which then believes the client-IP
     /// header and hands out its revocation list.
     pub edge_secret: String,
@@ -90,15 +153,14 @@ impl EdgeConfig {
             .map(|secret| secret.to_string())
             .or_else(|| text("EDGE_SECRET"))
             .ok_or(AppError::Config("EDGE_SECRET"))?;
-        let auth_rate_limiter = env.rate_limiter(AUTH_RATE_LIMITER).ok();
-        if auth_rate_limiter.is_none() && !WARNED_NO_LIMITER.replace(true) {
-            worker::console_warn!(
-                "the {AUTH_RATE_LIMITER} rate-limiting binding is missing: logins are not throttled at the edge"
-            );
+        let origin_url = required("ORIGIN_URL")?.trim_end_matches('/').to_owned();
+        if !origin_url_is_safe(&origin_url) {
+            return Err(AppError::Config("ORIGIN_URL"));
         }
         Ok(EdgeConfig {
-            auth_rate_limiter,
-            origin_url: required("ORIGIN_URL")?.trim_end_matches('/').to_owned(),
+            limiters: Limiters::from_env(env),
+            cache_tags: crate::cache::Tagger::new(&edge_secret),
+            origin_url,
             validation: Validation::new(required("JWT_ISSUER")?, required("JWT_AUDIENCE")?)
                 .with_leeway(number("JWT_LEEWAY_SECS", 5, 30)?),
             allowed_origins: text("ALLOWED_ORIGINS")

@@ -23,6 +23,8 @@ pub enum AppError {
     PayloadTooLarge,
     /// The request body could not be read, e.g. the client aborted the upload (400).
     UnreadableBody,
+    /// A path with an empty segment or an encoded `/` or `\` (400).
+    NonCanonicalPath,
     /// Too many credential requests from this client address (429).
     RateLimited,
     /// A path the edge does not serve (404).
@@ -67,6 +69,7 @@ impl AppError {
             AppError::PayloadTooLarge => ProblemKind::PayloadTooLarge,
             AppError::UnreadableBody => ProblemKind::UnreadableBody,
             AppError::NotFound => ProblemKind::NotFound,
+            AppError::NonCanonicalPath => ProblemKind::NonCanonicalPath,
             AppError::RateLimited => ProblemKind::TooManyRequests,
             AppError::MethodNotAllowed { .. } => ProblemKind::MethodNotAllowed,
             AppError::OriginUnreachable => ProblemKind::OriginUnreachable,

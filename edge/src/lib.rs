@@ -22,7 +22,9 @@ mod proxy;
 mod revocations;
 pub mod routes;
 
-use gatehouse_shared::api::{API_KEY_HEADER, REQUEST_ID_HEADER, VerifyResponse};
+use std::net::IpAddr;
+
+use gatehouse_shared::api::{API_KEY_HEADER, BlockSize, REQUEST_ID_HEADER, VerifyResponse};
 use gatehouse_shared::token::{AccessClaims, TokenError};
 use wasm_bindgen::prelude::wasm_bindgen;
 use worker::{Context, Date, Env, Request, Response, event};
@@ -96,15 +98,22 @@ async fn handle(
     if method == "OPTIONS" && request.headers().has("access-control-request-method")? {
         return cors::preflight(&request, &path, config);
     }
+    if !routes::is_canonical(&path) {
+        return Err(AppError::NonCanonicalPath);
+    }
     let route = routes::classify(&method, &path)?;
 
+    let client = client_ip(&request)?;
     // Before anything costs the origin a request, including the API-key lookup.
     if route.throttled {
-        throttle_credentials(&request, config).await?;
+        throttle_credentials(client.as_ref(), config).await?;
     }
     if route.gate != Gate::Open {
         let key = request.headers().get(API_KEY_HEADER)?;
-        api_keys::require_valid(key.as_deref(), config, request_id).await?;
+        let client_block = client
+            .as_ref()
+            .map_or_else(String::new, |ip| gatehouse_shared::api::client_block(*ip));
+        api_keys::require_valid(key.as_deref(), &client_block, config, request_id).await?;
     }
     if route.gate == Gate::User {
         let claims = authenticate(&request, config, request_id).await?;
@@ -118,31 +127,49 @@ async fn handle(
     Ok(response)
 }
 
-/// Throttles a credential route ([`routes::Route::throttled`]) per client address with the Workers rate-limiting binding, so a
-/// flood from one address stops here. The origin keeps its own per-account limits in PostgreSQL;
-/// these two layers answer different attacks (one address hammering versus one account guessed
-/// from many).
-async fn throttle_credentials(request: &Request, config: &EdgeConfig) -> Result<(), AppError> {
-    let Some(limiter) = &config.auth_rate_limiter else {
-        return Ok(());
+/// The client's address, as Cloudflare reports it; `None` when absent or unreadable (never in
+/// production, where Cloudflare always sets it).
+fn client_ip(request: &Request) -> Result<Option<IpAddr>, AppError> {
+    let header = request.headers().get("cf-connecting-ip")?;
+    Ok(header.and_then(|ip| ip.trim().parse().ok()))
+}
+
+/// Throttles a credential route ([`routes::Route::throttled`]) per client with the Workers
+/// rate-limiting bindings, so a flood from one address stops here: per client block, and for
+/// IPv6 also per /56 and /48, each with its own binding (a binding's limit is fixed), counted in
+/// the blocks the origin counts (`gatehouse_shared::api::client_blocks`). The origin keeps its own
+/// limits in PostgreSQL; these layers answer different attacks (one address hammering versus one
+/// account guessed from many).
+async fn throttle_credentials(
+    client: Option<&IpAddr>,
+    config: &EdgeConfig,
+) -> Result<(), AppError> {
+    let limiters = &config.limiters;
+    let blocks = match client {
+        Some(ip) => gatehouse_shared::api::client_blocks(*ip),
+        None => vec![(BlockSize::Client, String::new())],
     };
-    let ip = request
-        .headers()
-        .get("cf-connecting-ip")?
-        .unwrap_or_default();
-    // Counted per client block, as the origin counts it (see `client_block`).
-    let client = ip
-        .parse()
-        .map_or(ip.clone(), gatehouse_shared::api::client_block);
-    match limiter.limit(format!("ip:{client}")).await {
-        Ok(outcome) if outcome.success => Ok(()),
-        Ok(_) => Err(AppError::RateLimited),
-        // The origin's own limits still apply; a limiter outage must not take logins down.
-        Err(error) => {
-            worker::console_error!("the rate limiter failed, letting the request through: {error}");
-            Ok(())
+    for (size, block) in blocks {
+        let limiter = match size {
+            BlockSize::Client => &limiters.auth,
+            BlockSize::Ipv6Slash56 => &limiters.auth_ipv6_56,
+            BlockSize::Ipv6Slash48 => &limiters.auth_ipv6_48,
+        };
+        let Some(limiter) = limiter else {
+            continue;
+        };
+        match limiter.limit(format!("ip:{block}")).await {
+            Ok(outcome) if outcome.success => {}
+            Ok(_) => return Err(AppError::RateLimited),
+            // The origin's own limits still apply; a limiter outage must not take logins down.
+            Err(error) => {
+                worker::console_error!(
+                    "the rate limiter failed, letting the request through: {error}"
+                );
+            }
         }
     }
+    Ok(())
 }
 
 /// Validates the bearer token against the origin's keys with the shared rules.

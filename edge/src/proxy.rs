@@ -105,6 +105,32 @@ async fn read_body(request: &mut Request) -> Result<Vec<u8>, AppError> {
     Ok(body)
 }
 
+/// A GET the edge makes for itself (the key set, the revocation list, an API key's verdict), with
+/// `headers`, the request id and, when `with_edge_secret`, the edge secret. It never follows a
+/// redirect: it carries the edge secret or an API key, which a redirect would hand to wherever it
+/// points. A 3xx is just an answer the caller does not expect.
+pub async fn lookup(
+    url: &str,
+    headers: &[(&str, &str)],
+    with_edge_secret: bool,
+    config: &EdgeConfig,
+    request_id: &str,
+) -> Result<Response, AppError> {
+    let sent = Headers::new();
+    for (name, value) in headers {
+        sent.set(name, value)?;
+    }
+    sent.set(REQUEST_ID_HEADER, request_id)?;
+    if with_edge_secret {
+        sent.set(EDGE_SECRET_HEADER, &config.edge_secret)?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get)
+        .with_headers(sent)
+        .with_redirect(RequestRedirect::Manual);
+    send(Request::new_with_init(url, &init)?, config, request_id).await
+}
+
 /// Sends a request to the origin, giving up after `ORIGIN_TIMEOUT_MS`.
 pub async fn send(
     request: Request,

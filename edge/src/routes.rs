@@ -88,6 +88,15 @@ pub const ROUTES: &[Route] = &[
     Route::new("GET", "/ready", Gate::Open),
 ];
 
+/// Whether `path` (as the runtime hands it over: dot segments resolved, percent-encoding kept) is
+/// one the edge can vouch for: no empty segment (`//`) and no encoded `/` or `\`. Either could be
+/// normalised by a proxy behind the edge into a path the edge never checked (`//edge/revocations`,
+/// `/auth%2Flogin`), so such paths are refused rather than forwarded.
+pub fn is_canonical(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    !(path.contains("//") || path.contains('\\') || lower.contains("%2f") || lower.contains("%5c"))
+}
+
 /// The route serving `method` on `path`. `HEAD` is served wherever `GET` is, and forwarded: only
 /// a `GET` is answered here. `method` is the raw method: the runtime's method type reads any
 /// method it does not know as GET, and `FOO /auth/verify` must not be answered as a verify.

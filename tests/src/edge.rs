@@ -92,27 +92,53 @@ pub fn bindings(origin_url: &str) -> serde_json::Map<String, Value> {
         "JWKS_REFETCH_COOLDOWN_SECS": "0",
         "ORIGIN_TIMEOUT_MS": "5000",
         "EDGE_SECRET": EDGE_SECRET,
-        // Generous, so only the test about it ever meets it.
+        // Generous, so only the tests about them ever meet them.
         "AUTH_RATE_LIMITER": { "simple": { "limit": 1000, "period": 60 } },
+        "AUTH_RATE_LIMITER_IPV6_56": { "simple": { "limit": 1000, "period": 60 } },
+        "AUTH_RATE_LIMITER_IPV6_48": { "simple": { "limit": 1000, "period": 60 } },
+        "API_KEY_MISS_LIMITER": { "simple": { "limit": 1000, "period": 60 } },
     })
     .as_object()
     .cloned()
     .expect("an object")
 }
 
+/// How the harness runs a worker beyond its bindings.
+#[derive(Debug, Default, Clone)]
+pub struct Runtime {
+    /// Persist the Cache API in this directory, so a later instance finds what an earlier one
+    /// stored, as a new isolate of a data centre finds it.
+    pub cache_dir: Option<PathBuf>,
+    /// Run this JavaScript module instead of the built worker: another Worker of the same zone.
+    pub script: Option<String>,
+}
+
 impl Edge {
     /// Starts the built worker with `bindings`. Panics, naming the fix, when the worker has not
     /// been built or Node's tooling is missing: these tests never pass by skipping.
     pub async fn start(bindings: serde_json::Map<String, Value>) -> Edge {
+        Edge::start_in(bindings, Runtime::default()).await
+    }
+
+    /// Starts a worker with `bindings` in `runtime`.
+    pub async fn start_in(bindings: serde_json::Map<String, Value>, runtime: Runtime) -> Edge {
         let dir = edge_dir();
         assert!(
             dir.join("node_modules/miniflare").exists() && build_is_current(&dir),
             "the edge worker is missing or older than its sources: run `cargo xtask test` \
              (or `cargo xtask build-edge`)"
         );
-        let mut process = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(dir.join("test-harness.mjs"))
-            .env("EDGE_BINDINGS", Value::Object(bindings).to_string())
+            .env("EDGE_BINDINGS", Value::Object(bindings).to_string());
+        if let Some(cache_dir) = &runtime.cache_dir {
+            command.env("EDGE_CACHE_DIR", cache_dir);
+        }
+        if let Some(script) = &runtime.script {
+            command.env("EDGE_SCRIPT", script);
+        }
+        let mut process = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .process_group(0)
@@ -175,7 +201,11 @@ impl CountingRelay {
         let state = Arc::new(RelayState {
             target: Mutex::new(target.to_owned()),
             seen: Mutex::new(Vec::new()),
-            client: reqwest::Client::new(),
+            // Transparent: a redirect goes back to the edge as the origin sent it.
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("a client builds"),
         });
         let router = axum::Router::new()
             .fallback(relay)

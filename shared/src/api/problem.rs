@@ -176,6 +176,10 @@ problem_kinds! {
     PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, None, "request body is too large";
     /// The body could not be read, e.g. the client aborted the upload.
     UnreadableBody => "unreadable_body", BAD_REQUEST, None, "request body could not be read";
+    /// The path has an empty segment or an encoded `/` or `\`, which a proxy behind the edge
+    /// could normalise into a path the edge never checked.
+    NonCanonicalPath => "non_canonical_path", BAD_REQUEST, None,
+        "the path has an empty segment or an encoded slash or backslash";
     /// `X-API-Key` missing, malformed, unknown or revoked.
     InvalidApiKey => "invalid_api_key", UNAUTHORIZED, challenge(Scheme::ApiKey, None),
         "a valid X-API-Key header is required";

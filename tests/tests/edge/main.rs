@@ -5,6 +5,7 @@
 
 mod cors;
 mod flow;
+mod hardening;
 mod keys;
 mod mail;
 mod sessions;
