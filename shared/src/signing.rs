@@ -48,11 +48,17 @@ impl TokenSigner {
             .map_err(|_| KeyError::InvalidPrivateKey)
     }
 
-    /// The key as a PKCS#8 PEM document; wiped from memory when dropped.
+    /// The key as a PKCS#8 PEM document; wiped from memory when dropped. Version 1 (RFC 5208,
+    /// the private key alone), as `openssl genpkey` writes it: OpenSSL 3.0 and Python's
+    /// `cryptography` cannot read the version 2 that carries the public key too (RFC 5958).
+    /// Both versions are read.
     pub fn to_pkcs8_pem(&self) -> zeroize::Zeroizing<String> {
-        self.key
-            .to_pkcs8_pem(LineEnding::LF)
-            .expect("an Ed25519 key always encodes as PKCS#8")
+        ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("an Ed25519 key always encodes as PKCS#8")
     }
 
     /// The key id tokens carry in their header.
@@ -138,6 +144,39 @@ mod tests {
             serde_json::from_slice(&crate::b64::decode(payload).unwrap()).unwrap();
 
         assert_eq!(json["aud"], "aud");
+    }
+
+    #[test]
+    fn pkcs8_pem_is_version_1_and_version_2_is_still_read() {
+        let signer = TokenSigner::generate(&mut OsRng);
+
+        let pem = signer.to_pkcs8_pem();
+        let der = pem_body(&pem);
+        let v2 = signer
+            .key
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("an Ed25519 key encodes");
+
+        // RFC 8410 section 7: SEQUENCE { INTEGER 0 (v1), AlgorithmIdentifier { 1.3.101.112 },
+        // OCTET STRING { OCTET STRING seed } }, 48 bytes in all.
+        assert_eq!(der.len(), 48);
+        assert_eq!(
+            &der[..16],
+            &hex::decode("302e020100300506032b657004220420").unwrap()[..]
+        );
+        let loaded = TokenSigner::from_pkcs8_pem(&v2).unwrap();
+        assert_eq!(loaded.kid(), signer.kid());
+    }
+
+    fn pem_body(pem: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        let body: String = pem
+            .lines()
+            .filter(|line| !line.starts_with("-----"))
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
     }
 
     #[test]
