@@ -412,7 +412,8 @@ async fn end_locked(
     now: OffsetDateTime,
 ) -> Result<()> {
     sqlx::query!(
-        "update sessions set revoked_at = $2, end_reason = $3 where id = $1 and revoked_at is null",
+        "update sessions set revoked_at = greatest($2, last_used_at), end_reason = $3
+         where id = $1 and revoked_at is null",
         session_id,
         now,
         reason.as_str(),
@@ -428,10 +429,23 @@ async fn end_locked(
     Ok(())
 }
 
+/// A session just ended, and the time recorded as its end: never before the last access token of
+/// it was issued, so "end + the longest validity" covers every token it has.
+pub struct Ended {
+    /// The session.
+    pub id: Uuid,
+    /// Its recorded end.
+    pub at: OffsetDateTime,
+}
+
 /// Ends `which` of `user_id`'s live sessions (not revoked, not expired under `policy`) and
-/// deletes their refresh tokens; returns the ids of those it ended. The access tokens of an
-/// ended session are refused by the origin at once and by the edge once it learns (see
-/// [`revoked_since`] and [`ended_header`]).
+/// deletes their refresh tokens; returns those it ended. The access tokens of an ended session
+/// are refused by the origin at once and by the edge once it learns (see [`revoked_since`] and
+/// [`ended_header`]).
+///
+/// `now` may have been read before a refresh of one of these sessions took its lock and issued a
+/// token; the recorded end is then the refresh's time (`greatest(now, last_used_at)`), so the
+/// revocation the edge hears of outlives that token too.
 pub async fn end(
     connection: &mut PgConnection,
     policy: &SessionPolicy,
@@ -439,24 +453,25 @@ pub async fn end(
     which: Which,
     reason: EndReason,
     now: OffsetDateTime,
-) -> Result<Vec<Uuid>> {
+) -> Result<Vec<Ended>> {
     let (created_after, used_after) = policy.live_bounds(now);
     let (only, except) = match which {
         Which::One(id) => (Some(id), None),
         Which::All => (None, None),
         Which::AllExcept(id) => (None, Some(id)),
     };
-    let ended = sqlx::query_scalar!(
+    let ended = sqlx::query_as!(
+        Ended,
         r#"with ended as (
-           update sessions set revoked_at = $4, end_reason = $5
+           update sessions set revoked_at = greatest($4, last_used_at), end_reason = $5
            where user_id = $1 and revoked_at is null
              and created_at > $6 and last_used_at > $7
              and ($2::uuid is null or id = $2) and ($3::uuid is null or id <> $3)
-           returning id
+           returning id, revoked_at
          ), spent as (
            delete from refresh_tokens where session_id in (select id from ended)
          )
-         select id as "id!" from ended"#,
+         select id as "id!", revoked_at as "at!" from ended"#,
         user_id,
         only,
         except,
@@ -531,12 +546,14 @@ pub async fn list_live(
 }
 
 /// `ended` as the edge should hear of them (the ended-sessions header): each with the time after
-/// which its tokens are moot.
-pub fn ended_header(ended: &[Uuid], now: OffsetDateTime, token_validity: Duration) -> String {
-    let until = (now + token_validity).unix_timestamp();
+/// which its tokens are moot, its end plus `token_validity`.
+pub fn ended_header(ended: &[Ended], token_validity: Duration) -> String {
     let entries: Vec<RevokedSession> = ended
         .iter()
-        .map(|sid| RevokedSession { sid: *sid, until })
+        .map(|ended| RevokedSession {
+            sid: ended.id,
+            until: (ended.at + token_validity).unix_timestamp(),
+        })
         .collect();
     RevokedSession::to_header(&entries)
 }

@@ -61,10 +61,11 @@ impl Tokens {
         self.ttl
     }
 
-    /// How long after its session ends a token of it can still pass validation: the lifetime
-    /// plus the leeway. The revocation list sent to the edge covers this span.
+    /// How long after its session ends a token of it can still pass validation anywhere: the
+    /// lifetime plus the largest leeway either side may be configured with (the edge has its own
+    /// `JWT_LEEWAY_SECS`). The revocation list sent to the edge covers this span.
     pub fn longest_validity(&self) -> Duration {
-        self.ttl + Duration::from_secs(self.validation.leeway_secs())
+        self.ttl + Duration::from_secs(gatehouse_shared::token::MAX_LEEWAY_SECS)
     }
 
     /// Issues a token for `user` in `session` at `now`, expiring after the configured lifetime

@@ -238,7 +238,7 @@ pub(crate) async fn reset_password(
     tx.commit().await?;
     mail.queued_after_commit(&state, noticed);
     tracing::info!(user_id = %user.id, ended = ended.len(), "password reset");
-    Ok(ended_response(&state, &ended, now))
+    Ok(ended_response(&state, &ended))
 }
 
 /// `PUT /auth/email {new_email, current_password}`: asks to move the account to `new_email`. 202
@@ -380,5 +380,5 @@ async fn move_account(
     .await?;
     tx.commit().await?;
     tracing::info!(user_id = %redeemed.user_id, ended = ended.len(), ?reason, "email address moved");
-    Ok(ended_response(state, &ended, now))
+    Ok(ended_response(state, &ended))
 }

@@ -371,5 +371,5 @@ pub(crate) async fn deactivate_profile(
     .await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, "account deactivated");
-    Ok(ended_response(&state, &ended, now))
+    Ok(ended_response(&state, &ended))
 }

@@ -12,7 +12,6 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gatehouse_shared::api::{ENDED_SESSIONS_HEADER, FieldError, TOKEN_TYPE, TokenResponse};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::sessions::{self as session_store, Grant};
@@ -45,8 +44,8 @@ pub(crate) fn token_response(
 }
 
 /// 204, telling the edge which sessions ended so that it refuses their tokens at once.
-pub(crate) fn ended_response(state: &AppState, ended: &[Uuid], now: OffsetDateTime) -> Response {
-    let header = session_store::ended_header(ended, now, state.tokens.longest_validity());
+pub(crate) fn ended_response(state: &AppState, ended: &[session_store::Ended]) -> Response {
+    let header = session_store::ended_header(ended, state.tokens.longest_validity());
     let mut response = StatusCode::NO_CONTENT.into_response();
     if !ended.is_empty()
         && let Ok(value) = HeaderValue::from_str(&header)

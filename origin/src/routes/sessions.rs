@@ -96,9 +96,9 @@ pub(crate) async fn logout_user(
         LogoutScope::All => (Which::All, EndReason::LogoutAll),
         LogoutScope::Others => (Which::AllExcept(user.session_id), EndReason::LogoutOthers),
     };
-    let (ended, now) = end_now(&state, user.user_id, which, reason).await?;
+    let ended = end_now(&state, user.user_id, which, reason).await?;
     tracing::info!(user_id = %user.user_id, ended = ended.len(), scope = ?params.scope, "logged out");
-    Ok(ended_response(&state, &ended, now))
+    Ok(ended_response(&state, &ended))
 }
 
 /// `PUT /auth/password`: needs the current password; ends every other session of the user
@@ -165,7 +165,7 @@ pub(crate) async fn change_password(
         mail.queued_after_commit(&state, noticed);
     }
     tracing::info!(user_id = %user.user_id, ended = ended.len(), "password changed");
-    Ok(ended_response(&state, &ended, now))
+    Ok(ended_response(&state, &ended))
 }
 
 /// `GET /auth/sessions`: the user's live sessions, newest first.
@@ -211,22 +211,22 @@ pub(crate) async fn end_session(
     ApiPath(session_id): ApiPath<Uuid>,
 ) -> Result<impl IntoResponse> {
     let which = Which::One(session_id);
-    let (ended, now) = end_now(&state, user.user_id, which, EndReason::EndedByUser).await?;
+    let ended = end_now(&state, user.user_id, which, EndReason::EndedByUser).await?;
     if ended.is_empty() {
         return Err(ApiError::SessionNotFound);
     }
     tracing::info!(user_id = %user.user_id, %session_id, "session ended by its user");
-    Ok(ended_response(&state, &ended, now))
+    Ok(ended_response(&state, &ended))
 }
 
-/// Ends `which` sessions of `user_id` now, on a connection of its own: the ids of the sessions
-/// that were live, and the time they ended.
+/// Ends `which` sessions of `user_id` now, on a connection of its own: the sessions that were
+/// live.
 async fn end_now(
     state: &AppState,
     user_id: Uuid,
     which: Which,
     reason: EndReason,
-) -> Result<(Vec<Uuid>, time::OffsetDateTime)> {
+) -> Result<Vec<sessions::Ended>> {
     let now = state.clock.now();
     let mut connection = state.db.acquire().await?;
     let ended = sessions::end(
@@ -238,5 +238,5 @@ async fn end_now(
         now,
     )
     .await?;
-    Ok((ended, now))
+    Ok(ended)
 }

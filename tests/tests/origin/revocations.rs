@@ -6,8 +6,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gatehouse_shared::ExposeSecret;
+use gatehouse_shared::api::RevokedSession;
 use gatehouse_shared::api::{EDGE_SECRET_HEADER, RevocationList};
-use gatehouse_tests::{EDGE_SECRET, PASSWORD, TestApp, TestResponse, assert_refused};
+use gatehouse_tests::{EDGE_SECRET, PASSWORD, RowLock, TestApp, TestResponse, assert_refused};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -37,14 +38,16 @@ async fn revocation_list_names_ended_sessions_until_their_tokens_expire(pool: Pg
     let list: RevocationList = response.json();
     assert_eq!(list.revoked.len(), 1);
     assert_eq!(list.revoked[0].sid, ended.session_id);
-    assert_eq!(list.revoked[0].until, logged_out_at + 900 + 5);
+    // The lifetime plus the largest leeway either side may run with (30 s), whatever this
+    // origin's own leeway: the edge may be configured with more.
+    assert_eq!(list.revoked[0].until, logged_out_at + 900 + 30);
     assert!(list.revoked.iter().all(|r| r.sid != live.session_id));
     for refused in [without_secret, wrong_secret] {
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
         assert_eq!(refused.problem().code, "not_from_edge");
     }
 
-    app.clock.advance(Duration::from_secs(906));
+    app.clock.advance(Duration::from_secs(931));
     let later: RevocationList = revocations(&app, Some(EDGE_SECRET)).await.json();
     assert!(later.revoked.is_empty(), "entries expire with the tokens");
 }
@@ -63,7 +66,7 @@ async fn responses_that_end_sessions_name_them_for_the_edge(pool: PgPool) {
         )
         .await;
     let header = logout.header("x-gatehouse-ended-sessions").unwrap();
-    assert_eq!(header, format!("{}={}", second.session_id, now + 905));
+    assert_eq!(header, format!("{}={}", second.session_id, now + 930));
 
     let next = app.refreshed(first.refresh_token.expose_secret()).await;
     app.pass_reuse_window();
@@ -71,7 +74,7 @@ async fn responses_that_end_sessions_name_them_for_the_edge(pool: PgPool) {
     assert_refused(&reuse, "refresh_token_reused");
     assert_eq!(
         reuse.header("x-gatehouse-ended-sessions").unwrap(),
-        format!("{}={}", first.session_id, now + 11 + 905)
+        format!("{}={}", first.session_id, now + 11 + 930)
     );
     assert!(
         app.post_empty("/auth/logout", next.access_token.expose_secret())
@@ -112,4 +115,45 @@ async fn every_kind_of_ending_reaches_the_revocation_list(pool: PgPool) {
     ];
     expected.sort();
     assert_eq!(listed, expected);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_logout_that_read_the_time_before_a_refresh_still_outlives_its_token(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+    let access = registered.access_token.expose_secret();
+
+    // The refresh queues on the session's lock first and reads the time once it holds it; the
+    // logout reads the time before it queues. The clock moves a minute in between.
+    let mut lock = RowLock::take(&app.pool, "sessions", registered.session_id).await;
+    let refresh_queued = tokio::sync::Notify::new();
+    let (refresh, logout, ()) = tokio::join!(
+        app.refresh(registered.refresh_token.expose_secret()),
+        async {
+            refresh_queued.notified().await;
+            app.post_empty("/auth/logout", access).await
+        },
+        async {
+            lock.wait_for_waiters(1).await;
+            refresh_queued.notify_one();
+            lock.wait_for_waiters(2).await;
+            app.clock.advance(Duration::from_secs(60));
+            lock.release().await;
+        }
+    );
+
+    assert_eq!(refresh.status, StatusCode::OK);
+    let token_exp = app
+        .claims(
+            &refresh
+                .json::<gatehouse_shared::api::TokenResponse>()
+                .access_token,
+        )
+        .exp;
+    let header = logout.header("x-gatehouse-ended-sessions").unwrap();
+    let until = RevokedSession::from_header(header)[0].until;
+    assert!(
+        until >= token_exp + 30,
+        "the edge forgets the session at {until}, its last token expires at {token_exp}"
+    );
 }
