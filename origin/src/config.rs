@@ -122,6 +122,33 @@ const HASH_ROUNDS: RangeInclusive<u32> = 4..=18;
 /// Below this cost a warning is logged: fine for tests, too cheap for real passwords.
 const MIN_RECOMMENDED_HASH_ROUNDS: u32 = 10;
 
+/// Every secret value that appears, or has appeared, in the Gatehouse repository (test and
+/// development values): a production origin refuses them, since anyone can read them. A test
+/// walks the tree and fails on a secret value missing from this list.
+pub const PUBLISHED_SECRETS: &[&str] = &[
+    // wrangler.toml's `local` environment and `cargo xtask dev`, before each run made its own.
+    "local-development-edge-secret-not-for-production",
+    // The test suite's (tests/src/lib.rs).
+    "test-edge-secret-0123456789abcdef0123456789",
+    "test-server-secret-0123456789abcdef0123456789",
+];
+
+/// Refuses, in production, a secret `value` read from `variable` that is published.
+fn refuse_published(
+    variable: &'static str,
+    value: &str,
+    environment: Environment,
+) -> Result<(), ConfigError> {
+    if environment == Environment::Production && PUBLISHED_SECRETS.contains(&value.trim()) {
+        return Err(ConfigError::new(
+            variable,
+            "is a value published in the Gatehouse repository; make your own with \
+             `openssl rand -hex 32`",
+        ));
+    }
+    Ok(())
+}
+
 /// Shortest edge secret accepted: 32 characters of a random string is beyond guessing.
 const MIN_EDGE_SECRET_BYTES: usize = 32;
 
@@ -274,15 +301,14 @@ impl Config {
                 "needs mail to verify addresses, but MAIL_ENABLED is false",
             ));
         }
-        if config
-            .edge_secret
-            .as_ref()
-            .is_some_and(|secret| secret.expose_secret().len() < MIN_EDGE_SECRET_BYTES)
-        {
-            return Err(ConfigError::new(
-                "EDGE_SECRET",
-                format!("must be at least {MIN_EDGE_SECRET_BYTES} characters"),
-            ));
+        if let Some(secret) = &config.edge_secret {
+            if secret.expose_secret().len() < MIN_EDGE_SECRET_BYTES {
+                return Err(ConfigError::new(
+                    "EDGE_SECRET",
+                    format!("must be at least {MIN_EDGE_SECRET_BYTES} characters"),
+                ));
+            }
+            refuse_published("EDGE_SECRET", secret.expose_secret(), config.environment)?;
         }
         Ok(config)
     }
@@ -294,6 +320,7 @@ fn read_server_keys(env: &Env, environment: Environment) -> Result<ServerKeys, C
     match env.secret("SERVER_SECRET", "SERVER_SECRET_FILE")? {
         Some((secret, source)) => {
             let secret = secret.trim();
+            refuse_published(source, secret, environment)?;
             if secret.len() < MIN_SECRET_BYTES {
                 return Err(ConfigError::new(
                     source,
@@ -545,15 +572,17 @@ mod tests {
     /// Production settings every test would otherwise repeat; a test unsets one by giving it as
     /// an empty value (blank variables count as unset).
     const BASE: &[(&str, &str)] = &[
-        ("SERVER_SECRET", "0123456789abcdef0123456789abcdef"),
         ("SMTP_URL", "smtp://mail.example.com:587?tls=required"),
         ("MAIL_FROM", "Gatehouse <no-reply@example.com>"),
         ("MAIL_LINK_BASE_URL", "https://app.example.com/"),
     ];
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = BASE
+        // A root secret of this run's own: a literal here would be a published secret.
+        let secret = uuid::Uuid::new_v4().simple().to_string().repeat(2);
+        let vars: HashMap<String, String> = [("SERVER_SECRET", secret.as_str())]
             .iter()
+            .chain(BASE)
             .chain(vars)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -624,6 +653,93 @@ mod tests {
         assert_eq!(mail.link_base_url, "https://app.example.com");
         assert_eq!((mail.limit_per_address, mail.limit_per_ip), (3, 30));
         assert_eq!(mail.retry_max, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn production_refuses_every_published_secret_and_development_takes_them() {
+        for published in PUBLISHED_SECRETS {
+            for (variable, other) in [
+                ("EDGE_SECRET", "SERVER_SECRET"),
+                ("SERVER_SECRET", "EDGE_SECRET"),
+            ] {
+                let own = uuid::Uuid::new_v4().simple().to_string();
+
+                let error = production(&[(variable, published), (other, &own)]).unwrap_err();
+                let development = production(&[
+                    (variable, published),
+                    (other, &own),
+                    ("GATEHOUSE_ENV", "development"),
+                ]);
+
+                assert_eq!(error.name, variable);
+                assert!(error.reason.contains("published"), "{}", error.reason);
+                assert!(development.is_ok(), "{variable}");
+            }
+        }
+    }
+
+    /// Every quoted value of 32 or more characters that could be a secret (letters, digits and
+    /// `-_+/=` only) on a line of the repository that names a secret (`EDGE_SECRET`, `SERVER_SECRET`, ...), with where it was found.
+    fn secret_values_in_the_tree() -> Vec<(String, String)> {
+        fn walk(dir: &std::path::Path, found: &mut Vec<(String, String)>) {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    if !["target", "node_modules", ".git", "build"].contains(&name.as_str()) {
+                        walk(&path, found);
+                    }
+                    continue;
+                }
+                let text_file = [
+                    "rs", "toml", "md", "mjs", "js", "json", "yaml", "yml", "env",
+                ]
+                .iter()
+                .any(|ext| name.ends_with(&format!(".{ext}")));
+                if !text_file {
+                    continue;
+                }
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                for (number, line) in text.lines().enumerate() {
+                    if !line.contains("SECRET") {
+                        continue;
+                    }
+                    for (index, quoted) in line.split('"').enumerate() {
+                        let token_like = quoted
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_+/=".contains(&b));
+                        if index % 2 == 1 && quoted.len() >= 32 && token_like {
+                            let at = format!("{}:{}", path.display(), number + 1);
+                            found.push((quoted.to_owned(), at));
+                        }
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+            &mut found,
+        );
+        found
+    }
+
+    #[test]
+    fn every_secret_value_in_the_repository_is_on_the_published_list() {
+        let found = secret_values_in_the_tree();
+
+        assert!(
+            found.iter().any(|(value, _)| value == PUBLISHED_SECRETS[1]),
+            "the walk finds the test suite's edge secret: {found:?}"
+        );
+        for (value, at) in found {
+            assert!(
+                PUBLISHED_SECRETS.contains(&value.as_str()),
+                "{at}: {value} looks like a secret; add it to PUBLISHED_SECRETS"
+            );
+        }
     }
 
     #[test]

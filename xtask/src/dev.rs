@@ -24,9 +24,6 @@ pub const EDGE_PORT: u16 = 8787;
 pub const MAIL_SMTP_PORT: u16 = 1025;
 pub const MAIL_WEB_PORT: u16 = 1080;
 
-/// The `EDGE_SECRET` of `wrangler.toml`'s `local` environment, given to the origin too.
-pub const LOCAL_EDGE_SECRET: &str = "local-development-edge-secret-not-for-production";
-
 /// How long `wrangler dev` may take to print "Ready on".
 const EDGE_STARTUP: Duration = Duration::from_secs(120);
 
@@ -69,6 +66,8 @@ pub struct Stack {
     pub mail: Option<Child>,
     pub api_key: String,
     pub database_url: String,
+    /// This run's edge secret, shared by the origin and `wrangler dev`.
+    pub edge_secret: String,
 }
 
 impl Stack {
@@ -91,7 +90,9 @@ impl Stack {
         };
 
         let binary = build_origin(release)?;
-        let (origin, api_key) = start_origin(&binary, &database_url, ORIGIN_ADDR, log, env)?;
+        let edge_secret = fresh_secret();
+        let (origin, api_key) =
+            start_origin(&binary, &database_url, ORIGIN_ADDR, log, &edge_secret, env)?;
         let origin_url = format!("http://{ORIGIN_ADDR}");
         let mut stack = Stack {
             postgres,
@@ -102,13 +103,14 @@ impl Stack {
             mail: None,
             api_key,
             database_url,
+            edge_secret,
         };
         let started = async {
             stack.wait_until_healthy().await?;
             crate::edge::build()?;
             stack.mail = Some(start_mail()?);
             let edge_log = log.map(|path| path.with_extension("edge.log"));
-            stack.edge = Some(start_edge(edge_log.as_deref()).await?);
+            stack.edge = Some(start_edge(edge_log.as_deref(), &stack.edge_secret).await?);
             anyhow::Ok(())
         };
         if let Err(error) = started.await {
@@ -183,12 +185,13 @@ const CURL_EXAMPLES: &str = r#"
 
 /// `wrangler dev --env local` on 127.0.0.1:8787, in its own process group; returns once it is
 /// ready. Its output goes to `log` when given, else to this terminal.
-async fn start_edge(log: Option<&Path>) -> anyhow::Result<Child> {
+async fn start_edge(log: Option<&Path>, edge_secret: &str) -> anyhow::Result<Child> {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
     let mut wrangler = Command::new(crate::edge::node_bin("wrangler"))
         .current_dir(crate::root())
         .args("dev --config wrangler.toml --env local --ip 127.0.0.1".split(' '))
         .args(["--port", &EDGE_PORT.to_string(), "--inspector-port", "0"])
+        .args(["--var", &format!("EDGE_SECRET:{edge_secret}")])
         .args(["--show-interactive-dev-session=false"])
         .env("WRANGLER_SEND_METRICS", "false")
         .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
@@ -254,23 +257,30 @@ fn start_mail() -> anyhow::Result<Child> {
 fn dev_server_secret() -> anyhow::Result<PathBuf> {
     let path = crate::target_dir().join("gatehouse-dev-server-secret");
     if !path.exists() {
-        let secret = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        std::fs::write(&path, secret)?;
+        std::fs::write(&path, fresh_secret())?;
     }
     Ok(path)
 }
 
+/// A new random secret (244 random bits in 64 hex digits). Each run of the stack gets its own
+/// edge secret: the origin runs as production, which refuses every secret published in the
+/// repository.
+pub fn fresh_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// Creates an API key on `database_url` and starts `binary` serving at `addr` with the
-/// development signing key and edge secret, plus `env`; returns the process and the key.
+/// development signing key, `edge_secret`, plus `env`; returns the process and the key.
 pub fn start_origin(
     binary: &Path,
     database_url: &str,
     addr: &str,
     log: Option<&Path>,
+    edge_secret: &str,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(Child, String)> {
     let sh = xshell::Shell::new()?;
@@ -290,7 +300,7 @@ pub fn start_origin(
         .env("LISTEN_ADDR", addr)
         .env("JWT_SIGNING_KEY_FILE", &key_file)
         .env("JWT_ISSUER", format!("http://{ORIGIN_ADDR}"))
-        .env("EDGE_SECRET", LOCAL_EDGE_SECRET)
+        .env("EDGE_SECRET", edge_secret)
         .env("SERVER_SECRET_FILE", dev_server_secret()?)
         .env("SMTP_URL", format!("smtp://127.0.0.1:{MAIL_SMTP_PORT}"))
         .env("MAIL_FROM", "Gatehouse <gatehouse@localhost>")
@@ -346,8 +356,8 @@ pub fn build_origin(release: bool) -> anyhow::Result<PathBuf> {
 
 fn write_env_file(path: &Path, stack: &Stack) -> anyhow::Result<()> {
     let contents = format!(
-        "EDGE_URL={}\nORIGIN_URL={}\nAPI_KEY={}\nDATABASE_URL={}\nMAIL_URL=http://127.0.0.1:{MAIL_WEB_PORT}\n",
-        stack.edge_url, stack.origin_url, stack.api_key, stack.database_url
+        "EDGE_URL={}\nORIGIN_URL={}\nAPI_KEY={}\nDATABASE_URL={}\nMAIL_URL=http://127.0.0.1:{MAIL_WEB_PORT}\nEDGE_SECRET={}\n",
+        stack.edge_url, stack.origin_url, stack.api_key, stack.database_url, stack.edge_secret
     );
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }

@@ -50,11 +50,13 @@ pub fn run(postgres: &Postgres) -> anyhow::Result<bool> {
         let addr = format!("127.0.0.1:{}", crate::pg::free_port()?);
         let url = format!("http://{addr}");
         let log = crate::target_dir().join("gatehouse-fuzz-origin.log");
+        let edge_secret = crate::dev::fresh_secret();
         let (mut origin, api_key) = crate::dev::start_origin(
             &binary,
             &database_url,
             &addr,
             Some(&log),
+            &edge_secret,
             // Every generated request comes from 127.0.0.1: the login limits are lifted so
             // that they do not turn the later operations into a run of 429s.
             &[
@@ -90,10 +92,7 @@ pub fn run(postgres: &Postgres) -> anyhow::Result<bool> {
                     .args(["--workers", "1", "--request-timeout", "10", "--no-color"])
                     .args(["-H", &format!("X-API-Key: {api_key}")])
                     .args(["-H", &format!("Authorization: Bearer {token}")])
-                    .args([
-                        "-H",
-                        &format!("{EDGE_SECRET_HEADER}: {}", crate::dev::LOCAL_EDGE_SECRET),
-                    ])
+                    .args(["-H", &format!("{EDGE_SECRET_HEADER}: {edge_secret}")])
                     .current_dir(crate::target_dir())
                     .status()
                     .await

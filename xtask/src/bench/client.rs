@@ -20,6 +20,8 @@ pub struct Bench {
     pub client: Client,
     pub url: String,
     pub api_key: String,
+    /// The stack's edge secret, for requests sent as the edge forwards them (with a client IP).
+    pub edge_secret: String,
 }
 
 /// One timed request.
@@ -151,7 +153,7 @@ impl Bench {
         });
         if let Some(ip) = client_ip {
             request = request
-                .header(EDGE_SECRET_HEADER, crate::dev::LOCAL_EDGE_SECRET)
+                .header(EDGE_SECRET_HEADER, &self.edge_secret)
                 .header(CLIENT_IP_HEADER, ip);
         }
         match request.send().await {
@@ -168,7 +170,7 @@ impl Bench {
         let request = self
             .post("/auth/password/forgot")
             .json(&serde_json::json!({ "email": email }))
-            .header(EDGE_SECRET_HEADER, crate::dev::LOCAL_EDGE_SECRET)
+            .header(EDGE_SECRET_HEADER, &self.edge_secret)
             .header(CLIENT_IP_HEADER, client_ip);
         match request.send().await {
             Ok(response) => response.status() == StatusCode::ACCEPTED,

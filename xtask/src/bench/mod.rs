@@ -437,27 +437,31 @@ async fn find_target() -> anyhow::Result<Target> {
         .pool_max_idle_per_host(64)
         .timeout(Duration::from_secs(60))
         .build()?;
-    let target = |origin: String, edge: String, api_key: String, stack| Target {
-        origin: Bench {
-            client: client.clone(),
-            url: origin,
-            api_key: api_key.clone(),
-        },
-        edge: Bench {
-            client: client.clone(),
-            url: edge,
-            api_key,
-        },
-        metrics_url: metrics_url.clone(),
-        stack,
-    };
+    let target =
+        |origin: String, edge: String, api_key: String, edge_secret: String, stack| Target {
+            origin: Bench {
+                client: client.clone(),
+                url: origin,
+                api_key: api_key.clone(),
+                edge_secret: edge_secret.clone(),
+            },
+            edge: Bench {
+                client: client.clone(),
+                url: edge,
+                api_key,
+                edge_secret,
+            },
+            metrics_url: metrics_url.clone(),
+            stack,
+        };
     let from_env = |name: &str| std::env::var(name).ok();
-    if let (Some(origin), Some(edge), Some(api_key)) = (
+    if let (Some(origin), Some(edge), Some(api_key), Some(edge_secret)) = (
         from_env("ORIGIN_URL"),
         from_env("EDGE_URL"),
         from_env("API_KEY"),
+        from_env("EDGE_SECRET"),
     ) {
-        return Ok(target(origin, edge, api_key, None));
+        return Ok(target(origin, edge, api_key, edge_secret, None));
     }
     let env_file = crate::target_dir().join("gatehouse-dev.env");
     if let Ok(contents) = std::fs::read_to_string(&env_file) {
@@ -467,9 +471,12 @@ async fn find_target() -> anyhow::Result<Target> {
                 .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
                 .map(str::to_owned)
         };
-        if let (Some(origin), Some(edge), Some(api_key)) =
-            (get("ORIGIN_URL"), get("EDGE_URL"), get("API_KEY"))
-        {
+        if let (Some(origin), Some(edge), Some(api_key), Some(edge_secret)) = (
+            get("ORIGIN_URL"),
+            get("EDGE_URL"),
+            get("API_KEY"),
+            get("EDGE_SECRET"),
+        ) {
             let healthy = |url: &str| {
                 let request = client.get(format!("{url}/health")).send();
                 async { request.await.is_ok_and(|r| r.status().is_success()) }
@@ -479,7 +486,7 @@ async fn find_target() -> anyhow::Result<Target> {
                     "xtask: measuring the running stack from {}",
                     env_file.display()
                 );
-                return Ok(target(origin, edge, api_key, None));
+                return Ok(target(origin, edge, api_key, edge_secret, None));
             }
         }
     }
@@ -493,6 +500,7 @@ async fn find_target() -> anyhow::Result<Target> {
         stack.origin_url.clone(),
         stack.edge_url.clone(),
         stack.api_key.clone(),
+        stack.edge_secret.clone(),
         Some(stack),
     ))
 }
