@@ -22,3 +22,12 @@ create index refresh_tokens_sealed_idx on refresh_tokens (spent_at) where succes
 -- (unkeyed SHA-256) can never match again; trust keyed on an address must not survive.
 delete from login_trusted_clients;
 delete from login_attempts;
+
+-- Signing keys revoked in an emergency (`gatehouse-origin key revoke KID`): out of the JWKS,
+-- refused by the origin, and listed to every edge, which refuses their tokens even from a cached
+-- key set. Kept for good: the list is tiny, and a key must never come back.
+create table revoked_signing_keys (
+    kid text not null,
+    revoked_at timestamptz not null,
+    constraint revoked_signing_keys_pkey primary key (kid)
+);

@@ -182,7 +182,9 @@ async fn authenticate(
     let token = gatehouse_shared::api::bearer_token(header.as_deref().map(str::as_bytes))?;
     let now = (Date::now().as_millis() / 1000) as i64;
     let claims = jwks::validate(token, config, now, request_id).await?;
-    revocations::check(claims.sid, now, config, request_id).await?;
+    // The header passed validation, so its kid is there.
+    let kid = gatehouse_shared::token::key_id(token).map_err(AppError::InvalidToken)?;
+    revocations::check(claims.sid, &kid, now, config, request_id).await?;
     Ok(claims)
 }
 

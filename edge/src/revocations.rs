@@ -16,6 +16,10 @@
 //! list is used for at most `REVOCATION_MAX_STALE_SECS`; after that the edge answers 503 rather
 //! than vouch for tokens it can no longer check.
 //!
+//! The list also names signing keys revoked in an emergency (`gatehouse-origin key revoke`):
+//! tokens they signed are refused here too, even while this isolate still holds a key set that
+//! has the key in it.
+//!
 //! Why not Workers KV: a pull needs nothing but the origin, works the same under Miniflare, and
 //! its bound (seconds) is tighter than KV's global propagation (about 60 s). A push into KV would
 //! also need the origin to hold a Cloudflare API token and to retry failed pushes.
@@ -25,6 +29,7 @@ use std::collections::HashMap;
 use std::thread::LocalKey;
 
 use gatehouse_shared::api::{ENDED_SESSIONS_HEADER, RevocationList, RevokedSession};
+use gatehouse_shared::token::TokenError;
 use uuid::Uuid;
 use worker::{Date, Response};
 
@@ -32,8 +37,12 @@ use crate::cache::{self, Document, Held, Lifetime};
 use crate::config::EdgeConfig;
 use crate::error::AppError;
 
-/// The origin's list: session id → Unix second after which its tokens are all expired anyway.
-struct Revoked(HashMap<Uuid, i64>);
+/// The origin's list: session id → Unix second after which its tokens are all expired anyway;
+/// and the revoked signing keys.
+struct Revoked {
+    sessions: HashMap<Uuid, i64>,
+    kids: Vec<String>,
+}
 
 impl Document for Revoked {
     const NAME: &'static str = "the revocation list";
@@ -50,12 +59,14 @@ impl Document for Revoked {
 
     fn parse(body: &str) -> Option<Self> {
         let list: RevocationList = serde_json::from_str(body).ok()?;
-        Some(Revoked(
-            list.revoked
+        Some(Revoked {
+            sessions: list
+                .revoked
                 .into_iter()
                 .map(|entry| (entry.sid, entry.until))
                 .collect(),
-        ))
+            kids: list.revoked_kids,
+        })
     }
 
     /// The origin's max-age is not used: the refresh interval is the edge's own promise.
@@ -77,9 +88,11 @@ thread_local! {
     static LEARNT: RefCell<HashMap<Uuid, i64>> = RefCell::new(HashMap::new());
 }
 
-/// Refuses `sid` when the origin has ended that session; `now` in Unix seconds.
+/// Refuses a token of session `sid` signed by key `kid` when the origin has ended that session or
+/// revoked that key; `now` in Unix seconds.
 pub async fn check(
     sid: Uuid,
+    kid: &str,
     now: i64,
     config: &EdgeConfig,
     request_id: &str,
@@ -91,8 +104,11 @@ pub async fn check(
     let list = cache::current::<Revoked>(config, request_id)
         .await?
         .document;
-    if list.0.get(&sid).is_some_and(|until| *until >= now) {
+    if list.sessions.get(&sid).is_some_and(|until| *until >= now) {
         return Err(AppError::SessionEnded);
+    }
+    if list.kids.iter().any(|revoked| revoked == kid) {
+        return Err(AppError::InvalidToken(TokenError::UnknownKeyId));
     }
     Ok(())
 }

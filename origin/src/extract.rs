@@ -55,12 +55,15 @@ impl FromRequestParts<AppState> for AuthUser {
             state.metrics.verification(error.code());
             ApiError::InvalidToken(error)
         })?;
+        // The header passed validation, so its kid is there.
+        let kid = gatehouse_shared::token::key_id(token).map_err(ApiError::InvalidToken)?;
         let mut connection = state.db.acquire().await?;
         let live = sessions::is_live(
             &mut connection,
             &state.sessions,
             claims.sid,
             claims.sub,
+            &kid,
             now,
         )
         .await?;

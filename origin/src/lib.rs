@@ -20,6 +20,7 @@ pub mod password_policy;
 pub mod routes;
 pub mod server_secret;
 pub mod sessions;
+pub mod signing_keys;
 pub mod telemetry;
 pub mod throttle;
 pub mod tokens;
@@ -100,6 +101,8 @@ pub struct AppState {
     pub refresh_key: gatehouse_shared::refresh::RefreshKey,
     /// The key that names brute-force counters, derived from `server_keys`.
     pub counter_names: throttle::CounterNames,
+    /// Signing keys revoked in an emergency, as the JWKS route sees them.
+    pub revoked_keys: signing_keys::RevokedKeys,
     /// Outgoing mail; `None` when `MAIL_ENABLED` is false, and the mail routes answer 404.
     pub mail: Option<mail::Mail>,
     /// Erasure of deactivated and never-verified accounts; whether sign-in needs a verified
@@ -150,6 +153,7 @@ impl AppState {
                 .map(|secret| Arc::from(secret.expose_secret())),
             refresh_key: config.server_keys.refresh_key(),
             counter_names: config.server_keys.counter_names(),
+            revoked_keys: signing_keys::RevokedKeys::default(),
             server_keys: config.server_keys,
             mail: config.mail.map(mail::Mail::new),
             accounts: config.accounts,

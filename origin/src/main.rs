@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use gatehouse_origin::config::Config;
 use gatehouse_origin::db::{Database, MIGRATOR};
-use gatehouse_origin::{AppState, api_keys, app, janitor, serve, telemetry, users};
+use gatehouse_origin::{AppState, api_keys, app, janitor, serve, signing_keys, telemetry, users};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::signing::TokenSigner;
 
@@ -22,6 +22,9 @@ commands:
   user erase EMAIL        erase an account and all its data now (its unexpired access tokens
                           still pass the edge until they expire; deactivate first to end them)
   keygen                  print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY
+  key revoke KID          emergency: stop publishing and accepting a signing key everywhere
+                          (origins refuse its tokens at once, edges within their revocation
+                          refresh); then restart every origin with a new JWT_SIGNING_KEY
 
 configuration comes from environment variables; see README.md";
 
@@ -37,6 +40,7 @@ async fn main() -> ExitCode {
         ["api-key", "list"] => list_api_keys().await,
         ["api-key", "revoke", id] => revoke_api_key(id).await,
         ["user", action @ ("reactivate" | "erase"), email] => user_command(action, email).await,
+        ["key", "revoke", kid] => revoke_signing_key(kid).await,
         ["keygen"] => {
             print!(
                 "{}",
@@ -70,6 +74,7 @@ async fn run_server() -> anyhow::Result<()> {
         .run(db.pool())
         .await
         .context("applying migrations")?;
+    refuse_revoked_signing_key(&db, &config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
@@ -100,6 +105,38 @@ async fn run_server() -> anyhow::Result<()> {
     janitor.abort();
     if let Some(courier) = courier {
         courier.stop().await;
+    }
+    Ok(())
+}
+
+/// An origin told to sign with a revoked key would issue tokens every other part refuses.
+async fn refuse_revoked_signing_key(db: &Database, config: &Config) -> anyhow::Result<()> {
+    let kid = match &config.signing_key {
+        gatehouse_origin::config::SigningKeySource::Configured(signer)
+        | gatehouse_origin::config::SigningKeySource::Ephemeral(signer) => signer.kid().to_owned(),
+    };
+    let mut connection = db.acquire().await?;
+    if signing_keys::revoked(&mut connection).await?.contains(&kid) {
+        anyhow::bail!(
+            "JWT_SIGNING_KEY: key {kid} has been revoked (`gatehouse-origin key revoke`); \
+             configure a new one (`gatehouse-origin keygen`)"
+        );
+    }
+    Ok(())
+}
+
+async fn revoke_signing_key(kid: &str) -> anyhow::Result<()> {
+    let pool = command_pool().await?;
+    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    let mut connection = pool.acquire().await?;
+    let now = time::OffsetDateTime::now_utc();
+    if signing_keys::revoke(&mut connection, kid, now).await? {
+        eprintln!(
+            "revoked signing key {kid}: origins refuse its tokens now, edges within their \
+             revocation refresh; restart every origin still signing with it with a new key"
+        );
+    } else {
+        eprintln!("signing key {kid} was already revoked");
     }
     Ok(())
 }

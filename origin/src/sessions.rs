@@ -486,24 +486,28 @@ pub async fn end(
 }
 
 /// Whether the session `session_id` of `user_id` is live at `now` under `policy` (not ended,
-/// not expired) and its account active. The signature of a token proves who issued it; only
-/// this tells whether the session was ended or the account deactivated since.
+/// not expired), its account active, and the key `kid` that signed the token not revoked (see
+/// [`crate::signing_keys`]). The signature of a token proves who issued it; only this tells
+/// whether the session was ended, the account deactivated or the key revoked since.
 pub async fn is_live(
     connection: &mut PgConnection,
     policy: &SessionPolicy,
     session_id: Uuid,
     user_id: Uuid,
+    kid: &str,
     now: OffsetDateTime,
 ) -> Result<bool> {
     let (created_after, used_after) = policy.live_bounds(now);
     let live = sqlx::query_scalar!(
         r#"select exists (select 1 from sessions s join users u on u.id = s.user_id
             where s.id = $1 and s.user_id = $2 and s.revoked_at is null and u.is_active
-              and s.created_at > $3 and s.last_used_at > $4) as "live!""#,
+              and s.created_at > $3 and s.last_used_at > $4
+              and not exists (select 1 from revoked_signing_keys k where k.kid = $5)) as "live!""#,
         session_id,
         user_id,
         created_after,
         used_after,
+        kid,
     )
     .fetch_one(connection)
     .await?;

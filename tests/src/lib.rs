@@ -621,6 +621,7 @@ pub async fn spawn_server(state: AppState) -> (SocketAddr, tokio::task::JoinHand
     (addr, server)
 }
 
+pub mod cluster;
 pub mod edge;
 pub mod mail;
 pub mod pg;

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every test of the project, with whatever it needs installed and started,
 //! and cleanup whatever the outcome:
-//! - the edge worker built (installing its tools when missing) for the end-to-end tests;
+//! - the edge worker built (installing its tools when missing) for the end-to-end tests, and the
+//!   origin binary for the tests that run several instances of it;
 //! - a fresh PostgreSQL for the origin and end-to-end tests, on which the committed `.sqlx/`
 //!   query data is first checked against the migrations (see [`crate::sqlx`]);
 //! - the workspace's tests natively, then schemathesis against the origin's OpenAPI description,
@@ -27,11 +28,25 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         totals.failed += 1;
     }
 
+    // The multi-instance tests run the real binary, several at once (`gatehouse_tests::cluster`).
+    let status = crate::cargo()
+        .args([
+            "build",
+            "-p",
+            "gatehouse-origin",
+            "--bin",
+            "gatehouse-origin",
+        ])
+        .status()
+        .context("building gatehouse-origin")?;
+    anyhow::ensure!(status.success(), "building gatehouse-origin failed");
+    let origin_bin = crate::target_dir().join("debug/gatehouse-origin");
     let mut native = crate::cargo();
     native
         .args(["test", "--no-fail-fast"])
         .args(extra)
-        .env("DATABASE_URL", postgres.url("postgres"));
+        .env("DATABASE_URL", postgres.url("postgres"))
+        .env("GATEHOUSE_ORIGIN_BIN", origin_bin);
     let native_ok = run_counted(&mut native, &mut totals)?;
     // The API description against the running origin; one entry in the totals. Skipped with a
     // filter, like the wasm run.

@@ -11,16 +11,17 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::error::Result;
 use crate::extract::FromEdge;
-use crate::sessions;
+use crate::{sessions, signing_keys};
 
 /// `GET /edge/revocations`.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_revocations))
 }
 
-/// The sessions ended recently enough that one of their access tokens may still be unexpired.
-/// The edge refuses tokens of these sessions; older ones need no entry, their tokens have
-/// expired. Every revocation is here whatever caused it and whichever way its request came.
+/// The sessions ended recently enough that one of their access tokens may still be unexpired,
+/// and the signing keys revoked. The edge refuses tokens of these sessions and keys; older
+/// sessions need no entry, their tokens have expired. Every revocation is here whatever caused it
+/// and whichever way its request came.
 #[utoipa::path(
     get, path = "/edge/revocations", tag = "edge",
     security(("edge_secret" = [])),
@@ -42,11 +43,13 @@ pub(crate) async fn list_revocations(
         state.tokens.longest_validity(),
     )
     .await?;
+    let revoked_kids = signing_keys::revoked(&mut connection).await?;
     Ok((
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
         Json(RevocationList {
             generated_at: now.unix_timestamp(),
             revoked,
+            revoked_kids,
         }),
     ))
 }

@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
-#[allow(unused_imports)] // named by the OpenAPI annotation
 use gatehouse_shared::jwk::JwkSet;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -24,8 +23,12 @@ pub(crate) async fn get_jwks(State(state): State<AppState>) -> impl IntoResponse
     let cache_control =
         HeaderValue::from_str(&format!("public, max-age={}", state.jwks_max_age.as_secs()))
             .expect("digits are a valid header value");
-    (
-        [(header::CACHE_CONTROL, cache_control)],
-        Json(state.tokens.jwks().clone()),
-    )
+    let revoked = state
+        .revoked_keys
+        .current(&state.db, state.clock.now())
+        .await;
+    let mut jwks = state.tokens.jwks().clone();
+    jwks.keys
+        .retain(|key| !key.kid.as_ref().is_some_and(|kid| revoked.contains(kid)));
+    ([(header::CACHE_CONTROL, cache_control)], Json(jwks))
 }

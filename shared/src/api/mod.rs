@@ -430,6 +430,11 @@ pub struct RevocationList {
     pub generated_at: i64,
     /// The sessions.
     pub revoked: Vec<RevokedSession>,
+    /// Signing keys revoked in an emergency (`gatehouse-origin key revoke`): tokens they signed
+    /// are refused even by an edge still holding a key set with them. Absent from an origin that
+    /// predates it, which reads as none.
+    #[serde(default)]
+    pub revoked_kids: Vec<String>,
 }
 
 /// `GET /auth/verify`.

@@ -3,6 +3,7 @@
 //! answered itself. Needs `DATABASE_URL`, Node and the built worker; `cargo xtask test` provides
 //! all three, and without them every test fails.
 
+mod cluster;
 mod cors;
 mod flow;
 mod hardening;

@@ -1,0 +1,148 @@
+//! Several real `gatehouse-origin` processes on one test database, as behind a load balancer:
+//! what "every instance shares the counts and the sessions" has to be shown on. Each process runs
+//! the built binary (`cargo xtask test` builds it and names it in `GATEHOUSE_ORIGIN_BIN`) with the
+//! test app's signing key, secrets and API key, so a token or refresh token from one is good at
+//! the others, and the test app's pool sees what they write.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::edge::KillGroup;
+use crate::{AUDIENCE, EDGE_SECRET, ISSUER, SERVER_SECRET, TestApp};
+
+/// How long an origin process may take to answer `/health`.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One origin process.
+pub struct OriginProcess {
+    /// Base URL, without a trailing slash.
+    pub url: String,
+    _process: Child,
+    _group: KillGroup,
+}
+
+/// Origin processes sharing the test app's database.
+pub struct Cluster {
+    /// The processes, in start order.
+    pub origins: Vec<OriginProcess>,
+}
+
+impl Cluster {
+    /// Starts `instances` origins on `app`'s database with its signing key and secrets, mail off,
+    /// the test bcrypt cost, plus `env` (which wins).
+    pub async fn start(app: &TestApp, instances: usize, env: &[(&str, &str)]) -> Cluster {
+        let binary = origin_binary();
+        let database_url = database_url(app).await;
+        let signing_key = app.signer.to_pkcs8_pem();
+        let mut origins = Vec::with_capacity(instances);
+        for _ in 0..instances {
+            let port = free_port();
+            let mut process = Command::new(&binary)
+                .arg("serve")
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("GATEHOUSE_ENV", "development")
+                .env("DATABASE_URL", &database_url)
+                .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+                .env("METRICS_LISTEN_ADDR", "off")
+                .env("JWT_SIGNING_KEY", signing_key.as_str())
+                .env("JWT_ISSUER", ISSUER)
+                .env("JWT_AUDIENCE", AUDIENCE)
+                .env("EDGE_SECRET", EDGE_SECRET)
+                .env("SERVER_SECRET", SERVER_SECRET)
+                .env("MAIL_ENABLED", "false")
+                .env("PASSWORD_HASH_ROUNDS", crate::TEST_HASH_COST.to_string())
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("gatehouse-origin starts");
+            let group = KillGroup(process.id().expect("the origin is running"));
+            let url = format!("http://127.0.0.1:{port}");
+            wait_until_healthy(&mut process, &url).await;
+            origins.push(OriginProcess {
+                url,
+                _process: process,
+                _group: group,
+            });
+        }
+        Cluster { origins }
+    }
+}
+
+/// The built `gatehouse-origin` binary.
+pub fn origin_binary() -> String {
+    std::env::var("GATEHOUSE_ORIGIN_BIN")
+        .expect("GATEHOUSE_ORIGIN_BIN names the built gatehouse-origin: run `cargo xtask test`")
+}
+
+/// The URL of `app`'s own database, on the server `DATABASE_URL` names.
+pub async fn database_url(app: &TestApp) -> String {
+    let name: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&app.pool)
+        .await
+        .expect("the test database answers");
+    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+    let base = server.split('?').next().unwrap_or(&server);
+    let (root, _) = base.rsplit_once('/').expect("a URL with a database path");
+    format!("{root}/{name}")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+async fn wait_until_healthy(process: &mut Child, url: &str) {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = process.try_wait() {
+            panic!("gatehouse-origin exited before it was healthy: {status}");
+        }
+        let health = client.get(format!("{url}/health")).send().await;
+        if health.is_ok_and(|response| response.status().is_success()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gatehouse-origin at {url} was not healthy within {STARTUP_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl OriginProcess {
+    /// A request to this origin with the test app's API key, as the edge forwards it for a client
+    /// at `client_ip`.
+    pub fn request(
+        &self,
+        app: &TestApp,
+        method: reqwest::Method,
+        path: &str,
+        client_ip: &str,
+    ) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url))
+            .header("x-api-key", &app.api_key)
+            .header(gatehouse_shared::api::EDGE_SECRET_HEADER, EDGE_SECRET)
+            .header(gatehouse_shared::api::CLIENT_IP_HEADER, client_ip)
+    }
+
+    /// `GET /auth/verify` with `token`: its status.
+    pub async fn verify(&self, app: &TestApp, token: &str) -> reqwest::StatusCode {
+        self.request(app, reqwest::Method::GET, "/auth/verify", "192.0.2.1")
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the origin answers")
+            .status()
+    }
+}
