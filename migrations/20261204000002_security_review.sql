@@ -12,6 +12,8 @@ alter table sessions
     -- REFRESH_LIMIT_PER_SESSION: rotations counted in the fixed window that began at this time.
     add column refresh_window_start timestamptz,
     add column refresh_window_count integer not null default 0,
+    -- Answers under the reuse window in the same window, counted apart (ten times the limit).
+    add column refresh_window_replays integer not null default 0,
     add constraint sessions_refresh_generation_check check (refresh_generation >= 0);
 
 -- The janitor's seal wipe reads only rows that still hold a seal.

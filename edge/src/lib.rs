@@ -110,10 +110,13 @@ async fn handle(
     }
     if route.gate != Gate::Open {
         let key = request.headers().get(API_KEY_HEADER)?;
-        let client_block = client
-            .as_ref()
-            .map_or_else(String::new, |ip| gatehouse_shared::api::client_block(*ip));
-        api_keys::require_valid(key.as_deref(), &client_block, config, request_id).await?;
+        // Key misses are counted per IPv4 address or IPv6 /48 (the widest block counted
+        // anywhere): a client with a valid key rarely misses, and a /48 holds 65,536 /64s.
+        let miss_block = client
+            .and_then(|ip| gatehouse_shared::api::client_blocks(ip).pop())
+            .map(|(_, block)| block)
+            .unwrap_or_default();
+        api_keys::require_valid(key.as_deref(), &miss_block, config, request_id).await?;
     }
     if route.gate == Gate::User {
         let claims = authenticate(&request, config, request_id).await?;

@@ -124,13 +124,16 @@ const MIN_RECOMMENDED_HASH_ROUNDS: u32 = 10;
 
 /// Every secret value that appears, or has appeared, in the Gatehouse repository (test and
 /// development values): a production origin refuses them, since anyone can read them. A test
-/// walks the tree and fails on a secret value missing from this list.
+/// walks the tree and fails on a secret value missing from this list; values that only the
+/// history holds are added by hand when they leave the tree.
 pub const PUBLISHED_SECRETS: &[&str] = &[
     // wrangler.toml's `local` environment and `cargo xtask dev`, before each run made its own.
     "local-development-edge-secret-not-for-production",
     // The test suite's (tests/src/lib.rs).
     "test-edge-secret-0123456789abcdef0123456789",
     "test-server-secret-0123456789abcdef0123456789",
+    // The configuration tests' SERVER_SECRET until each run made its own.
+    "0123456789abcdef0123456789abcdef",
 ];
 
 /// Refuses, in production, a secret `value` read from `variable` that is published.

@@ -126,6 +126,15 @@ async fn refuse_revoked_signing_key(db: &Database, config: &Config) -> anyhow::R
 }
 
 async fn revoke_signing_key(kid: &str) -> anyhow::Result<()> {
+    // Key ids are RFC 7638 thumbprints: SHA-256 in unpadded base64url, 43 characters. Anything
+    // else is a typo, which would leave the leaked key working while reporting success.
+    let thumbprint = kid.len() == 43
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !thumbprint {
+        anyhow::bail!("{kid} is not a key id (43 characters of base64url, as the JWKS shows)");
+    }
     let pool = command_pool().await?;
     MIGRATOR.run(&pool).await.context("applying migrations")?;
     let mut connection = pool.acquire().await?;

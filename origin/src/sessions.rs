@@ -16,6 +16,8 @@
 //!   nothing, so a session id seen in an access token is not enough to end someone's session.
 //! - Rotations are limited per session (`REFRESH_LIMIT_PER_SESSION` a minute, 429 beyond): a
 //!   client looping on refresh costs one row update each, never storage, and not without bound.
+//!   Answers under the reuse window are counted apart, against ten times that, so racing tabs
+//!   never use up the rotation limit and replaying the previous token is bounded too.
 //!
 //! A session stores its live generation, not its tokens, so its storage is the same after one
 //! refresh or a million.
@@ -189,6 +191,7 @@ struct LockedSession {
     refresh_rotated_at: Option<OffsetDateTime>,
     refresh_window_start: Option<OffsetDateTime>,
     refresh_window_count: i32,
+    refresh_window_replays: i32,
 }
 
 /// Which token of its session a presented one is, once the server has vouched for it.
@@ -270,22 +273,19 @@ pub async fn refresh(
         return Err(ApiError::InvalidRefreshToken);
     }
     let mut tx = db.begin().await?;
-    let (session_id, position) = match presented {
-        Presented::Issued(token) => (token.session_id(), Position::Generation(token.generation())),
+    // An old-format token names its session only through its row.
+    let (session_id, legacy_row) = match presented {
+        Presented::Issued(token) => (token.session_id(), None),
         Presented::Legacy(token) => {
             let hash = token.lookup_hash();
             let row = sqlx::query!(
-                "select id, session_id, spent_at from refresh_tokens where token_hash = $1",
+                "select id, session_id from refresh_tokens where token_hash = $1",
                 hash.as_slice(),
             )
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(ApiError::InvalidRefreshToken)?;
-            let position = Position::Legacy {
-                id: row.id,
-                spent_at: row.spent_at,
-            };
-            (row.session_id, position)
+            (row.session_id, Some(row.id))
         }
     };
 
@@ -295,7 +295,7 @@ pub async fn refresh(
         LockedSession,
         "select s.user_id, s.created_at, s.last_used_at, s.revoked_at, u.is_active,
                 s.refresh_generation, s.refresh_rotated_at, s.refresh_window_start,
-                s.refresh_window_count
+                s.refresh_window_count, s.refresh_window_replays
          from sessions s join users u on u.id = s.user_id
          where s.id = $1 for update of s",
         session_id,
@@ -316,6 +316,20 @@ pub async fn refresh(
         return Err(ApiError::SessionExpired);
     }
 
+    // An old-format token's state is read only now that the lock is held: a racing refresh with
+    // the same token may have spent it while this one queued.
+    let position = match (presented, legacy_row) {
+        (Presented::Issued(token), _) => Position::Generation(token.generation()),
+        (Presented::Legacy(_), Some(id)) => {
+            let spent_at =
+                sqlx::query_scalar!("select spent_at from refresh_tokens where id = $1", id,)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(ApiError::InvalidRefreshToken)?;
+            Position::Legacy { id, spent_at }
+        }
+        (Presented::Legacy(_), None) => return Err(ApiError::InvalidRefreshToken),
+    };
     let live = u64::try_from(session.refresh_generation).unwrap_or_default();
     let verdict = position.judge(live, session.refresh_rotated_at, policy.reuse_window, now);
     let generation = match verdict {
@@ -324,22 +338,17 @@ pub async fn refresh(
             live + 1
         }
         Verdict::Successor => {
-            sqlx::query!(
-                "update sessions set last_used_at = $2 where id = $1",
-                session_id,
-                now,
-            )
-            .execute(&mut *tx)
-            .await?;
+            replay(&mut tx, policy, session_id, &session, now).await?;
             live
         }
         Verdict::Reused => {
-            end_locked(&mut tx, session_id, EndReason::RefreshTokenReused, now).await?;
+            let ended_at =
+                end_locked(&mut tx, session_id, EndReason::RefreshTokenReused, now).await?;
             tx.commit().await?;
             tracing::warn!(%session_id, "spent refresh token presented again: session ended");
             return Err(ApiError::RefreshTokenReused(RevokedSession {
                 sid: session_id,
-                until: (now + token_validity).unix_timestamp(),
+                until: (ended_at + token_validity).unix_timestamp(),
             }));
         }
         Verdict::Unknown => return Err(ApiError::InvalidRefreshToken),
@@ -356,9 +365,26 @@ pub async fn refresh(
     })
 }
 
+/// Answers under the reuse window allowed per window for each rotation the limit allows: racing
+/// tabs are a handful, while a client replaying its previous token in a loop would cost a row
+/// update and a signature per call without end.
+const REPLAYS_PER_ROTATION: u32 = 10;
+
+/// The locked session's counts in the current `REFRESH_LIMIT_PER_SESSION` window: (start,
+/// rotations, replays); a window that has passed counts from `now`, empty.
+fn window(session: &LockedSession, now: OffsetDateTime) -> (OffsetDateTime, u32, u32) {
+    match session.refresh_window_start {
+        Some(start) if now - start < REFRESH_LIMIT_WINDOW => (
+            start,
+            u32::try_from(session.refresh_window_count).unwrap_or_default(),
+            u32::try_from(session.refresh_window_replays).unwrap_or_default(),
+        ),
+        _ => (now, 0, 0),
+    }
+}
+
 /// Spends the live token of the locked `session`: counts the rotation against
-/// `REFRESH_LIMIT_PER_SESSION` and moves the session to the next generation. Answers given under
-/// the reuse window do not come here, so racing tabs never spend the limit.
+/// `REFRESH_LIMIT_PER_SESSION` and moves the session to the next generation.
 async fn rotate(
     tx: &mut Transaction<'static, Postgres>,
     policy: &SessionPolicy,
@@ -367,28 +393,20 @@ async fn rotate(
     position: Position,
     now: OffsetDateTime,
 ) -> Result<()> {
-    let (window_start, count) = match session.refresh_window_start {
-        Some(start) if now - start < REFRESH_LIMIT_WINDOW => (
-            start,
-            u32::try_from(session.refresh_window_count).unwrap_or_default(),
-        ),
-        _ => (now, 0),
-    };
-    if count >= policy.refresh_limit {
-        return Err(ApiError::limited_until(
-            window_start + REFRESH_LIMIT_WINDOW,
-            now,
-        ));
+    let (start, rotations, replays) = window(session, now);
+    if rotations >= policy.refresh_limit {
+        return Err(ApiError::limited_until(start + REFRESH_LIMIT_WINDOW, now));
     }
     sqlx::query!(
         "update sessions set refresh_generation = refresh_generation + 1,
-                refresh_rotated_at = $2, last_used_at = $2,
-                refresh_window_start = $3, refresh_window_count = $4
+                refresh_rotated_at = $2, last_used_at = $2, refresh_window_start = $3,
+                refresh_window_count = $4, refresh_window_replays = $5
          where id = $1",
         session_id,
         now,
-        window_start,
-        i32::try_from(count + 1).unwrap_or(i32::MAX),
+        start,
+        i32::try_from(rotations + 1).unwrap_or(i32::MAX),
+        i32::try_from(replays).unwrap_or(i32::MAX),
     )
     .execute(&mut **tx)
     .await?;
@@ -405,20 +423,51 @@ async fn rotate(
     Ok(())
 }
 
+/// Answers a spent token again under the reuse window: counted apart from rotations, so racing
+/// tabs never use up the rotation limit, yet against a ceiling of [`REPLAYS_PER_ROTATION`] times
+/// it.
+async fn replay(
+    tx: &mut Transaction<'static, Postgres>,
+    policy: &SessionPolicy,
+    session_id: Uuid,
+    session: &LockedSession,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let (start, rotations, replays) = window(session, now);
+    if replays >= policy.refresh_limit.saturating_mul(REPLAYS_PER_ROTATION) {
+        return Err(ApiError::limited_until(start + REFRESH_LIMIT_WINDOW, now));
+    }
+    sqlx::query!(
+        "update sessions set last_used_at = $2, refresh_window_start = $3,
+                refresh_window_count = $4, refresh_window_replays = $5
+         where id = $1",
+        session_id,
+        now,
+        start,
+        i32::try_from(rotations).unwrap_or(i32::MAX),
+        i32::try_from(replays + 1).unwrap_or(i32::MAX),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends the locked, live session `session_id`; returns its recorded end (see [`Ended`]).
 async fn end_locked(
     tx: &mut Transaction<'static, Postgres>,
     session_id: Uuid,
     reason: EndReason,
     now: OffsetDateTime,
-) -> Result<()> {
-    sqlx::query!(
-        "update sessions set revoked_at = greatest($2, last_used_at), end_reason = $3
-         where id = $1 and revoked_at is null",
+) -> Result<OffsetDateTime> {
+    let ended_at = sqlx::query_scalar!(
+        r#"update sessions set revoked_at = greatest($2, last_used_at), end_reason = $3
+           where id = $1 and revoked_at is null
+           returning revoked_at as "revoked_at!""#,
         session_id,
         now,
         reason.as_str(),
     )
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
     sqlx::query!(
         "delete from refresh_tokens where session_id = $1",
@@ -426,7 +475,7 @@ async fn end_locked(
     )
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(ended_at.unwrap_or(now))
 }
 
 /// A session just ended, and the time recorded as its end: never before the last access token of

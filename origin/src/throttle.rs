@@ -143,10 +143,10 @@ impl Counters {
         device: Option<&DeviceToken>,
         now: OffsetDateTime,
     ) -> Result<Self> {
-        let account = crate::users::folded_email(connection, email).await?;
+        let (account, credential) = account_of(connection, email).await?;
         let trusted_device = match device {
             Some(token) => {
-                let key = device_key(names, &account, token);
+                let key = device_key(names, &account, credential.as_deref(), token);
                 let trusted = sqlx::query_scalar!(
                     r#"select exists (select 1 from login_trusted_clients
                        where key = $1 and last_success > $2) as "trusted!""#,
@@ -175,10 +175,34 @@ impl Counters {
     }
 }
 
+/// The account named `email` as counters name it, and its password hash if it exists. Folded by
+/// PostgreSQL's `lower()`, which the unique index and the account lookup apply, so no spelling of
+/// an address counts apart from another.
+async fn account_of(
+    connection: &mut PgConnection,
+    email: &str,
+) -> Result<(String, Option<String>)> {
+    let row = sqlx::query!(
+        r#"select lower($1) as "account!",
+                  (select password_hash from users where lower(email) = lower($1)) as credential"#,
+        email,
+    )
+    .fetch_one(connection)
+    .await?;
+    Ok((row.account, row.credential))
+}
+
 /// The name under which `token` is trusted for `account` (folded), in `login_trusted_clients`
-/// and, as the device's own counter, in `login_attempts`.
-fn device_key(names: &CounterNames, account: &str, token: &DeviceToken) -> [u8; 32] {
-    names.name(&["device", account, token.expose()])
+/// and, as the device's own counter, in `login_attempts`. The account's password hash is part of
+/// it, so a password change or reset (a new hash) withdraws the trust of every device token the
+/// account had: one stolen with the old password stops counting apart.
+fn device_key(
+    names: &CounterNames,
+    account: &str,
+    credential: Option<&str>,
+    token: &DeviceToken,
+) -> [u8; 32] {
+    names.name(&["device", account, credential.unwrap_or(""), token.expose()])
 }
 
 /// Counts one attempt on every counter (a new window for a counter whose window has passed), or,
@@ -295,9 +319,9 @@ pub async fn trust_device(
     presented: Option<DeviceToken>,
     now: OffsetDateTime,
 ) -> Result<DeviceToken> {
-    let account = crate::users::folded_email(connection, email).await?;
+    let (account, credential) = account_of(connection, email).await?;
     if let Some(token) = presented {
-        let key = device_key(names, &account, &token);
+        let key = device_key(names, &account, credential.as_deref(), &token);
         let renewed = sqlx::query!(
             "update login_trusted_clients set last_success = $2 where key = $1 and last_success > $3",
             key.as_slice(),
@@ -312,7 +336,7 @@ pub async fn trust_device(
         }
     }
     let token = DeviceToken::generate(&mut rand_core::OsRng);
-    let key = device_key(names, &account, &token);
+    let key = device_key(names, &account, credential.as_deref(), &token);
     sqlx::query!(
         "insert into login_trusted_clients (key, last_success) values ($1, $2)",
         key.as_slice(),

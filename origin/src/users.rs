@@ -134,16 +134,6 @@ pub async fn find_by_email(connection: &mut PgConnection, email: &str) -> Result
     .await?)
 }
 
-/// `email` as accounts are matched: folded by PostgreSQL's `lower()`, which is what the unique
-/// index and [`find_by_email`] apply. Brute-force counters name accounts this way, so no
-/// spelling of an address counts apart from another.
-pub async fn folded_email(connection: &mut PgConnection, email: &str) -> Result<String> {
-    let folded = sqlx::query_scalar!(r#"select lower($1) as "folded!""#, email)
-        .fetch_one(connection)
-        .await?;
-    Ok(folded)
-}
-
 /// The password hash and active flag of the account, share-locked until the transaction ends:
 /// a password change or deactivation committing meanwhile waits for it, or is seen by it.
 pub async fn lock_credentials(

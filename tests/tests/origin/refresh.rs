@@ -103,7 +103,7 @@ async fn a_forged_old_token_ends_nothing(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
-async fn refreshes_past_the_limit_wait_and_racing_tabs_do_not_count(pool: PgPool) {
+async fn refreshes_past_the_limit_wait_and_racing_tabs_count_apart(pool: PgPool) {
     let defaults = Options::default();
     let app = TestApp::with(
         pool,
@@ -136,17 +136,23 @@ async fn refreshes_past_the_limit_wait_and_racing_tabs_do_not_count(pool: PgPool
         live.expose_secret(),
         "a racing tab is answered at the limit and the live token is still the live one"
     );
+    // Replays of the previous token are counted apart, against ten times the limit.
+    for _ in 1..30 {
+        app.refreshed(previous.expose_secret()).await;
+    }
+    let replaying = app.refresh(previous.expose_secret()).await;
+    assert_eq!(replaying.status, StatusCode::TOO_MANY_REQUESTS);
     app.clock.advance(Duration::from_secs(55));
     app.refreshed(live.expose_secret()).await;
 }
 
-#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
-async fn sessions_begun_before_generations_keep_working(pool: PgPool) {
-    let app = TestApp::new(pool).await;
-    let registered = app.register("ada@example.com").await;
-    // The session as the previous release left it: generation 0 and two token rows, the older
-    // one spent.
-    let (older, legacy) = (
+/// Puts session `session_id` back as the release before generations left it: generation 0 and
+/// two token rows, the older spent. Returns (older, live) tokens.
+async fn as_before_generations(
+    app: &TestApp,
+    session_id: uuid::Uuid,
+) -> (LegacyRefreshToken, LegacyRefreshToken) {
+    let (older, live) = (
         LegacyRefreshToken::generate(&mut rand_core::OsRng),
         LegacyRefreshToken::generate(&mut rand_core::OsRng),
     );
@@ -158,17 +164,53 @@ async fn sessions_begun_before_generations_keep_working(pool: PgPool) {
          insert into refresh_tokens (session_id, token_hash, parent_id, created_at)
          select $1, $3, id, now() from older",
     )
-    .bind(registered.session_id)
+    .bind(session_id)
     .bind(older.lookup_hash().as_slice())
-    .bind(legacy.lookup_hash().as_slice())
+    .bind(live.lookup_hash().as_slice())
     .execute(&app.pool)
     .await
     .unwrap();
     sqlx::query("update sessions set refresh_generation = 0 where id = $1")
-        .bind(registered.session_id)
+        .bind(session_id)
         .execute(&app.pool)
         .await
         .unwrap();
+    (older, live)
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn racing_tabs_with_a_token_of_the_old_format_all_get_the_same_successor(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+    let (_, legacy) = as_before_generations(&app, registered.session_id).await;
+
+    let mut lock = RowLock::take(&app.pool, "sessions", registered.session_id).await;
+    let (responses, ()) = tokio::join!(
+        join_all((0..3).map(|_| app.refresh(legacy.expose()))),
+        async {
+            lock.wait_for_waiters(3).await;
+            lock.release().await;
+        }
+    );
+
+    let successors: Vec<String> = responses
+        .iter()
+        .map(|response| {
+            assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+            let tokens = response.json::<TokenResponse>();
+            tokens.refresh_token.expose_secret().to_owned()
+        })
+        .collect();
+    assert!(successors.iter().all(|s| *s == successors[0]));
+    assert!(app.session_live(registered.session_id).await);
+    assert_eq!(app.refresh_state(registered.session_id).await.0, 1);
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn sessions_begun_before_generations_keep_working(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+    let (older, legacy) = as_before_generations(&app, registered.session_id).await;
 
     let moved = app.refreshed(legacy.expose()).await;
     let racing_tab = app.refreshed(legacy.expose()).await;

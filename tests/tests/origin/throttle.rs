@@ -411,15 +411,37 @@ async fn ipv6_clients_moving_between_their_64s_meet_the_56_and_48_limits(pool: P
 
     // Further /56s of the same /48 share the /48's limit.
     let mut created = per_56;
-    for block in 2..=9u32 {
-        if register(format!("2001:db8:1:{block:x}00::1")).await == StatusCode::CREATED {
+    let mut last = StatusCode::CREATED;
+    for block in 2..=10u32 {
+        last = register(format!("2001:db8:1:{block:x}00::1")).await;
+        if last == StatusCode::CREATED {
             created += 1;
         }
     }
     assert_eq!(created, per_48);
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS, "the /48 is full");
     assert_eq!(
         register("2001:db8:2::1".into()).await,
         StatusCode::CREATED,
         "another /48 is another client"
     );
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_password_change_withdraws_the_trust_of_every_device_token(pool: PgPool) {
+    let app = app(pool).await;
+    let access = app.register("ada@example.com").await.access_token;
+    let device = device_token(&login_from(&app, "198.51.100.7", "ada@example.com", PASSWORD).await);
+    let new_password = "a brand new passphrase";
+    let changed = app
+        .change_password(access.expose_secret(), PASSWORD, new_password)
+        .await;
+    assert_eq!(changed.status, StatusCode::NO_CONTENT);
+
+    for attempt in 0..LIMITS.per_account {
+        guess(&app, &format!("203.0.113.{attempt}"), "ada@example.com").await;
+    }
+    let old_device = login_with_device(&app, "198.51.100.7", new_password, &device).await;
+
+    assert_limited(&old_device);
 }
