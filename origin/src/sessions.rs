@@ -141,11 +141,11 @@ const FIRST_GENERATION: u64 = 1;
 /// Length of the fixed window `REFRESH_LIMIT_PER_SESSION` counts rotations in.
 pub const REFRESH_LIMIT_WINDOW: Duration = Duration::from_secs(60);
 
-/// Begins a session for `user_id` inside `tx`, with its first refresh token.
+/// Begins a session for `user_id` inside `tx`, with its first refresh token, under `state`'s
+/// session policy and refresh-token key.
 pub async fn begin(
     tx: &mut Transaction<'static, Postgres>,
-    policy: &SessionPolicy,
-    key: &RefreshKey,
+    state: &crate::AppState,
     user_id: Uuid,
     meta: &ClientMeta,
     now: OffsetDateTime,
@@ -166,8 +166,8 @@ pub async fn begin(
     .await?;
     Ok(Grant {
         session_id,
-        refresh_token: RefreshToken::issue(key, session_id, FIRST_GENERATION),
-        expires_at: policy.expires_at(now, now),
+        refresh_token: RefreshToken::issue(&state.refresh_key, session_id, FIRST_GENERATION),
+        expires_at: state.sessions.expires_at(now, now),
     })
 }
 

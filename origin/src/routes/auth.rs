@@ -101,15 +101,7 @@ pub(crate) async fn register_user(
     }
     let mut tx = state.db.begin().await?;
     let user = users::create(&mut tx, new).await?;
-    let grant = sessions::begin(
-        &mut tx,
-        &state.sessions,
-        &state.refresh_key,
-        user.id,
-        &meta,
-        now,
-    )
-    .await?;
+    let grant = sessions::begin(&mut tx, &state, user.id, &meta, now).await?;
     let queued = match &state.mail {
         Some(mail) => {
             mail.queue_link(&state, &mut tx, &user, Purpose::VerifyEmail, now)
@@ -243,15 +235,7 @@ async fn check_login(
         tracing::info!(user_id = %user.id, "login refused: address not verified");
         return Err(ApiError::EmailNotVerified);
     }
-    let grant = sessions::begin(
-        &mut tx,
-        &state.sessions,
-        &state.refresh_key,
-        user.id,
-        &meta,
-        now,
-    )
-    .await?;
+    let grant = sessions::begin(&mut tx, state, user.id, &meta, now).await?;
     let device =
         throttle::trust_device(&mut tx, &state.counter_names, &user.email, device, now).await?;
     tx.commit().await?;
