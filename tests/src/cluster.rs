@@ -38,14 +38,15 @@ impl Cluster {
         let signing_key = app.signer.to_pkcs8_pem();
         let mut origins = Vec::with_capacity(instances);
         for _ in 0..instances {
-            let port = free_port();
+            // Port 0: the origin binds a free port itself and logs it, so no other test can take
+            // the port between choosing it and binding it.
             let mut process = Command::new(&binary)
                 .arg("serve")
                 .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
                 .env("GATEHOUSE_ENV", "development")
                 .env("DATABASE_URL", &database_url)
-                .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+                .env("LISTEN_ADDR", "127.0.0.1:0")
                 .env("METRICS_LISTEN_ADDR", "off")
                 .env("JWT_SIGNING_KEY", signing_key.as_str())
                 .env("JWT_ISSUER", ISSUER)
@@ -54,16 +55,18 @@ impl Cluster {
                 .env("SERVER_SECRET", SERVER_SECRET)
                 .env("MAIL_ENABLED", "false")
                 .env("PASSWORD_HASH_ROUNDS", crate::TEST_HASH_COST.to_string())
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", "warn,gatehouse_origin=info")
                 .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
+                .stderr(Stdio::piped())
                 .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
                 .expect("gatehouse-origin starts");
             let group = KillGroup(process.id().expect("the origin is running"));
-            let url = format!("http://127.0.0.1:{port}");
+            let stderr = process.stderr.take().expect("stderr is piped");
+            let url = format!("http://{}", listening_on(stderr).await);
             wait_until_healthy(&mut process, &url).await;
             origins.push(OriginProcess {
                 url,
@@ -93,11 +96,31 @@ pub async fn database_url(app: &TestApp) -> String {
     format!("{root}/{name}")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+/// The address in the origin's "listening" log line; the rest of its log is drained so the
+/// pipe never fills.
+async fn listening_on(stderr: tokio::process::ChildStderr) -> String {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let found = tokio::time::timeout(STARTUP_TIMEOUT, async {
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .expect("the origin's log is readable")
+        {
+            if line.contains("listening")
+                && let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+            {
+                return addr.to_owned();
+            }
+        }
+        panic!("gatehouse-origin exited before it was listening");
+    })
+    .await
+    .expect("gatehouse-origin logs where it listens");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    found
 }
 
 async fn wait_until_healthy(process: &mut Child, url: &str) {

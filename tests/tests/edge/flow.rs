@@ -182,11 +182,9 @@ async fn client_ip_reaches_the_origin_only_through_the_edge(pool: PgPool) {
 
 #[tokio::test]
 async fn unreachable_origin_is_a_502_problem() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let edge = Edge::start(bindings(&format!("http://{closed}"))).await;
+    // Port 9 (discard): privileged, so no test server's ephemeral port can ever be it. A port
+    // freed by dropping a listener could be taken by a test running alongside.
+    let edge = Edge::start(bindings("http://127.0.0.1:9")).await;
     let key = gatehouse_shared::api_key::ApiKey::generate(&mut rand_core::OsRng);
     let client = gatehouse_tests::edge::client();
 
