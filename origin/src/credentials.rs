@@ -8,8 +8,8 @@
 
 use std::net::IpAddr;
 
-use gatehouse_shared::SecretString;
 use gatehouse_shared::device::DeviceToken;
+use gatehouse_shared::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -76,7 +76,15 @@ pub async fn check(
         };
         (counters, user)
     };
-    let stored = user.as_ref().map(|user| user.password_hash.clone());
+    // No password set here is longer than bcrypt's 72 bytes; an imported hash may stand for a
+    // longer one, which the old service cut at 72 bytes, and bcrypt checks it the same way. For
+    // any other account a longer password is checked against the dummy hash, so it is refused at
+    // the same cost as a wrong one and says nothing about the account.
+    let too_long = password.expose_secret().len() > gatehouse_shared::input::MAX_PASSWORD_BYTES;
+    let stored = user
+        .as_ref()
+        .filter(|user| !too_long || user.legacy_password)
+        .map(|user| user.password_hash.clone());
     let verified = state.hasher.verify(password, stored).await?;
     let Some(user) = user.filter(|user| verified && user.is_active) else {
         return Ok(None);
@@ -96,11 +104,6 @@ pub async fn reauthenticate(
     current_password: SecretString,
     ip: Option<IpAddr>,
 ) -> Result<User> {
-    use gatehouse_shared::ExposeSecret as _;
-    // No stored password is longer, so refusing it at once says nothing and spends no bcrypt.
-    if current_password.expose_secret().len() > gatehouse_shared::input::MAX_PASSWORD_BYTES {
-        return Err(ApiError::WrongPassword);
-    }
     // A stolen access token must not become a way to guess the password: the same limits as
     // login apply, on the same counters.
     let account = Account::SignedIn {
@@ -127,9 +130,14 @@ pub async fn upgrade_hash(state: &AppState, user: &mut User, password: SecretStr
     let outcome = async {
         let upgraded = state.hasher.hash(password).await?;
         let mut connection = state.db.acquire().await?;
-        let replaced =
-            users::replace_password_hash(&mut connection, user.id, &user.password_hash, &upgraded)
-                .await?;
+        let replaced = users::replace_password_hash(
+            &mut connection,
+            user.id,
+            &user.password_hash,
+            &upgraded,
+            users::Replacement::Rehash,
+        )
+        .await?;
         Ok::<_, ApiError>(replaced.then_some(upgraded))
     }
     .await;

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod import;
 pub mod janitor;
 pub mod links;
 pub mod mail;

@@ -21,6 +21,8 @@ commands:
   user reactivate EMAIL   reactivate a deactivated account before it is erased
   user erase EMAIL        erase an account and all its data now (its unexpired access tokens
                           still pass the edge until they expire; deactivate first to end them)
+  import-users --from URL bring the accounts of the FastAPI service Gatehouse replaces
+                          (its platform_users table at the PostgreSQL URL) over; idempotent
   keygen                  print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY
   key revoke KID          emergency: stop publishing and accepting a signing key everywhere
                           (origins refuse its tokens at once, edges within their revocation
@@ -41,6 +43,7 @@ async fn main() -> ExitCode {
         ["api-key", "revoke", id] => revoke_api_key(id).await,
         ["user", action @ ("reactivate" | "erase"), email] => user_command(action, email).await,
         ["key", "revoke", kid] => revoke_signing_key(kid).await,
+        ["import-users", "--from", url] => import_users(url).await,
         ["keygen"] => {
             print!(
                 "{}",
@@ -146,6 +149,36 @@ async fn revoke_signing_key(kid: &str) -> anyhow::Result<()> {
         );
     } else {
         eprintln!("signing key {kid} was already revoked");
+    }
+    Ok(())
+}
+
+async fn import_users(source_url: &str) -> anyhow::Result<()> {
+    let pool = command_pool().await?;
+    MIGRATOR.run(&pool).await.context("applying migrations")?;
+    let report = gatehouse_origin::import::import_users(&pool, source_url).await?;
+    println!(
+        "read {}, imported {}, already here {}, refused {}",
+        report.read,
+        report.imported,
+        report.already_here,
+        report.colliding.len() + report.invalid_email.len() + report.unusable_hash.len()
+    );
+    let lists = [
+        (
+            "addresses shared without case by several accounts (none imported)",
+            &report.colliding,
+        ),
+        ("addresses Gatehouse refuses", &report.invalid_email),
+        ("accounts whose hash is not bcrypt", &report.unusable_hash),
+    ];
+    for (what, list) in lists {
+        if !list.is_empty() {
+            println!("{what}:");
+            for email in list {
+                println!("  {email}");
+            }
+        }
     }
     Ok(())
 }

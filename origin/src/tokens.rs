@@ -72,9 +72,7 @@ impl Tokens {
     /// or at `not_after` (the session's end), whichever comes first.
     pub fn issue(
         &self,
-        user: Uuid,
-        email: &str,
-        email_verified: bool,
+        user: &crate::users::User,
         session: Uuid,
         now: OffsetDateTime,
         not_after: OffsetDateTime,
@@ -83,7 +81,7 @@ impl Tokens {
         let until_session_end = (not_after.unix_timestamp() - iat).max(1) as u64;
         let expires_in = self.ttl.as_secs().min(until_session_end);
         let claims = AccessClaims {
-            sub: user,
+            sub: user.id,
             sid: session,
             jti: Uuid::new_v4(),
             iat,
@@ -91,8 +89,9 @@ impl Tokens {
             exp: iat.saturating_add(expires_in as i64),
             iss: self.validation.issuer().to_owned(),
             aud: vec![self.validation.audience().to_owned()],
-            email: email.to_owned(),
-            email_verified,
+            email: user.email.clone(),
+            email_verified: user.email_verified_at.is_some(),
+            legacy_id: user.legacy_id,
         };
         IssuedToken {
             token: self.signer.sign(&claims),

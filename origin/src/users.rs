@@ -44,6 +44,11 @@ pub struct User {
     pub email_verified_at: Option<OffsetDateTime>,
     /// When the account was created.
     pub created_at: OffsetDateTime,
+    /// The id the account had in the service it was imported from, if it was.
+    pub legacy_id: Option<i64>,
+    /// The hash was imported and the password may be longer than 72 bytes (see
+    /// [`crate::import`]); false once the user sets a password here.
+    pub legacy_password: bool,
 }
 
 impl From<User> for UserProfile {
@@ -56,6 +61,7 @@ impl From<User> for UserProfile {
             is_active: user.is_active,
             email_verified: user.email_verified_at.is_some(),
             created_at: user.created_at,
+            legacy_id: user.legacy_id,
         }
     }
 }
@@ -98,6 +104,7 @@ pub async fn create_if_free(
          values ($1, $2, $3, $4, $5, $6)
          on conflict ((lower(email))) do nothing
          returning id, email, password_hash, first_name, last_name, is_active, email_verified_at,
+                   legacy_id, legacy_password,
                    created_at",
         new.id,
         new.email,
@@ -114,7 +121,7 @@ pub async fn create_if_free(
 pub async fn find(connection: &mut PgConnection, id: Uuid) -> Result<Option<User>> {
     Ok(sqlx::query_as!(
         User,
-        "select id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at
+        "select id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at, legacy_id, legacy_password
          from users where id = $1",
         id,
     )
@@ -126,7 +133,7 @@ pub async fn find(connection: &mut PgConnection, id: Uuid) -> Result<Option<User
 pub async fn find_by_email(connection: &mut PgConnection, email: &str) -> Result<Option<User>> {
     Ok(sqlx::query_as!(
         User,
-        "select id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at
+        "select id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at, legacy_id, legacy_password
          from users where lower(email) = lower($1)",
         email,
     )
@@ -149,6 +156,15 @@ pub async fn lock_credentials(
     Ok(row.map(|row| (row.password_hash, row.is_active)))
 }
 
+/// Why a password hash is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacement {
+    /// The same password, hashed at the configured cost: an imported hash stays imported.
+    Rehash,
+    /// A new password, chosen here under Gatehouse's rules.
+    NewPassword,
+}
+
 /// Replaces the password hash `old_hash` with `new_hash`: a compare-and-set, so of two
 /// concurrent changes the second finds the hash it verified against gone. False when it was.
 pub async fn replace_password_hash(
@@ -156,13 +172,16 @@ pub async fn replace_password_hash(
     id: Uuid,
     old_hash: &str,
     new_hash: &str,
+    why: Replacement,
 ) -> Result<bool> {
     let replaced = sqlx::query!(
-        "update users set password_hash = $2, updated_at = now()
+        "update users set password_hash = $2, updated_at = now(),
+                legacy_password = legacy_password and $4
          where id = $1 and password_hash = $3",
         id,
         new_hash,
         old_hash,
+        why == Replacement::Rehash,
     )
     .execute(connection)
     .await?
@@ -191,7 +210,7 @@ pub async fn update_names(
            last_name = case when $4 then $5 else last_name end,
            updated_at = now()
          where id = $1
-         returning id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at",
+         returning id, email, password_hash, first_name, last_name, is_active, email_verified_at, created_at, legacy_id, legacy_password",
         id,
         change.first_name.is_some(),
         change.first_name.flatten(),
@@ -215,7 +234,7 @@ pub async fn reset_password(
 ) -> Result<bool> {
     let reset = sqlx::query!(
         "update users set password_hash = $2, email_verified_at = coalesce(email_verified_at, $4),
-           updated_at = now()
+           legacy_password = false, updated_at = now()
          where id = $1 and lower(email) = lower($3) and is_active",
         id,
         new_hash,

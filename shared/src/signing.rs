@@ -116,6 +116,7 @@ mod tests {
             aud: vec!["aud".into()],
             email: "ada@example.test".into(),
             email_verified: true,
+            legacy_id: None,
         }
     }
 

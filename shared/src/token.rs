@@ -53,6 +53,10 @@ pub struct AccessClaims {
     /// verification existed, which read as unverified, so edge and origin can deploy apart.
     #[serde(default)]
     pub email_verified: bool,
+    /// The account's id in the service it was imported from (`gatehouse-origin import-users`),
+    /// which the platform's other services still store; absent for accounts made here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_id: Option<i64>,
 }
 
 fn one_or_many_out<S: serde::Serializer>(aud: &[String], serializer: S) -> Result<S::Ok, S::Error> {

@@ -196,12 +196,11 @@ async fn check_login(
     if let Err(message) = check_email(email) {
         return Err(invalid_field("email", message));
     }
-    if request.password.expose_secret().len() > gatehouse_shared::input::MAX_PASSWORD_BYTES {
-        // No stored password can be this long, so refusing says nothing about the account.
-        return Err(invalid_field("password", "must be at most 72 bytes"));
-    }
-
     let password = request.password;
+    // Only an imported account accepts a password past bcrypt's 72 bytes (see
+    // `credentials::check`); it is then asked to choose one Gatehouse can hold in full.
+    let beyond_bcrypt =
+        password.expose_secret().len() > gatehouse_shared::input::MAX_PASSWORD_BYTES;
     // A malformed device token is as good as none: it is a hint, never a reason to refuse.
     let device = request
         .device_token
@@ -241,8 +240,10 @@ async fn check_login(
     tx.commit().await?;
 
     tracing::info!(user_id = %user.id, "login succeeded");
+    let password_change_required = beyond_bcrypt && user.legacy_password;
     let mut response = token_response(state, user, grant, now);
     response.device_token = Some(device.expose().into());
+    response.password_change_required = password_change_required;
     Ok(Json(response))
 }
 

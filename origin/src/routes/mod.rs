@@ -24,20 +24,16 @@ pub(crate) fn token_response(
     grant: Grant,
     now: OffsetDateTime,
 ) -> TokenResponse {
-    let issued = state.tokens.issue(
-        user.id,
-        &user.email,
-        user.email_verified_at.is_some(),
-        grant.session_id,
-        now,
-        grant.expires_at,
-    );
+    let issued = state
+        .tokens
+        .issue(&user, grant.session_id, now, grant.expires_at);
     TokenResponse {
         access_token: issued.token.into(),
         token_type: TOKEN_TYPE.into(),
         expires_in: issued.expires_in,
         refresh_token: grant.refresh_token.expose().into(),
         device_token: None,
+        password_change_required: false,
         session_id: grant.session_id,
         user: user.into(),
     }

@@ -134,8 +134,14 @@ pub(crate) async fn change_password(
     let mut tx = state.db.begin().await?;
     // Of two concurrent changes, the second finds the hash it verified against gone and is
     // refused rather than silently overwriting the first.
-    if !users::replace_password_hash(&mut tx, user.user_id, &checked.password_hash, &new_hash)
-        .await?
+    if !users::replace_password_hash(
+        &mut tx,
+        user.user_id,
+        &checked.password_hash,
+        &new_hash,
+        users::Replacement::NewPassword,
+    )
+    .await?
     {
         return Err(ApiError::WrongPassword);
     }

@@ -190,6 +190,11 @@ pub struct TokenResponse {
         skip_serializing_if = "Option::is_none"
     )]
     pub device_token: Option<SecretString>,
+    /// True when the password was accepted by the old service's rule only (an imported account
+    /// whose password is longer than the 72 bytes bcrypt uses): the client should ask for a new
+    /// password (`PUT /auth/password`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub password_change_required: bool,
     /// The session the tokens belong to (the access token's `sid`).
     pub session_id: Uuid,
     /// The signed-in user.
@@ -217,6 +222,9 @@ pub struct UserProfile {
     /// When the account was created, RFC 3339 in UTC.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The account's id in the service it was imported from, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_id: Option<i64>,
 }
 
 /// `PATCH /auth/profile`: a member left out is unchanged, `null` clears it, a string sets it.

@@ -5,6 +5,7 @@
 mod api_key;
 mod faults;
 mod http;
+mod import;
 mod login;
 mod mail;
 mod metrics;
