@@ -12,5 +12,8 @@ USER gatehouse
 # The API, and Prometheus metrics (unauthenticated: keep 9007 on the private network).
 ENV METRICS_LISTEN_ADDR=0.0.0.0:9007
 EXPOSE 8007 9007
+# The image has no curl: the binary asks its own /health (OCI images drop HEALTHCHECK; with
+# podman, build with --format docker).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s CMD ["gatehouse-origin", "healthcheck"]
 ENTRYPOINT ["gatehouse-origin"]
 CMD ["serve"]

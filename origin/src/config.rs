@@ -64,6 +64,8 @@ pub struct Config {
     pub environment: Environment,
     /// `LISTEN_ADDR`.
     pub listen_addr: SocketAddr,
+    /// `SHUTDOWN_GRACE_SECS`: how long requests in flight may finish after SIGTERM.
+    pub shutdown_grace: Duration,
     /// `METRICS_LISTEN_ADDR` (`off` disables): where `/metrics` is served, apart from the API.
     pub metrics_listen_addr: Option<SocketAddr>,
     /// `DATABASE_URL`.
@@ -151,6 +153,13 @@ fn refuse_published(
     }
     Ok(())
 }
+
+/// Default time requests in flight get after SIGTERM: 25 s, inside Kubernetes' default 30 s
+/// before it kills the container, with room for the process to exit cleanly.
+const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+
+/// Shutdown grace accepted: up to 10 minutes (a longer drain is an orchestrator setting).
+const SHUTDOWN_GRACE_SECS: RangeInclusive<u64> = 1..=600;
 
 /// Shortest edge secret accepted: 32 characters of a random string is beyond guessing.
 const MIN_EDGE_SECRET_BYTES: usize = 32;
@@ -252,6 +261,11 @@ impl Config {
         let config = Config {
             environment,
             listen_addr: env.parse("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 8007)))?,
+            shutdown_grace: Duration::from_secs(env.bounded(
+                "SHUTDOWN_GRACE_SECS",
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+                SHUTDOWN_GRACE_SECS,
+            )?),
             metrics_listen_addr: match env.get("METRICS_LISTEN_ADDR").as_deref().map(str::trim) {
                 Some("off") => None,
                 _ => Some(env.parse(
@@ -615,6 +629,7 @@ mod tests {
         let config = production(&[]).unwrap();
 
         assert_eq!(config.listen_addr.port(), 8007);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(25));
         assert_eq!(config.metrics_listen_addr.map(|a| a.port()), Some(9007));
         assert_eq!(config.password_hash_rounds, 12);
         assert_eq!(config.database.max_connections, 15);

@@ -201,14 +201,35 @@ pub fn app(state: AppState) -> Router {
     telemetry::layer(router, edge_secret)
 }
 
-/// Serves `app` on `listener` until SIGTERM or Ctrl-C, then lets requests in flight finish.
-pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(
+/// Serves `app` on `listener` until SIGTERM or Ctrl-C, then lets requests in flight finish for
+/// up to `grace` (`SHUTDOWN_GRACE_SECS`).
+pub async fn serve(listener: TcpListener, app: Router, grace: Duration) -> std::io::Result<()> {
+    let (signalled, signal) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = signalled.send(());
+    })
+    .into_future();
+    // An orchestrator kills what is still running after its own grace period (Kubernetes: 30 s):
+    // past `grace` the requests still in flight are dropped and the process exits cleanly, before
+    // that kill, rather than be cut off in the middle of a log line.
+    let deadline = async move {
+        match signal.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        outcome = server => outcome,
+        () = deadline => {
+            tracing::warn!(grace_secs = grace.as_secs(), "requests still in flight after SHUTDOWN_GRACE_SECS: stopping");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

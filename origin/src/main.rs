@@ -23,6 +23,8 @@ commands:
                           still pass the edge until they expire; deactivate first to end them)
   import-users --from URL bring the accounts of the FastAPI service Gatehouse replaces
                           (its platform_users table at the PostgreSQL URL) over; idempotent
+  healthcheck             exit 0 if the server on LISTEN_ADDR answers /health, else 1 (for a
+                          container HEALTHCHECK: the image has no curl)
   keygen                  print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY
   key revoke KID          emergency: stop publishing and accepting a signing key everywhere
                           (origins refuse its tokens at once, edges within their revocation
@@ -44,6 +46,7 @@ async fn main() -> ExitCode {
         ["user", action @ ("reactivate" | "erase"), email] => user_command(action, email).await,
         ["key", "revoke", kid] => revoke_signing_key(kid).await,
         ["import-users", "--from", url] => import_users(url).await,
+        ["healthcheck"] => healthcheck().await,
         ["keygen"] => {
             print!(
                 "{}",
@@ -91,6 +94,7 @@ async fn run_server() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let grace = config.shutdown_grace;
     let state = AppState::from_config(config, db);
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
@@ -104,7 +108,7 @@ async fn run_server() -> anyhow::Result<()> {
     tracing::info!(%addr, bcrypt_cost = rounds, hash_workers = workers, "listening");
     let janitor = tokio::spawn(janitor::run(state.clone()));
     let courier = gatehouse_origin::mail::courier::spawn(&state).context("SMTP_URL")?;
-    serve(listener, app(state)).await?;
+    serve(listener, app(state), grace).await?;
     janitor.abort();
     if let Some(courier) = courier {
         courier.stop().await;
@@ -181,6 +185,36 @@ async fn import_users(source_url: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `healthcheck`: GET /health on this machine's LISTEN_ADDR port, over a raw socket (no HTTP
+/// client in the binary, no curl in the image), within 3 s.
+async fn healthcheck() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listen: std::net::SocketAddr = std::env::var("LISTEN_ADDR")
+        .unwrap_or_else(|_| "0.0.0.0:8007".into())
+        .trim()
+        .parse()
+        .context("LISTEN_ADDR")?;
+    let target = match listen.ip() {
+        ip if ip.is_unspecified() => std::net::SocketAddr::from(([127, 0, 0, 1], listen.port())),
+        _ => listen,
+    };
+    let check = async {
+        let mut socket = tokio::net::TcpStream::connect(target).await?;
+        socket
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        socket.read_to_end(&mut answer).await?;
+        anyhow::Ok(answer.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => anyhow::bail!("{target}/health did not answer 200"),
+        Ok(Err(error)) => Err(error.context(format!("asking {target}/health"))),
+        Err(_) => anyhow::bail!("{target}/health did not answer within 3 s"),
+    }
 }
 
 /// A pool for one-off commands, which need only `DATABASE_URL`.

@@ -133,3 +133,90 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
         .await
         .unwrap();
 }
+
+/// `gatehouse-origin healthcheck` against `port`: whether it exited 0.
+fn healthcheck(port: u16) -> bool {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse-origin"))
+        .arg("healthcheck")
+        .env("LISTEN_ADDR", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test]
+async fn a_request_stalled_past_the_grace_does_not_hold_the_exit() {
+    use tokio::io::AsyncWriteExt as _;
+    let admin_url = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must name a PostgreSQL server (cargo xtask test sets it)");
+    let name = format!("gatehouse_grace_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (server, _) = admin_url.rsplit_once('/').unwrap();
+    let database_url = format!("{server}/{name}");
+    let created = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse-origin"))
+        .args(["api-key", "create", "grace-test"])
+        .env("DATABASE_URL", &database_url)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let api_key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let port = free_port();
+    let grace = Duration::from_secs(1);
+    let mut origin = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse-origin"))
+        .arg("serve")
+        .env("DATABASE_URL", &database_url)
+        .env("GATEHOUSE_ENV", "development")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_LISTEN_ADDR", "off")
+        .env("MAIL_ENABLED", "false")
+        .env("SHUTDOWN_GRACE_SECS", grace.as_secs().to_string())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !healthcheck(port) {
+        assert!(Instant::now() < deadline, "the origin never became healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A client that sends its headers (a valid API key, so the request is let in) and a tenth of
+    // the body it announced, then stalls.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /auth/register HTTP/1.1\r\nHost: x\r\nX-API-Key: {api_key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"email\":"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.flush().await.unwrap();
+    let terminated_at = Instant::now();
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &origin.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let exit = tokio::time::timeout(PATIENCE, origin.wait())
+        .await
+        .expect("the origin exits though the request never completes")
+        .unwrap();
+
+    assert!(exit.success(), "clean exit: {exit:?}");
+    assert!(
+        terminated_at.elapsed() >= grace,
+        "the stalled request was given the grace first"
+    );
+    assert!(!healthcheck(port), "nothing answers once it has stopped");
+    drop(stalled);
+    sqlx::query(&format!("drop database {name} with (force)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

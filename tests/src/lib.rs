@@ -616,7 +616,9 @@ pub async fn spawn_server(state: AppState) -> (SocketAddr, tokio::task::JoinHand
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
-        gatehouse_origin::serve(listener, app(state)).await.unwrap();
+        gatehouse_origin::serve(listener, app(state), Duration::from_secs(25))
+            .await
+            .unwrap();
     });
     (addr, server)
 }
