@@ -51,6 +51,7 @@ pub struct Metrics {
     verifications: Family<OutcomeLabels, Counter>,
     hash_queue_depth: Gauge,
     db_connections: Family<StateLabels, Gauge>,
+    db_connections_max: Gauge,
     db_up: Gauge,
     peak_memory: Gauge,
     mail: Family<OutcomeLabels, Counter>,
@@ -82,6 +83,7 @@ impl Metrics {
         let hash_queue_depth = Gauge::default();
         let db_connections = Family::<StateLabels, Gauge>::default();
         let db_up = Gauge::default();
+        let db_connections_max = Gauge::default();
         let peak_memory = Gauge::default();
         let mail = Family::<OutcomeLabels, Counter>::default();
         let mail_waiting = Gauge::default();
@@ -130,6 +132,11 @@ impl Metrics {
             db_connections.clone(),
         );
         registry.register(
+            "db_connections_max",
+            "The pool's size limit (DATABASE_MAX_CONNECTIONS), against which db_connections is judged",
+            db_connections_max.clone(),
+        );
+        registry.register(
             "db_up",
             "1 while the database monitor reaches PostgreSQL",
             db_up.clone(),
@@ -165,6 +172,7 @@ impl Metrics {
             verifications,
             hash_queue_depth,
             db_connections,
+            db_connections_max,
             db_up,
             peak_memory,
         }
@@ -203,6 +211,8 @@ impl Metrics {
         self.db_connections
             .get_or_create(&StateLabels { state: "in_use" })
             .set(i64::from(pool.size()) - idle);
+        self.db_connections_max
+            .set(i64::from(pool.options().get_max_connections()));
         self.db_up.set(i64::from(state.db.is_up()));
         if let Some(peak) = peak_resident_bytes() {
             self.peak_memory.set(peak);

@@ -5,7 +5,8 @@
 //! - a fresh PostgreSQL for the origin and end-to-end tests, on which the committed `.sqlx/`
 //!   query data is first checked against the migrations (see [`crate::sqlx`]);
 //! - the workspace's tests natively, then schemathesis against the origin's OpenAPI description,
-//!   then `shared`'s tests again on wasm32 under Node.
+//!   then the Prometheus alerting rules' unit tests (promtool), then `shared`'s tests again on
+//!   wasm32 under Node.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -60,6 +61,16 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         ok
     };
     drop(postgres);
+    // The Prometheus alerting rules against their unit tests; one entry in the totals.
+    let rules_ok = !extra.is_empty() || {
+        let ok = alert_rules()?;
+        if ok {
+            totals.passed += 1;
+        } else {
+            totals.failed += 1;
+        }
+        ok
+    };
 
     // The edge compiles `shared` for wasm32; the same tests prove it validates identically there.
     let mut wasm = crate::cargo();
@@ -84,12 +95,59 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         totals.passed, totals.failed
     );
     Ok(
-        if sqlx_fresh && native_ok && fuzz_ok && wasm_ok && totals.failed == 0 {
+        if sqlx_fresh && native_ok && fuzz_ok && rules_ok && wasm_ok && totals.failed == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         },
     )
+}
+
+/// `promtool check rules` and `promtool test rules` on `ops/prometheus/`, installing Debian's
+/// `prometheus` package (which has promtool) when missing and this is a Debian machine run as
+/// root. Fails loudly when promtool cannot be had.
+fn alert_rules() -> anyhow::Result<bool> {
+    let dir = crate::root().join("ops/prometheus");
+    let has_promtool = || {
+        Command::new("promtool")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !has_promtool() && std::path::Path::new("/usr/bin/apt-get").exists() {
+        eprintln!("xtask: promtool not found; installing Debian's prometheus package");
+        let updated = Command::new("apt-get").args(["update", "-q"]).status()?;
+        let installed = Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "prometheus",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        anyhow::ensure!(
+            updated.success() && installed.success(),
+            "installing prometheus (for promtool) failed"
+        );
+    }
+    anyhow::ensure!(
+        has_promtool(),
+        "promtool is needed for the alerting rules' tests: install Debian's prometheus package"
+    );
+    println!("\npromtool: alerting rules in {}", dir.display());
+    let checked = Command::new("promtool")
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir)
+        .status()?;
+    let tested = Command::new("promtool")
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(&dir)
+        .status()?;
+    Ok(checked.success() && tested.success())
 }
 
 /// Runs a `cargo test`, passing its output through and adding up each test binary's

@@ -133,6 +133,11 @@ async fn metrics_count_requests_logins_and_token_checks(pool: PgPool) {
     assert_eq!(sample(&text, "gatehouse_db_up "), 1.0);
     assert!(sample(&text, r#"gatehouse_db_connections{state="idle"}"#) >= 0.0);
     assert!(sample(&text, r#"gatehouse_db_connections{state="in_use"}"#) >= 0.0);
+    assert_eq!(
+        sample(&text, "gatehouse_db_connections_max "),
+        f64::from(app.state.db.pool().options().get_max_connections()),
+        "the limit the alert on pool exhaustion divides by"
+    );
     assert!(sample(&text, "gatehouse_process_peak_resident_memory_bytes ") > 1e6);
     assert!(!text.contains("ada@example.com"), "no user data in labels");
 }
