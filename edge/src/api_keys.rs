@@ -26,7 +26,7 @@ use gatehouse_shared::api_key::ApiKey;
 use sha2::{Digest, Sha256};
 use worker::{Cache, Date, Headers, Response};
 
-use crate::cache::CACHE_NAME;
+use crate::cache::{CACHE_NAME, TAG_HEADER};
 use crate::config::{EdgeConfig, MAX_API_KEY_CACHE_SECS};
 use crate::error::AppError;
 use crate::proxy;
@@ -97,7 +97,7 @@ fn verdict(valid: bool) -> Result<(), AppError> {
 /// Whether the client may cost the origin another lookup of a key never seen valid. Without the
 /// binding, or if it fails, yes (logged): the origin's answer is still the verdict.
 async fn miss_allowed(client: &str, config: &EdgeConfig) -> bool {
-    let Some(limiter) = &config.limiters.api_key_misses else {
+    let Some(limiter) = &config.limiters().api_key_misses else {
         return true;
     };
     match limiter.limit(format!("api-key-miss:{client}")).await {
@@ -159,7 +159,7 @@ async fn cached_verdict(
     let tag = response.headers().get(TAG_HEADER).ok()??;
     let text = response.text().await.ok()?;
     if !config
-        .cache_tags
+        .cache_tags()
         .verifies(&[url.as_bytes(), text.as_bytes()], &tag)
     {
         worker::console_warn!("a cached API-key verdict has a bad tag: ignored");
@@ -174,9 +174,6 @@ async fn cached_verdict(
     (expires > now).then_some((valid == "1", expires))
 }
 
-/// The header carrying a stored verdict's tag.
-const TAG_HEADER: &str = "x-gatehouse-tag";
-
 async fn store(fingerprint: &[u8; 32], valid: bool, expires: u64, config: &EdgeConfig) {
     if config.api_key_cache_secs == 0 {
         return;
@@ -184,7 +181,7 @@ async fn store(fingerprint: &[u8; 32], valid: bool, expires: u64, config: &EdgeC
     let url = cache_url(fingerprint);
     let body = format!("{} {expires}", u8::from(valid));
     let headers = Headers::new();
-    let tag = config.cache_tags.tag(&[url.as_bytes(), body.as_bytes()]);
+    let tag = config.cache_tags().tag(&[url.as_bytes(), body.as_bytes()]);
     let stamped = headers
         .set(
             "cache-control",

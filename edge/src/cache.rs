@@ -36,8 +36,8 @@ const FETCHED_AT_HEADER: &str = "x-gatehouse-fetched-at";
 /// `Cache-Control` says how long the Cache API keeps it, which is longer).
 const ORIGIN_MAX_AGE_HEADER: &str = "x-gatehouse-origin-max-age";
 
-/// The header carrying a stored copy's tag.
-const TAG_HEADER: &str = "x-gatehouse-tag";
+/// The header carrying a stored copy's tag (API-key verdicts carry it too).
+pub const TAG_HEADER: &str = "x-gatehouse-tag";
 
 /// Tags what the edge stores in the Cache API, and checks tags of what it reads back.
 pub struct Tagger(Hmac<Sha256>);
@@ -220,7 +220,7 @@ async fn cached_copy<D: Document>(config: &EdgeConfig) -> Option<Held<D>> {
     let origin_max_age = headers.get(ORIGIN_MAX_AGE_HEADER).ok()?.unwrap_or_default();
     let body = response.text().await.ok()?;
     let parts = tagged(&url, &fetched_at, &origin_max_age, &body);
-    if !config.cache_tags.verifies(&parts, &tag) {
+    if !config.cache_tags().verifies(&parts, &tag) {
         worker::console_warn!("a cached copy of {} has a bad tag: ignored", D::NAME);
         return None;
     }
@@ -296,7 +296,9 @@ async fn store<D: Document>(
     let url = url::<D>(config);
     let fetched_at = fetched_at.to_string();
     let max_age = max_age.map(|secs| secs.to_string()).unwrap_or_default();
-    let tag = (config.cache_tags).tag(&tagged(&url, &fetched_at, &max_age, &body));
+    let tag = config
+        .cache_tags()
+        .tag(&tagged(&url, &fetched_at, &max_age, &body));
     let headers = Headers::new();
     let stamped = headers
         .set("cache-control", &format!("max-age={keep_secs}"))

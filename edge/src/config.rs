@@ -1,7 +1,7 @@
 //! The worker's configuration: `vars` and secrets from `wrangler.toml` and the dashboard.
 
 use gatehouse_shared::token::Validation;
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 
 use worker::{Env, RateLimiter};
 
@@ -113,16 +113,30 @@ pub struct EdgeConfig {
     /// `REVOCATION_MAX_STALE_SECS` (default 300, at most 3600): how long the last revocation list
     /// is used while the origin cannot be reached, before verification answers 503.
     pub revocation_max_stale_secs: u64,
-    /// The rate-limiting bindings.
-    pub limiters: Limiters,
-    /// Tags and checks what the edge keeps in the Cache API; keyed from `EDGE_SECRET`.
-    pub cache_tags: crate::cache::Tagger,
+    /// The rate-limiting bindings, read on first use: most requests need none.
+    limiters: OnceCell<Limiters>,
+    /// Tags and checks what the edge keeps in the Cache API, keyed from `EDGE_SECRET`; derived on
+    /// first use: a request answered from isolate memory never touches the Cache API.
+    cache_tags: OnceCell<crate::cache::Tagger>,
+    /// The bindings, for what is read on first use.
+    env: Env,
     /// `EDGE_SECRET` (a secret, required): sent to the origin, which then believes the client-IP
     /// header and hands out its revocation list.
     pub edge_secret: String,
 }
 
 impl EdgeConfig {
+    /// The rate-limiting bindings.
+    pub fn limiters(&self) -> &Limiters {
+        self.limiters.get_or_init(|| Limiters::from_env(&self.env))
+    }
+
+    /// The tagger of what the edge keeps in the Cache API.
+    pub fn cache_tags(&self) -> &crate::cache::Tagger {
+        self.cache_tags
+            .get_or_init(|| crate::cache::Tagger::new(&self.edge_secret))
+    }
+
     /// Reads the bindings; a missing or invalid one is a 500 naming it in the log only.
     pub fn from_env(env: &Env) -> Result<Self, AppError> {
         let text = |name: &'static str| -> Option<String> {
@@ -158,8 +172,9 @@ impl EdgeConfig {
             return Err(AppError::Config("ORIGIN_URL"));
         }
         Ok(EdgeConfig {
-            limiters: Limiters::from_env(env),
-            cache_tags: crate::cache::Tagger::new(&edge_secret),
+            limiters: OnceCell::new(),
+            cache_tags: OnceCell::new(),
+            env: env.clone(),
             origin_url,
             validation: Validation::new(required("JWT_ISSUER")?, required("JWT_AUDIENCE")?)
                 .with_leeway(number("JWT_LEEWAY_SECS", 5, 30)?),

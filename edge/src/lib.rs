@@ -147,7 +147,7 @@ async fn throttle_credentials(
     client: Option<&IpAddr>,
     config: &EdgeConfig,
 ) -> Result<(), AppError> {
-    let limiters = &config.limiters;
+    let limiters = config.limiters();
     let blocks = match client {
         Some(ip) => gatehouse_shared::api::client_blocks(*ip),
         None => vec![(BlockSize::Client, String::new())],

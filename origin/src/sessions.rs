@@ -194,6 +194,14 @@ struct LockedSession {
     refresh_window_replays: i32,
 }
 
+/// What a presented token says of itself before the session's lock is taken.
+enum Claim {
+    /// A token of the current format with this generation (its MAC already verified).
+    Generation(u64),
+    /// A token of the old format, found as this row of `refresh_tokens`.
+    LegacyRow(i64),
+}
+
 /// Which token of its session a presented one is, once the server has vouched for it.
 #[derive(Debug, Clone, Copy)]
 enum Position {
@@ -274,8 +282,8 @@ pub async fn refresh(
     }
     let mut tx = db.begin().await?;
     // An old-format token names its session only through its row.
-    let (session_id, legacy_row) = match presented {
-        Presented::Issued(token) => (token.session_id(), None),
+    let (session_id, claim) = match presented {
+        Presented::Issued(token) => (token.session_id(), Claim::Generation(token.generation())),
         Presented::Legacy(token) => {
             let hash = token.lookup_hash();
             let row = sqlx::query!(
@@ -285,7 +293,7 @@ pub async fn refresh(
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(ApiError::InvalidRefreshToken)?;
-            (row.session_id, Some(row.id))
+            (row.session_id, Claim::LegacyRow(row.id))
         }
     };
 
@@ -318,9 +326,9 @@ pub async fn refresh(
 
     // An old-format token's state is read only now that the lock is held: a racing refresh with
     // the same token may have spent it while this one queued.
-    let position = match (presented, legacy_row) {
-        (Presented::Issued(token), _) => Position::Generation(token.generation()),
-        (Presented::Legacy(_), Some(id)) => {
+    let position = match claim {
+        Claim::Generation(generation) => Position::Generation(generation),
+        Claim::LegacyRow(id) => {
             let spent_at =
                 sqlx::query_scalar!("select spent_at from refresh_tokens where id = $1", id,)
                     .fetch_optional(&mut *tx)
@@ -328,7 +336,6 @@ pub async fn refresh(
                     .ok_or(ApiError::InvalidRefreshToken)?;
             Position::Legacy { id, spent_at }
         }
-        (Presented::Legacy(_), None) => return Err(ApiError::InvalidRefreshToken),
     };
     let live = u64::try_from(session.refresh_generation).unwrap_or_default();
     let verdict = position.judge(live, session.refresh_rotated_at, policy.reuse_window, now);

@@ -32,8 +32,8 @@ async fn scrape_queue_depth(client: &reqwest::Client, metrics: &str) -> Option<f
         .ok()
 }
 
-#[tokio::test]
-async fn sigterm_finishes_requests_in_flight_then_exits() {
+/// A new database on the server `DATABASE_URL` names: a pool on the server, its name, its URL.
+async fn fresh_database() -> (sqlx::PgPool, String, String) {
     let admin_url = std::env::var("DATABASE_URL")
         .expect("DATABASE_URL must name a PostgreSQL server (cargo xtask test sets it)");
     let name = format!("gatehouse_shutdown_{}", uuid::Uuid::new_v4().simple());
@@ -44,14 +44,25 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
         .unwrap();
     let (server, _) = admin_url.rsplit_once('/').unwrap();
     let database_url = format!("{server}/{name}");
-    let binary = env!("CARGO_BIN_EXE_gatehouse-origin");
-    let created = std::process::Command::new(binary)
+    (admin, name, database_url)
+}
+
+/// An API key made by the real binary's `api-key create` on `database_url`.
+fn create_api_key(database_url: &str) -> String {
+    let created = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse-origin"))
         .args(["api-key", "create", "shutdown-test"])
-        .env("DATABASE_URL", &database_url)
+        .env("DATABASE_URL", database_url)
         .output()
         .unwrap();
     assert!(created.status.success(), "{created:?}");
-    let api_key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    String::from_utf8(created.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight_then_exits() {
+    let (admin, name, database_url) = fresh_database().await;
+    let api_key = create_api_key(&database_url);
+    let binary = env!("CARGO_BIN_EXE_gatehouse-origin");
     let (port, metrics_port) = (free_port(), free_port());
     let mut origin = tokio::process::Command::new(binary)
         .arg("serve")
@@ -148,23 +159,8 @@ fn healthcheck(port: u16) -> bool {
 #[tokio::test]
 async fn a_request_stalled_past_the_grace_does_not_hold_the_exit() {
     use tokio::io::AsyncWriteExt as _;
-    let admin_url = std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must name a PostgreSQL server (cargo xtask test sets it)");
-    let name = format!("gatehouse_grace_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
-    sqlx::query(&format!("create database {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let (server, _) = admin_url.rsplit_once('/').unwrap();
-    let database_url = format!("{server}/{name}");
-    let created = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse-origin"))
-        .args(["api-key", "create", "grace-test"])
-        .env("DATABASE_URL", &database_url)
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
-    let api_key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let (admin, name, database_url) = fresh_database().await;
+    let api_key = create_api_key(&database_url);
     let port = free_port();
     let grace = Duration::from_secs(1);
     let mut origin = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse-origin"))
