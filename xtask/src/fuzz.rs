@@ -6,13 +6,9 @@
 //! The origin runs a debug build at bcrypt cost 4 on its own database, with an API key and a
 //! bearer token supplied to every request so the generated inputs reach the handlers.
 
-use std::path::PathBuf;
-
 use anyhow::{Context as _, bail};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{EDGE_SECRET_HEADER, RegisterRequest, TokenResponse};
-
-use xshell::{Shell, cmd};
 
 use crate::pg::Postgres;
 
@@ -41,7 +37,7 @@ pub fn run_alone() -> anyhow::Result<std::process::ExitCode> {
 
 /// Runs the fuzzing pass; `Ok(false)` when schemathesis reported failures.
 pub fn run(postgres: &Postgres) -> anyhow::Result<bool> {
-    let schemathesis = install()?;
+    let schemathesis = crate::pypi_tool("schemathesis", SCHEMATHESIS_VERSION, "schemathesis")?;
     postgres.create_database("gatehouse_fuzz")?;
     let database_url = postgres.url("gatehouse_fuzz");
     let binary = crate::dev::build_origin(false)?;
@@ -132,30 +128,4 @@ async fn bearer_token(url: &str, api_key: &str, index: usize) -> anyhow::Result<
         .access_token
         .expose_secret()
         .to_owned())
-}
-
-/// The schemathesis executable, installed into `target/` when missing.
-fn install() -> anyhow::Result<PathBuf> {
-    let venv = crate::target_dir().join(format!("schemathesis-{SCHEMATHESIS_VERSION}"));
-    let executable = venv.join("bin").join("schemathesis");
-    if executable.exists() {
-        return Ok(executable);
-    }
-    eprintln!("xtask: installing schemathesis {SCHEMATHESIS_VERSION} from PyPI");
-    let sh = Shell::new()?;
-    cmd!(sh, "python3 -m venv {venv}")
-        .run()
-        .context("creating a virtual environment (Python 3 is needed for schemathesis)")?;
-    let pip = venv.join("bin").join("pip");
-    let requirement = format!("schemathesis=={SCHEMATHESIS_VERSION}");
-    let installed = cmd!(
-        sh,
-        "{pip} install --quiet --disable-pip-version-check {requirement}"
-    )
-    .run();
-    if installed.is_err() {
-        let _ = std::fs::remove_dir_all(&venv);
-    }
-    installed?;
-    Ok(executable)
 }

@@ -5,6 +5,7 @@ mod bench;
 mod dev;
 mod edge;
 mod fuzz;
+mod image;
 // The cluster code is the test crate's, so tests that stop and start their own PostgreSQL and
 // xtask share one implementation without xtask depending on the test crate.
 #[path = "../../tests/src/pg.rs"]
@@ -23,6 +24,8 @@ commands:
           and a key [--release: the origin as it is deployed, optimised]
   test    start a throwaway PostgreSQL and run every test [-- extra cargo test arguments]
   bench   measure the running stack (or start one) and print the figures
+  image   build the origin's container image around a release binary built here and smoke-test
+          it with podman (CI) [--full: the whole multi-stage build, timed]
   fuzz    run schemathesis against the origin's OpenAPI description on a throwaway PostgreSQL
   build-edge   install the edge's build tools if missing and build the worker into edge/build
   sqlx-prepare describe the origin's queries against the migrations and rewrite .sqlx/";
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Some("dev") => runtime.block_on(dev::run(&args[1..])),
         Some("test") => test::run(&args[1..]),
         Some("bench") => runtime.block_on(bench::run(&args[1..])),
+        Some("image") => runtime.block_on(image::run(&args[1..])),
         Some("fuzz") => fuzz::run_alone(),
         Some("build-edge") => edge::build().map(|()| ExitCode::SUCCESS),
         Some("sqlx-prepare") => sqlx::prepare(),
@@ -73,4 +77,32 @@ fn cargo() -> std::process::Command {
         std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root());
     command
+}
+
+/// `executable` of PyPI's `package` at `version`, installed into its own virtual environment
+/// under `target/` when missing (Python 3 with venv is needed).
+fn pypi_tool(package: &str, version: &str, executable: &str) -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    let venv = target_dir().join(format!("{package}-{version}"));
+    let path = venv.join("bin").join(executable);
+    if path.exists() {
+        return Ok(path);
+    }
+    eprintln!("xtask: installing {package} {version} from PyPI");
+    let sh = xshell::Shell::new()?;
+    xshell::cmd!(sh, "python3 -m venv {venv}")
+        .run()
+        .with_context(|| format!("creating a virtual environment for {package} (Python 3)"))?;
+    let pip = venv.join("bin").join("pip");
+    let requirement = format!("{package}=={version}");
+    let installed = xshell::cmd!(
+        sh,
+        "{pip} install --quiet --disable-pip-version-check {requirement}"
+    )
+    .run();
+    if installed.is_err() {
+        let _ = std::fs::remove_dir_all(&venv);
+    }
+    installed?;
+    Ok(path)
 }

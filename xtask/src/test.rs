@@ -5,7 +5,8 @@
 //! - a fresh PostgreSQL for the origin and end-to-end tests, on which the committed `.sqlx/`
 //!   query data is first checked against the migrations (see [`crate::sqlx`]);
 //! - the workspace's tests natively, then schemathesis against the origin's OpenAPI description,
-//!   then the Prometheus alerting rules' unit tests (promtool), then `shared`'s tests again on
+//!   then the Prometheus alerting rules' unit tests and the Grafana dashboard's queries
+//!   (promtool), then `shared`'s tests again on
 //!   wasm32 under Node.
 
 use std::io::{BufRead as _, BufReader};
@@ -147,7 +148,50 @@ fn alert_rules() -> anyhow::Result<bool> {
         .args(["test", "rules", "alerts.test.yml"])
         .current_dir(&dir)
         .status()?;
-    Ok(checked.success() && tested.success())
+    // The dashboard's queries, as recording rules, so promtool parses each one's PromQL.
+    let dashboard = crate::root().join("ops/grafana/gatehouse.json");
+    println!("promtool: the queries of {}", dashboard.display());
+    let rules = crate::target_dir().join("grafana-queries.rules.yml");
+    std::fs::write(
+        &rules,
+        dashboard_rules(&std::fs::read_to_string(&dashboard)?)?,
+    )?;
+    let parsed = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .status()?;
+    Ok(checked.success() && tested.success() && parsed.success())
+}
+
+/// A Prometheus rules file recording every panel query of the Grafana dashboard `json`, with
+/// Grafana's variables replaced by values PromQL accepts.
+fn dashboard_rules(json: &str) -> anyhow::Result<String> {
+    let dashboard: serde_json::Value = serde_json::from_str(json)?;
+    let mut rules = String::from("groups:\n  - name: grafana-dashboard-queries\n    rules:\n");
+    let panels = dashboard["panels"]
+        .as_array()
+        .context("the dashboard has panels")?;
+    let mut count = 0;
+    for target in panels
+        .iter()
+        .filter_map(|panel| panel["targets"].as_array())
+        .flatten()
+    {
+        let expr = target["expr"]
+            .as_str()
+            .context("every target has an expr")?;
+        let expr = expr
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        count += 1;
+        // A JSON string is a YAML string.
+        rules.push_str(&format!(
+            "      - record: grafana_query_{count}\n        expr: {}\n",
+            serde_json::Value::String(expr)
+        ));
+    }
+    anyhow::ensure!(count > 0, "the dashboard has no queries");
+    Ok(rules)
 }
 
 /// Runs a `cargo test`, passing its output through and adding up each test binary's

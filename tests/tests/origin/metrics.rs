@@ -141,3 +141,51 @@ async fn metrics_count_requests_logins_and_token_checks(pool: PgPool) {
     assert!(sample(&text, "gatehouse_process_peak_resident_memory_bytes ") > 1e6);
     assert!(!text.contains("ada@example.com"), "no user data in labels");
 }
+
+/// Every series the alerting rules and the Grafana dashboard in `ops/` query is one the origin
+/// exports: renaming a metric without them fails here rather than leaving a silent alert or an
+/// empty panel.
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn alerts_and_dashboard_query_only_exported_series(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    // Families with labels appear once they have a sample: a register (which queues a mail), a
+    // login and a token check give every one of them one.
+    let token = app.register("ada@example.com").await.access_token;
+    app.login("ada@example.com", PASSWORD).await;
+    app.get("/auth/verify", token.expose_secret()).await;
+    let text = scrape(&app).await;
+    let mut exported = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(family) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = family.split_once(' ').expect("# TYPE name kind");
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        exported.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
+    }
+    let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+    for file in ["prometheus/alerts.yml", "grafana/gatehouse.json"] {
+        let source = std::fs::read_to_string(ops.join(file)).unwrap();
+        let queried: Vec<&str> = source
+            .match_indices("gatehouse_")
+            .map(|(at, _)| {
+                let rest = &source[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        assert!(queried.len() > 5, "{file} names the origin's series");
+        for series in queried {
+            assert!(
+                exported.contains(series),
+                "{file} queries {series}, which the origin does not export; it exports {exported:?}"
+            );
+        }
+    }
+}

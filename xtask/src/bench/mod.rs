@@ -17,7 +17,7 @@
 //! - the origin's peak memory and the built worker's gzipped size against the free plan's 3 MiB.
 
 mod chart;
-mod client;
+pub mod client;
 mod report;
 mod scenarios;
 
