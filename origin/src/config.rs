@@ -54,7 +54,27 @@ pub enum SigningKeySource {
     Configured(TokenSigner),
     /// Generated at start-up in development mode; tokens die with the process.
     Ephemeral(TokenSigner),
+    /// `SIGNING_KEYS=database`: kept in PostgreSQL, shared by every instance, rotated by
+    /// `gatehouse-origin key rotate` or on a schedule (see [`crate::signing_keys`]). `loaded` is
+    /// filled by [`crate::signing_keys::load_into`] before the state is built.
+    Database {
+        settings: StoredKeySettings,
+        loaded: Option<crate::signing_keys::LoadedKeys>,
+    },
 }
+
+/// How instances follow signing keys kept in PostgreSQL.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredKeySettings {
+    /// `SIGNING_KEY_REFRESH_SECS`: how often each instance re-reads the keys.
+    pub refresh: Duration,
+    /// `SIGNING_KEY_ROTATE_DAYS`: rotate when the newest key is this old; `None` (0) rotates
+    /// only on `gatehouse-origin key rotate`.
+    pub rotate_every: Option<Duration>,
+}
+
+/// Longest signing-key refresh interval accepted: an hour.
+const SIGNING_KEY_REFRESH_SECS: RangeInclusive<u64> = 1..=3_600;
 
 /// Everything the origin reads from its environment. The database URL (which may carry a
 /// password) and the edge secret are [`SecretString`]s, so `Debug` shows neither.
@@ -227,7 +247,37 @@ impl Config {
         };
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
 
+        let stored_keys = match env.get("SIGNING_KEYS").as_deref().map(str::trim) {
+            None | Some("environment") => false,
+            Some("database") => true,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "SIGNING_KEYS",
+                    "must be environment (JWT_SIGNING_KEY) or database (keys in PostgreSQL)",
+                ));
+            }
+        };
         let signing_key = match env.secret("JWT_SIGNING_KEY", "JWT_SIGNING_KEY_FILE")? {
+            Some((_, source)) if stored_keys => {
+                return Err(ConfigError::new(
+                    source,
+                    "must be unset while SIGNING_KEYS=database (the keys are in PostgreSQL)",
+                ));
+            }
+            None if stored_keys => SigningKeySource::Database {
+                settings: StoredKeySettings {
+                    refresh: Duration::from_secs(env.bounded(
+                        "SIGNING_KEY_REFRESH_SECS",
+                        60,
+                        SIGNING_KEY_REFRESH_SECS,
+                    )?),
+                    rotate_every: match env.parse("SIGNING_KEY_ROTATE_DAYS", 0u64)? {
+                        0 => None,
+                        days => Some(Duration::from_secs(days.saturating_mul(86_400))),
+                    },
+                },
+                loaded: None,
+            },
             Some((pem, source)) => SigningKeySource::Configured(
                 TokenSigner::from_pkcs8_pem(&pem)
                     .map_err(|e| ConfigError::new(source, e.to_string()))?,
@@ -238,7 +288,8 @@ impl Config {
             None => {
                 return Err(ConfigError::new(
                     "JWT_SIGNING_KEY",
-                    "required (or JWT_SIGNING_KEY_FILE); create one with `gatehouse-origin keygen`",
+                    "required (or JWT_SIGNING_KEY_FILE; or SIGNING_KEYS=database); create one \
+                     with `gatehouse-origin keygen`",
                 ));
             }
         };
@@ -248,6 +299,12 @@ impl Config {
                 public_key_from_pem(&pem).map_err(|e| ConfigError::new(source, e.to_string()))
             })
             .transpose()?;
+        if stored_keys && previous_key.is_some() {
+            return Err(ConfigError::new(
+                "JWT_PREVIOUS_KEY",
+                "must be unset while SIGNING_KEYS=database (retired keys stay in PostgreSQL)",
+            ));
+        }
 
         let password_hash_rounds =
             env.bounded("PASSWORD_HASH_ROUNDS", DEFAULT_HASH_ROUNDS, HASH_ROUNDS)?;

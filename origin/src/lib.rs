@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
@@ -114,17 +115,22 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state described by `config`, on `db`. Takes the signing key out of `config`.
-    pub fn from_config(config: Config, db: Database) -> Self {
-        let signer = match config.signing_key {
-            SigningKeySource::Configured(signer) => signer,
+    /// The state described by `config`, on `db`. Takes the signing keys out of `config`; with
+    /// `SIGNING_KEYS=database`, [`signing_keys::load_into`] must have read them.
+    pub fn from_config(config: Config, db: Database) -> anyhow::Result<Self> {
+        let (signer, others) = match config.signing_key {
+            SigningKeySource::Configured(signer) => (signer, Vec::from_iter(config.previous_key)),
             SigningKeySource::Ephemeral(signer) => {
                 tracing::warn!(
                     kid = signer.kid(),
                     "DEVELOPMENT MODE: JWT_SIGNING_KEY is not set, so an ephemeral signing key was \
                      generated. Tokens will not survive a restart. Never run production like this."
                 );
-                signer
+                (signer, Vec::new())
+            }
+            SigningKeySource::Database { loaded, .. } => {
+                let keys = loaded.context("SIGNING_KEYS=database: the keys were not read")?;
+                (keys.signer, keys.others)
             }
         };
         let validation =
@@ -134,13 +140,13 @@ impl AppState {
             config.hash_queue_limit,
             config.password_hash_rounds,
         );
-        AppState {
+        Ok(AppState {
             db,
             metrics: Arc::new(metrics::Metrics::new(&hasher)),
             hasher,
             tokens: Arc::new(Tokens::new(
                 signer,
-                config.previous_key,
+                &others,
                 validation,
                 config.access_token_ttl,
             )),
@@ -159,7 +165,7 @@ impl AppState {
             mail: config.mail.map(mail::Mail::new),
             accounts: config.accounts,
             password_min_score: config.password_min_score,
-        }
+        })
     }
 }
 

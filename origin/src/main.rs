@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use gatehouse_origin::config::Config;
+use gatehouse_origin::config::{Config, SigningKeySource};
 use gatehouse_origin::db::{Database, MIGRATOR};
 use gatehouse_origin::{AppState, api_keys, app, janitor, serve, signing_keys, telemetry, users};
 use gatehouse_shared::ExposeSecret;
@@ -26,9 +26,12 @@ commands:
   healthcheck             exit 0 if the server on LISTEN_ADDR answers /health, else 1 (for a
                           container HEALTHCHECK: the image has no curl)
   keygen                  print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY
+  key rotate              with SIGNING_KEYS=database: add the next signing key, published now and
+                          signing once every cache has seen it (no restarts)
   key revoke KID          emergency: stop publishing and accepting a signing key everywhere
                           (origins refuse its tokens at once, edges within their revocation
-                          refresh); then restart every origin with a new JWT_SIGNING_KEY
+                          refresh); then restart every origin with a new JWT_SIGNING_KEY, or,
+                          with SIGNING_KEYS=database, instances move to a new key by themselves
 
 configuration comes from environment variables; see README.md";
 
@@ -45,6 +48,7 @@ async fn main() -> ExitCode {
         ["api-key", "revoke", id] => revoke_api_key(id).await,
         ["user", action @ ("reactivate" | "erase"), email] => user_command(action, email).await,
         ["key", "revoke", kid] => revoke_signing_key(kid).await,
+        ["key", "rotate"] => rotate_signing_key().await,
         ["import-users", "--from", url] => import_users(url).await,
         ["healthcheck"] => healthcheck().await,
         ["keygen"] => {
@@ -81,6 +85,13 @@ async fn run_server() -> anyhow::Result<()> {
         .await
         .context("applying migrations")?;
     refuse_revoked_signing_key(&db, &config).await?;
+    let config = signing_keys::load_into(config, &db, time::OffsetDateTime::now_utc())
+        .await
+        .context("reading the signing keys from the database")?;
+    let stored_keys = match &config.signing_key {
+        SigningKeySource::Database { settings, .. } => Some(*settings),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
@@ -95,7 +106,7 @@ async fn run_server() -> anyhow::Result<()> {
         None => None,
     };
     let grace = config.shutdown_grace;
-    let state = AppState::from_config(config, db);
+    let state = AppState::from_config(config, db)?;
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
         let router = gatehouse_origin::metrics::router(state.clone());
@@ -107,9 +118,19 @@ async fn run_server() -> anyhow::Result<()> {
     }
     tracing::info!(%addr, bcrypt_cost = rounds, hash_workers = workers, "listening");
     let janitor = tokio::spawn(janitor::run(state.clone()));
+    let key_follower = stored_keys.map(|settings| {
+        tracing::info!(
+            kid = state.tokens.signing_kid(),
+            "signing keys from the database"
+        );
+        tokio::spawn(signing_keys::follow(state.clone(), settings))
+    });
     let courier = gatehouse_origin::mail::courier::spawn(&state).context("SMTP_URL")?;
     serve(listener, app(state), grace).await?;
     janitor.abort();
+    if let Some(follower) = key_follower {
+        follower.abort();
+    }
     if let Some(courier) = courier {
         courier.stop().await;
     }
@@ -119,8 +140,11 @@ async fn run_server() -> anyhow::Result<()> {
 /// An origin told to sign with a revoked key would issue tokens every other part refuses.
 async fn refuse_revoked_signing_key(db: &Database, config: &Config) -> anyhow::Result<()> {
     let kid = match &config.signing_key {
-        gatehouse_origin::config::SigningKeySource::Configured(signer)
-        | gatehouse_origin::config::SigningKeySource::Ephemeral(signer) => signer.kid().to_owned(),
+        SigningKeySource::Configured(signer) | SigningKeySource::Ephemeral(signer) => {
+            signer.kid().to_owned()
+        }
+        // Revoked stored keys are never chosen (`signing_keys::select`).
+        SigningKeySource::Database { .. } => return Ok(()),
     };
     let mut connection = db.acquire().await?;
     if signing_keys::revoked(&mut connection).await?.contains(&kid) {
@@ -149,11 +173,41 @@ async fn revoke_signing_key(kid: &str) -> anyhow::Result<()> {
     if signing_keys::revoke(&mut connection, kid, now).await? {
         eprintln!(
             "revoked signing key {kid}: origins refuse its tokens now, edges within their \
-             revocation refresh; restart every origin still signing with it with a new key"
+             revocation refresh. With JWT_SIGNING_KEY, restart every origin still signing with \
+             it with a new key; with SIGNING_KEYS=database, instances sign with a new key from \
+             their next refresh"
         );
     } else {
         eprintln!("signing key {kid} was already revoked");
     }
+    Ok(())
+}
+
+async fn rotate_signing_key() -> anyhow::Result<()> {
+    let config = Config::from_env().context("invalid configuration")?;
+    let SigningKeySource::Database { settings, .. } = &config.signing_key else {
+        anyhow::bail!(
+            "SIGNING_KEYS: key rotate needs the keys in PostgreSQL (SIGNING_KEYS=database); with \
+             JWT_SIGNING_KEY, rotate by moving the old key to JWT_PREVIOUS_KEY (README)"
+        );
+    };
+    let db = Database::connect(config.database_url.expose_secret(), &config.database)
+        .context("DATABASE_URL")?;
+    MIGRATOR
+        .run(db.pool())
+        .await
+        .context("applying migrations")?;
+    let lead = signing_keys::lead_time(settings, config.jwks_max_age);
+    let cipher = config.server_keys.signing_key_cipher();
+    let (kid, activates_at) =
+        signing_keys::rotate(&db, &cipher, time::OffsetDateTime::now_utc(), lead).await?;
+    println!("{kid}");
+    eprintln!(
+        "added signing key {kid}: published by every instance within {} s, signing from \
+         {activates_at} ({} s from now); the current key stays published until its tokens expire",
+        settings.refresh.as_secs(),
+        lead.as_secs()
+    );
     Ok(())
 }
 

@@ -30,6 +30,8 @@ pub enum KeyUse {
     RefreshTokens,
     /// Names brute-force counters and trusted devices (see [`crate::throttle`]).
     CounterNames,
+    /// Encrypts the private signing keys kept in PostgreSQL (see [`crate::signing_keys`]).
+    SigningKeys,
 }
 
 impl KeyUse {
@@ -38,6 +40,7 @@ impl KeyUse {
             KeyUse::OutboxTokens => b"outbox link-token encryption",
             KeyUse::RefreshTokens => b"refresh-token mac",
             KeyUse::CounterNames => b"throttle counter names",
+            KeyUse::SigningKeys => b"signing-key encryption",
         }
     }
 }
@@ -94,11 +97,18 @@ impl ServerKeys {
             &self.key(KeyUse::OutboxTokens).into(),
         ))
     }
+
+    /// The key-encryption cipher for private signing keys kept in PostgreSQL.
+    pub fn signing_key_cipher(&self) -> TokenCipher {
+        TokenCipher(XChaCha20Poly1305::new(
+            &self.key(KeyUse::SigningKeys).into(),
+        ))
+    }
 }
 
-/// XChaCha20-Poly1305 over link tokens: a random 192-bit nonce per token (safe to draw at random,
-/// unlike a 96-bit one), the ciphertext bound to its outbox row by associated data so a sealed
-/// token cannot be moved to another row.
+/// XChaCha20-Poly1305 over secrets at rest (link tokens, private signing keys): a random 192-bit
+/// nonce per secret (safe to draw at random, unlike a 96-bit one), the ciphertext bound to its row
+/// by associated data so a sealed secret cannot be moved to another row.
 pub struct TokenCipher(XChaCha20Poly1305);
 
 /// Nonce length of XChaCha20-Poly1305.
@@ -107,10 +117,21 @@ const NONCE_BYTES: usize = 24;
 impl TokenCipher {
     /// `token` encrypted, nonce first, bound to `context`.
     pub fn seal(&self, token: &LinkToken, context: &[u8]) -> Vec<u8> {
+        self.seal_bytes(token.expose().as_bytes(), context)
+    }
+
+    /// The token `sealed` holds, if it was sealed with this key and `context`.
+    pub fn open(&self, sealed: &[u8], context: &[u8]) -> Option<LinkToken> {
+        let plain = self.open_bytes(sealed, context)?;
+        LinkToken::parse(std::str::from_utf8(&plain).ok()?).ok()
+    }
+
+    /// `secret` encrypted, nonce first, bound to `context`.
+    pub fn seal_bytes(&self, secret: &[u8], context: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_BYTES];
         OsRng.fill_bytes(&mut nonce);
         let payload = Payload {
-            msg: token.expose().as_bytes(),
+            msg: secret,
             aad: context,
         };
         let ciphertext = self
@@ -120,8 +141,8 @@ impl TokenCipher {
         [nonce.as_slice(), &ciphertext].concat()
     }
 
-    /// The token `sealed` holds, if it was sealed with this key and `context`.
-    pub fn open(&self, sealed: &[u8], context: &[u8]) -> Option<LinkToken> {
+    /// The secret `sealed` holds, if it was sealed with this key and `context`.
+    pub fn open_bytes(&self, sealed: &[u8], context: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < NONCE_BYTES {
             return None;
         }
@@ -130,8 +151,7 @@ impl TokenCipher {
             msg: ciphertext,
             aad: context,
         };
-        let plain = self.0.decrypt(XNonce::from_slice(nonce), payload).ok()?;
-        LinkToken::parse(std::str::from_utf8(&plain).ok()?).ok()
+        self.0.decrypt(XNonce::from_slice(nonce), payload).ok()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Issuing and checking access tokens with the configured keys. The rules themselves live in
 //! `gatehouse_shared::token`, so the edge applies exactly the same ones.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
@@ -10,14 +11,38 @@ use gatehouse_shared::token::{AccessClaims, TokenError, Validation, validate};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// The signing key, the keys still accepted, and the expected issuer and audience.
+/// The signing key, the keys still accepted, and the expected issuer and audience. The keys can
+/// be replaced while requests run (signing keys kept in PostgreSQL are re-read on an interval);
+/// each request works with one consistent set.
 #[derive(Debug)]
 pub struct Tokens {
-    signer: TokenSigner,
-    keys: KeySet,
-    jwks: JwkSet,
+    keys: RwLock<Arc<Keys>>,
     validation: Validation,
     ttl: Duration,
+}
+
+/// One consistent set of keys.
+#[derive(Debug)]
+struct Keys {
+    signer: TokenSigner,
+    accepted: KeySet,
+    jwks: JwkSet,
+}
+
+impl Keys {
+    /// Signs with `signer`; accepts and publishes it first, then `others`.
+    fn new(signer: TokenSigner, others: &[VerifyingKey]) -> Self {
+        let published: Vec<VerifyingKey> = std::iter::once(signer.verifying_key())
+            .chain(others.iter().copied())
+            .collect();
+        Keys {
+            accepted: KeySet::from_keys(&published),
+            jwks: JwkSet {
+                keys: published.iter().map(Jwk::from_ed25519).collect(),
+            },
+            signer,
+        }
+    }
 }
 
 /// A freshly signed access token.
@@ -29,31 +54,41 @@ pub struct IssuedToken {
 }
 
 impl Tokens {
-    /// Signs with `signer`; accepts tokens from it and from `previous` (the key before the last
-    /// rotation), so tokens issued just before a rotation stay valid until they expire.
+    /// Signs with `signer`; accepts tokens from it and from `others` (the key before the last
+    /// rotation, or the next one), so tokens issued just before a rotation stay valid until they
+    /// expire.
     pub fn new(
         signer: TokenSigner,
-        previous: Option<VerifyingKey>,
+        others: &[VerifyingKey],
         validation: Validation,
         ttl: Duration,
     ) -> Self {
-        let current = signer.verifying_key();
-        let published: Vec<VerifyingKey> = std::iter::once(current).chain(previous).collect();
-        let jwks = JwkSet {
-            keys: published.iter().map(Jwk::from_ed25519).collect(),
-        };
         Tokens {
-            keys: KeySet::from_keys(&published),
-            jwks,
-            signer,
+            keys: RwLock::new(Arc::new(Keys::new(signer, others))),
             validation,
             ttl,
         }
     }
 
+    /// From now on, signs with `signer` and accepts and publishes it and `others` (keys about to
+    /// sign, and retired keys whose tokens may still be live).
+    pub fn replace_keys(&self, signer: TokenSigner, others: &[VerifyingKey]) {
+        let keys = Arc::new(Keys::new(signer, others));
+        *self.keys.write().expect("not poisoned") = keys;
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.keys.read().expect("not poisoned"))
+    }
+
     /// The public keys, current first, as published at `/.well-known/jwks.json`.
-    pub fn jwks(&self) -> &JwkSet {
-        &self.jwks
+    pub fn jwks(&self) -> JwkSet {
+        self.keys().jwks.clone()
+    }
+
+    /// The key id tokens are signed with now.
+    pub fn signing_kid(&self) -> String {
+        self.keys().signer.kid().to_owned()
     }
 
     /// The access-token lifetime.
@@ -65,7 +100,7 @@ impl Tokens {
     /// lifetime plus the largest leeway either side may be configured with (the edge has its own
     /// `JWT_LEEWAY_SECS`). The revocation list sent to the edge covers this span.
     pub fn longest_validity(&self) -> Duration {
-        self.ttl + Duration::from_secs(gatehouse_shared::token::MAX_LEEWAY_SECS)
+        longest_validity(self.ttl)
     }
 
     /// Issues a token for `user` in `session` at `now`, expiring after the configured lifetime
@@ -94,13 +129,24 @@ impl Tokens {
             legacy_id: user.legacy_id,
         };
         IssuedToken {
-            token: self.signer.sign(&claims),
+            token: self.keys().signer.sign(&claims),
             expires_in,
         }
     }
 
     /// Validates a presented token at `now`.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<AccessClaims, TokenError> {
-        validate(token, &self.keys, &self.validation, now.unix_timestamp())
+        validate(
+            token,
+            &self.keys().accepted,
+            &self.validation,
+            now.unix_timestamp(),
+        )
     }
+}
+
+/// How long a token with lifetime `ttl` can pass validation anywhere: `ttl` plus the largest
+/// leeway either side may be configured with.
+pub fn longest_validity(ttl: Duration) -> Duration {
+    ttl + Duration::from_secs(gatehouse_shared::token::MAX_LEEWAY_SECS)
 }

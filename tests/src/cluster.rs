@@ -35,20 +35,26 @@ impl Cluster {
     pub async fn start(app: &TestApp, instances: usize, env: &[(&str, &str)]) -> Cluster {
         let binary = origin_binary();
         let database_url = database_url(app).await;
+        // With `SIGNING_KEYS=database` in `env` the instances share the keys in PostgreSQL
+        // instead of the test app's.
+        let stored_keys = env.contains(&("SIGNING_KEYS", "database"));
         let signing_key = app.signer.to_pkcs8_pem();
         let mut origins = Vec::with_capacity(instances);
         for _ in 0..instances {
+            let mut command = Command::new(&binary);
+            command.env_clear();
+            if !stored_keys {
+                command.env("JWT_SIGNING_KEY", signing_key.as_str());
+            }
             // Port 0: the origin binds a free port itself and logs it, so no other test can take
             // the port between choosing it and binding it.
-            let mut process = Command::new(&binary)
+            let mut process = command
                 .arg("serve")
-                .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
                 .env("GATEHOUSE_ENV", "development")
                 .env("DATABASE_URL", &database_url)
                 .env("LISTEN_ADDR", "127.0.0.1:0")
                 .env("METRICS_LISTEN_ADDR", "off")
-                .env("JWT_SIGNING_KEY", signing_key.as_str())
                 .env("JWT_ISSUER", ISSUER)
                 .env("JWT_AUDIENCE", AUDIENCE)
                 .env("EDGE_SECRET", EDGE_SECRET)

@@ -240,7 +240,7 @@ pub fn test_state(db: Database, options: Options) -> AppState {
         }
         MailSetting::Disabled => config.mail = None,
     }
-    let mut state = AppState::from_config(config, db);
+    let mut state = AppState::from_config(config, db).expect("a configured signing key");
     state.clock = options.clock.clock();
     state
 }

@@ -27,7 +27,7 @@ pub(crate) async fn get_jwks(State(state): State<AppState>) -> impl IntoResponse
         .revoked_keys
         .current(&state.db, state.clock.now())
         .await;
-    let mut jwks = state.tokens.jwks().clone();
+    let mut jwks = state.tokens.jwks();
     jwks.keys
         .retain(|key| !key.kid.as_ref().is_some_and(|kid| revoked.contains(kid)));
     ([(header::CACHE_CONTROL, cache_control)], Json(jwks))

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::TokenResponse;
+use gatehouse_shared::signing::TokenSigner;
 use gatehouse_tests::cluster::{self, Cluster};
 use gatehouse_tests::edge::{CountingRelay, Edge, bindings};
 use gatehouse_tests::{PASSWORD, RowLock, TestApp};
@@ -202,4 +203,156 @@ async fn a_revoked_signing_key_is_refused_everywhere(pool: PgPool) {
         stderr.contains("JWT_SIGNING_KEY") && stderr.contains("revoked"),
         "{stderr}"
     );
+}
+
+/// The key id in a token's protected header.
+fn kid_of(token: &str) -> String {
+    gatehouse_shared::token::key_id(token).expect("a well-formed token")
+}
+
+/// The kids an origin publishes, in order.
+async fn published_kids(origin: &cluster::OriginProcess) -> Vec<String> {
+    let jwks: serde_json::Value = reqwest::get(format!("{}/.well-known/jwks.json", origin.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Keys in PostgreSQL: `gatehouse-origin key rotate` while two instances issue tokens and the
+/// edge and both instances check them. Every check passes before, during and after the rotation:
+/// the instances never fetch keys on demand, so each knew the next key before the other signed
+/// with it. The edge's refetch for unknown keys is spent on a stranger's token while its key set
+/// is fresh, and the next is an hour away: it learns the next key from the key set it refreshes
+/// anyway (max-age 3 s here).
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_key_rotation_while_two_instances_and_the_edge_serve_fails_no_check(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let registered = app.register("ada@example.com").await;
+    let stranger =
+        TokenSigner::generate(&mut rand_core::OsRng).sign(&app.claims(&registered.access_token));
+    let keys_env = [
+        ("SIGNING_KEYS", "database"),
+        ("SIGNING_KEY_REFRESH_SECS", "1"),
+        ("JWKS_MAX_AGE_SECS", "3"),
+    ];
+    let limits_env = [
+        ("LOGIN_LIMIT_PER_ACCOUNT", "100000"),
+        ("LOGIN_LIMIT_PER_ACCOUNT_AND_IP", "100000"),
+        ("LOGIN_LIMIT_PER_IP", "100000"),
+    ];
+    let cluster = Cluster::start(&app, 2, &[keys_env.as_slice(), &limits_env].concat()).await;
+    let relay = CountingRelay::start(&cluster.origins[0].url).await;
+    let mut settings = bindings(&relay.url);
+    settings.insert("JWKS_REFETCH_COOLDOWN_SECS".into(), json!("3600"));
+    let edge = Edge::start(settings).await;
+    let client = gatehouse_tests::edge::client();
+    let login = |instance: usize| {
+        let (origin, app) = (&cluster.origins[instance], &app);
+        async move {
+            let response = origin
+                .request(app, Method::POST, "/auth/login", "203.0.113.9")
+                .json(&json!({ "email": "ada@example.com", "password": PASSWORD }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "login at {instance}");
+            let tokens: TokenResponse = response.json().await.unwrap();
+            tokens.access_token.expose_secret().to_owned()
+        }
+    };
+    let check_everywhere = |token: String| {
+        let (client, edge, cluster, app) = (&client, &edge, &cluster, &app);
+        async move {
+            let at_edge = client
+                .get(format!("{}/auth/verify", edge.url))
+                .header("x-api-key", &app.api_key)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(at_edge, StatusCode::OK, "edge, key {}", kid_of(&token));
+            for (instance, origin) in cluster.origins.iter().enumerate() {
+                let status = origin.verify(app, &token).await;
+                assert_eq!(
+                    status,
+                    StatusCode::OK,
+                    "instance {instance}, key {}",
+                    kid_of(&token)
+                );
+            }
+        }
+    };
+    let first_token = login(0).await;
+    let first_kid = kid_of(&first_token);
+    for origin in &cluster.origins {
+        assert_eq!(published_kids(origin).await, vec![first_kid.clone()]);
+    }
+    check_everywhere(first_token.clone()).await;
+    let refused = client
+        .get(format!("{}/auth/verify", edge.url))
+        .header("x-api-key", &app.api_key)
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::UNAUTHORIZED,
+        "a stranger's key"
+    );
+
+    let rotated = tokio::process::Command::new(cluster::origin_binary())
+        .args(["key", "rotate"])
+        .env_clear()
+        .env("GATEHOUSE_ENV", "development")
+        .env("DATABASE_URL", cluster::database_url(&app).await)
+        .env("SERVER_SECRET", gatehouse_tests::SERVER_SECRET)
+        .env("MAIL_ENABLED", "false")
+        .envs(keys_env)
+        .output()
+        .await
+        .unwrap();
+    assert!(rotated.status.success(), "{rotated:?}");
+    let next_kid = String::from_utf8(rotated.stdout).unwrap().trim().to_owned();
+    assert_ne!(next_kid, first_kid);
+
+    // Until both instances sign with the next key: each issues tokens, which the edge and both
+    // instances accept, as they still accept the very first token.
+    let mut signs_with_next = [false, false];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut checked = 0;
+    while signs_with_next != [true, true] {
+        assert!(
+            Instant::now() < deadline,
+            "the next key never signed at both instances"
+        );
+        for (instance, switched) in signs_with_next.iter_mut().enumerate() {
+            let token = login(instance).await;
+            let kid = kid_of(&token);
+            assert!(kid == first_kid || kid == next_kid, "unknown key {kid}");
+            *switched |= kid == next_kid;
+            check_everywhere(token).await;
+            check_everywhere(first_token.clone()).await;
+            checked += 2;
+        }
+    }
+    assert!(
+        checked > 10,
+        "the rotation was watched at work ({checked} tokens checked)"
+    );
+    for origin in &cluster.origins {
+        assert_eq!(
+            published_kids(origin).await,
+            vec![next_kid.clone(), first_kid.clone()]
+        );
+    }
 }
