@@ -4,6 +4,8 @@
 //! - `cargo xtask image` (CI) builds the Dockerfile's `prebuilt` target: the runtime stage around
 //!   a release binary built here on the host, so CI does not pay for a second cold release build
 //!   inside the image.
+//! - `cargo xtask image --binary PATH` does the same with a release binary built already (CI
+//!   builds it at low priority while the tests run, which leave the CPU mostly idle).
 //! - `cargo xtask image --full` runs the whole multi-stage build (rustup and a release build in the
 //!   build stage), timed, then the same smoke test.
 //!
@@ -13,7 +15,7 @@
 //! packages when missing (as root on Debian). Containers run with runc and explicit limits: the
 //! default runtime, crun, fails on these machines' hybrid cgroups.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -43,33 +45,34 @@ const SLIM_EXCLUDES: [&str; 4] = [
     "path-exclude=/usr/share/info/*",
 ];
 
+/// How the image gets its binary.
+enum Source {
+    /// Built here in release (`cargo xtask image`).
+    HostBuild,
+    /// Built here already (`--binary PATH`: CI builds it while the tests run).
+    HostBinary(PathBuf),
+    /// The Dockerfile's own build stage (`--full`).
+    Full,
+}
+
 pub async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
-    let full = match args {
-        [] => false,
-        [flag] if flag == "--full" => true,
-        _ => bail!("usage: cargo xtask image [--full]"),
+    let source = match args {
+        [] => Source::HostBuild,
+        [flag] if flag == "--full" => Source::Full,
+        [flag, path] if flag == "--binary" => Source::HostBinary(PathBuf::from(path)),
+        _ => bail!("usage: cargo xtask image [--full | --binary PATH]"),
     };
     let sh = Shell::new()?;
     sh.change_dir(crate::root());
     install_tools(&sh)?;
     check_compose(&sh)?;
     base_image(&sh)?;
-    if full {
-        // The host's CA bundle, for a network behind a TLS-intercepting proxy (as here).
-        let ca = "id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt";
-        let started = Instant::now();
-        cmd!(
-            sh,
-            "podman build --isolation chroot --format docker --secret {ca} --tag {TAG} ."
-        )
-        .run()
-        .context("the full image build")?;
-        println!(
-            "image: the full multi-stage build took {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-    } else {
-        let binary = crate::dev::build_origin(true)?;
+    let binary = match source {
+        Source::Full => None,
+        Source::HostBuild => Some(crate::dev::build_origin(true)?),
+        Source::HostBinary(path) => Some(path),
+    };
+    if let Some(binary) = binary {
         // The build context holds the one binary, not the whole target directory; without its
         // line tables, as the Dockerfile's build stage ships it.
         let context = crate::target_dir().join("image-context");
@@ -83,6 +86,20 @@ pub async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         )
         .run()
         .context("building the image around the host's binary")?;
+    } else {
+        // The host's CA bundle, for a network behind a TLS-intercepting proxy (as here).
+        let ca = "id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt";
+        let started = Instant::now();
+        cmd!(
+            sh,
+            "podman build --isolation chroot --format docker --secret {ca} --tag {TAG} ."
+        )
+        .run()
+        .context("the full image build")?;
+        println!(
+            "image: the full multi-stage build took {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     let format = "{{.Size}}";
     let size: u64 = cmd!(sh, "podman image inspect --format {format} {TAG}")
@@ -194,6 +211,10 @@ async fn smoke(sh: &Shell) -> anyhow::Result<()> {
         "nofile=4096:4096",
         "--ulimit",
         "nproc=4096:4096",
+        // No timer for the HEALTHCHECK (podman would ask systemd for one); the smoke test runs
+        // it itself with `podman healthcheck run`.
+        "--health-interval",
+        "disable",
     ];
     let signing_key = cmd!(sh, "podman {limits...} --rm {TAG} keygen")
         .read()
