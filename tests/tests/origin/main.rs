@@ -18,5 +18,6 @@ mod resilience;
 mod revocations;
 mod sessions;
 mod shedding;
+mod signing_keys;
 mod throttle;
 mod verify;
