@@ -92,6 +92,10 @@ const MAX_REVOCATION_REFRESH_SECS: u64 = 60;
 /// Longest a stale revocation list may be used while the origin is unreachable: an hour.
 const MAX_REVOCATION_STALE_SECS: u64 = 3_600;
 
+/// Largest verified-token cache accepted per isolate (about 300 bytes a token; an isolate has
+/// 128 MB).
+const MAX_TOKEN_CACHE_ENTRIES: u64 = 1_000_000;
+
 /// Everything the edge reads from its environment.
 pub struct EdgeConfig {
     /// `ORIGIN_URL`, without a trailing slash.
@@ -113,6 +117,9 @@ pub struct EdgeConfig {
     /// `REVOCATION_MAX_STALE_SECS` (default 300, at most 3600): how long the last revocation list
     /// is used while the origin cannot be reached, before verification answers 503.
     pub revocation_max_stale_secs: u64,
+    /// `TOKEN_CACHE_ENTRIES` (default 4096, at most 1,000,000; 0 turns it off): tokens each
+    /// isolate remembers as verified (see `gatehouse_shared::token_cache`).
+    pub token_cache_entries: u64,
     /// The rate-limiting bindings, read on first use: most requests need none.
     limiters: OnceCell<Limiters>,
     /// Tags and checks what the edge keeps in the Cache API, keyed from `EDGE_SECRET`; derived on
@@ -203,6 +210,7 @@ impl EdgeConfig {
                 300,
                 MAX_REVOCATION_STALE_SECS,
             )?,
+            token_cache_entries: number("TOKEN_CACHE_ENTRIES", 4_096, MAX_TOKEN_CACHE_ENTRIES)?,
             edge_secret,
         })
     }

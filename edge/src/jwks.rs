@@ -7,13 +7,15 @@
 //! redeploy, and a flood of tokens with random kids cannot become a flood of origin requests.
 //! When the origin cannot be reached, keys past their max-age are still used for up to
 //! `MAX_STALE_SECS`, and the origin is asked again only every 15 s, so an outage does not make
-//! every verification wait for it.
+//! every verification wait for it. Tokens that verified are remembered per isolate
+//! (`TOKEN_CACHE_ENTRIES`), so a client checking its token again costs a hash, not a signature.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::thread::LocalKey;
 
 use gatehouse_shared::jwk::{JwkSet, KeySet};
 use gatehouse_shared::token::{AccessClaims, TokenError, key_id};
+use gatehouse_shared::token_cache::TokenCache;
 use worker::Date;
 
 use crate::cache::{self, Document, Held, Lifetime};
@@ -86,12 +88,30 @@ pub async fn validate(
             keys = cached;
         }
     }
-    gatehouse_shared::token::validate(token, &keys, &config.validation, now).map_err(|error| {
+    let validated = TOKENS.with(|tokens| {
+        tokens
+            .get_or_init(|| TokenCache::new(cache_key(), config.token_cache_entries as usize))
+            .validate(token, &keys, &config.validation, now)
+    });
+    validated.map(|(claims, _)| claims).map_err(|error| {
         if error == TokenError::UnknownKeyId {
             worker::console_log!("request {request_id}: token names an unknown key");
         }
         AppError::InvalidToken(error)
     })
+}
+
+thread_local! {
+    /// Tokens this isolate has verified: a repeated check skips the signature (the key set, the
+    /// validity window and, in the caller, the revocation list are still checked every time).
+    static TOKENS: OnceCell<TokenCache> = const { OnceCell::new() };
+}
+
+/// A random key for the token cache's HMAC, from two `crypto.randomUUID()`s (244 random bits).
+fn cache_key() -> [u8; 32] {
+    use sha2::Digest as _;
+    let seed = format!("{}{}", crate::random_uuid(), crate::random_uuid());
+    sha2::Sha256::digest(seed.as_bytes()).into()
 }
 
 fn cooldown_over(config: &EdgeConfig) -> bool {

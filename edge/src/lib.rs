@@ -37,7 +37,7 @@ use crate::routes::Gate;
 extern "C" {
     /// `crypto.randomUUID()`, available in every Workers isolate.
     #[wasm_bindgen(js_namespace = crypto, js_name = randomUUID)]
-    fn random_uuid() -> String;
+    pub(crate) fn random_uuid() -> String;
 }
 
 #[event(fetch)]

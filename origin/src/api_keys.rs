@@ -12,7 +12,9 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::error::{ApiError, Result};
 
-/// Middleware: lets a request through only with a well-formed, known, unrevoked key.
+/// Middleware: lets a request through only with a well-formed, known, unrevoked key. The stored
+/// hash (or its absence) is remembered until a notification says the key changed (see
+/// [`crate::memory`]); the presented secret is compared with it on every request.
 pub async fn require_api_key(
     State(state): State<AppState>,
     request: Request,
@@ -24,14 +26,24 @@ pub async fn require_api_key(
         .and_then(|value| value.to_str().ok())
         .and_then(|text| ApiKey::parse(text).ok())
         .ok_or(ApiError::InvalidApiKey)?;
-    let mut connection = state.db.acquire().await?;
-    let stored = sqlx::query_scalar!(
-        "select secret_hash from api_keys where id = $1 and revoked_at is null",
-        key.id(),
-    )
-    .fetch_optional(&mut *connection)
-    .await?;
-    drop(connection);
+    let stored = match state.memory.api_key(key.id()) {
+        Some(remembered) => remembered,
+        None => {
+            let ticket = state.memory.ticket();
+            let mut connection = state.db.acquire().await?;
+            let stored = sqlx::query_scalar!(
+                "select secret_hash from api_keys where id = $1 and revoked_at is null",
+                key.id(),
+            )
+            .fetch_optional(&mut *connection)
+            .await?;
+            drop(connection);
+            state
+                .memory
+                .remember_api_key(ticket, key.id(), stored.clone());
+            stored
+        }
+    };
     match stored {
         Some(hash) if key.matches(&hash) => Ok(next.run(request).await),
         _ => Err(ApiError::InvalidApiKey),

@@ -13,6 +13,7 @@ use gatehouse_shared::{ExposeSecret, SecretString};
 
 use crate::db::PoolSettings;
 use crate::mail::MailConfig;
+use crate::memory::ListenOn;
 use crate::password_policy;
 use crate::server_secret::{MIN_SECRET_BYTES, ServerKeys};
 use crate::sessions::SessionPolicy;
@@ -92,6 +93,11 @@ pub struct Config {
     pub database_url: SecretString,
     /// `DATABASE_MAX_CONNECTIONS`, `DATABASE_ACQUIRE_TIMEOUT_SECS`, `DATABASE_TEST_BEFORE_ACQUIRE`.
     pub database: PoolSettings,
+    /// `LISTEN_DATABASE_URL`: where change notifications are listened for (default: the pool's
+    /// server; `off`: nothing is remembered, every check reads the database).
+    pub listen_on: ListenOn,
+    /// `TOKEN_CACHE_ENTRIES`: tokens remembered as verified (0: none).
+    pub token_cache_entries: usize,
     /// `PASSWORD_HASH_ROUNDS`: the bcrypt cost.
     pub password_hash_rounds: u32,
     /// `HASH_WORKERS`: threads in the hashing pool.
@@ -340,6 +346,12 @@ impl Config {
                 })?
                 .into(),
             database: read_pool(&env)?,
+            listen_on: read_listen_on(&env)?,
+            token_cache_entries: env.bounded(
+                "TOKEN_CACHE_ENTRIES",
+                DEFAULT_TOKEN_CACHE_ENTRIES,
+                TOKEN_CACHE_ENTRIES,
+            )?,
             password_hash_rounds,
             hash_workers: env.positive("HASH_WORKERS", cores)?,
             hash_queue_limit: env.positive("HASH_QUEUE_LIMIT", 128)?,
@@ -385,6 +397,31 @@ impl Config {
             refuse_published("EDGE_SECRET", secret.expose_secret(), config.environment)?;
         }
         Ok(config)
+    }
+}
+
+/// Default verified-token cache: 16,384 tokens, about 5 MB; a token is checked again by its
+/// holder every request for up to 15 minutes, so this covers that many concurrently active users.
+const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 16_384;
+
+/// Verified-token cache sizes accepted (each entry is about 300 bytes).
+const TOKEN_CACHE_ENTRIES: RangeInclusive<usize> = 0..=10_000_000;
+
+/// `LISTEN_DATABASE_URL`: unset listens through the pool's server, `off` remembers nothing.
+fn read_listen_on(env: &Env) -> Result<ListenOn, ConfigError> {
+    match env.get("LISTEN_DATABASE_URL").as_deref().map(str::trim) {
+        None => Ok(ListenOn::Pool),
+        Some("off") => Ok(ListenOn::Off),
+        Some(url) => {
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|_| {
+                    ConfigError::new(
+                        "LISTEN_DATABASE_URL",
+                        "must be a PostgreSQL URL (postgres://...) or off",
+                    )
+                })?;
+            Ok(ListenOn::Url(url.into()))
+        }
     }
 }
 

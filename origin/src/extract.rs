@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::memory::Remembered;
 use crate::sessions;
 
 /// `axum::Json`, but rejections come back as problem details rather than plain text.
@@ -29,7 +30,9 @@ pub struct ApiQuery<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
-/// The user behind a valid bearer token whose session is live and whose account is active.
+/// The user behind a valid bearer token whose session is live and whose account is active: from
+/// memory when this instance has read it before and no notification has said otherwise since
+/// (see [`crate::memory`]), else from the database.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     /// The user's id (`sub`).
@@ -57,19 +60,31 @@ impl FromRequestParts<AppState> for AuthUser {
         })?;
         // The header passed validation, so its kid is there.
         let kid = gatehouse_shared::token::key_id(token).map_err(ApiError::InvalidToken)?;
-        let mut connection = state.db.acquire().await?;
-        let live = sessions::is_live(
-            &mut connection,
-            &state.sessions,
-            claims.sid,
-            claims.sub,
-            &kid,
-            now,
-        )
-        .await?;
-        if !live {
+        let remembered = state.memory.session(claims.sid, claims.sub, &kid, now);
+        if remembered == Remembered::Ended {
             state.metrics.verification("session_ended");
             return Err(ApiError::SessionEnded);
+        }
+        if remembered == Remembered::Unknown {
+            let ticket = state.memory.ticket();
+            let mut connection = state.db.acquire().await?;
+            let live_until = sessions::live_until(
+                &mut connection,
+                &state.sessions,
+                claims.sid,
+                claims.sub,
+                &kid,
+                now,
+            )
+            .await?;
+            drop(connection);
+            let Some(until) = live_until else {
+                state.metrics.verification("session_ended");
+                return Err(ApiError::SessionEnded);
+            };
+            state
+                .memory
+                .remember_session(ticket, claims.sid, claims.sub, &kid, until);
         }
         state.metrics.verification("valid");
         Ok(AuthUser {

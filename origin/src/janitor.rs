@@ -53,7 +53,7 @@ pub async fn purge(state: &AppState, now: OffsetDateTime) -> Result<Purged> {
             let registered_before = now - state.accounts.unverified_ttl;
             for id in users::deactivate_unverified(&mut tx, registered_before, now).await? {
                 let (all, reason) = (Which::All, EndReason::Deactivated);
-                crate::sessions::end(&mut tx, &state.sessions, id, all, reason, now).await?;
+                crate::sessions::end(&mut tx, state, id, all, reason, now).await?;
             }
             tx.commit().await?;
             Some(now - state.tokens.longest_validity())

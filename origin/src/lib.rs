@@ -14,6 +14,7 @@ pub mod import;
 pub mod janitor;
 pub mod links;
 pub mod mail;
+pub mod memory;
 pub mod metrics;
 pub mod openapi;
 pub mod password;
@@ -112,6 +113,12 @@ pub struct AppState {
     pub accounts: users::AccountPolicy,
     /// The zxcvbn score a new password must reach.
     pub password_min_score: u8,
+    /// API-key verdicts and live sessions remembered, kept true by PostgreSQL notifications.
+    pub memory: Arc<memory::Memory>,
+    /// Where those notifications are listened for (`LISTEN_DATABASE_URL`).
+    pub listen_on: memory::ListenOn,
+    /// The listening task, once [`AppState::follow_changes`] started it.
+    pub follower: Option<Arc<memory::Follower>>,
 }
 
 impl AppState {
@@ -144,12 +151,10 @@ impl AppState {
             db,
             metrics: Arc::new(metrics::Metrics::new(&hasher)),
             hasher,
-            tokens: Arc::new(Tokens::new(
-                signer,
-                &others,
-                validation,
-                config.access_token_ttl,
-            )),
+            tokens: Arc::new(
+                Tokens::new(signer, &others, validation, config.access_token_ttl)
+                    .with_cache(config.token_cache_entries),
+            ),
             clock: Clock::system(),
             jwks_max_age: config.jwks_max_age,
             body_limit_bytes: config.body_limit_bytes,
@@ -165,7 +170,17 @@ impl AppState {
             mail: config.mail.map(mail::Mail::new),
             accounts: config.accounts,
             password_min_score: config.password_min_score,
+            memory: Arc::new(memory::Memory::new()),
+            listen_on: config.listen_on,
+            follower: None,
         })
+    }
+
+    /// Starts listening for change notifications, so that API-key verdicts and live sessions
+    /// are remembered (see [`memory`]); until it has subscribed, and without it, every check reads
+    /// the database. Listening stops when the last clone of this state is dropped.
+    pub fn follow_changes(&mut self) {
+        self.follower = memory::spawn(&self.memory, self.db.pool(), &self.listen_on).map(Arc::new);
     }
 }
 

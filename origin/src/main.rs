@@ -106,7 +106,8 @@ async fn run_server() -> anyhow::Result<()> {
         None => None,
     };
     let grace = config.shutdown_grace;
-    let state = AppState::from_config(config, db)?;
+    let mut state = AppState::from_config(config, db)?;
+    state.follow_changes();
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
         let router = gatehouse_origin::metrics::router(state.clone());

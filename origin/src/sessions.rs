@@ -270,6 +270,7 @@ impl Position {
 /// [`crate::tokens::Tokens::longest_validity`]), reported with a reuse so the edge can forget it.
 pub async fn refresh(
     db: &crate::db::Database,
+    memory: &crate::memory::Memory,
     policy: &SessionPolicy,
     key: &RefreshKey,
     presented: &Presented,
@@ -319,7 +320,7 @@ pub async fn refresh(
     // order they took effect.
     let now = clock.now();
     if policy.expires_at(session.created_at, session.last_used_at) <= now {
-        end_locked(&mut tx, session_id, EndReason::Expired, now).await?;
+        end_locked(&mut tx, memory, session_id, EndReason::Expired, now).await?;
         tx.commit().await?;
         return Err(ApiError::SessionExpired);
     }
@@ -349,8 +350,14 @@ pub async fn refresh(
             live
         }
         Verdict::Reused => {
-            let ended_at =
-                end_locked(&mut tx, session_id, EndReason::RefreshTokenReused, now).await?;
+            let ended_at = end_locked(
+                &mut tx,
+                memory,
+                session_id,
+                EndReason::RefreshTokenReused,
+                now,
+            )
+            .await?;
             tx.commit().await?;
             tracing::warn!(%session_id, "spent refresh token presented again: session ended");
             return Err(ApiError::RefreshTokenReused(RevokedSession {
@@ -462,6 +469,7 @@ async fn replay(
 /// Ends the locked, live session `session_id`; returns its recorded end (see [`Ended`]).
 async fn end_locked(
     tx: &mut Transaction<'static, Postgres>,
+    memory: &crate::memory::Memory,
     session_id: Uuid,
     reason: EndReason,
     now: OffsetDateTime,
@@ -476,6 +484,7 @@ async fn end_locked(
     )
     .fetch_optional(&mut **tx)
     .await?;
+    memory.ending([session_id]);
     sqlx::query!(
         "delete from refresh_tokens where session_id = $1",
         session_id,
@@ -494,7 +503,7 @@ pub struct Ended {
     pub at: OffsetDateTime,
 }
 
-/// Ends `which` of `user_id`'s live sessions (not revoked, not expired under `policy`) and
+/// Ends `which` of `user_id`'s live sessions (not revoked, not expired under the session policy) and
 /// deletes their refresh tokens; returns those it ended. The access tokens of an ended session
 /// are refused by the origin at once and by the edge once it learns (see [`revoked_since`] and
 /// [`ended_header`]).
@@ -504,13 +513,13 @@ pub struct Ended {
 /// revocation the edge hears of outlives that token too.
 pub async fn end(
     connection: &mut PgConnection,
-    policy: &SessionPolicy,
+    state: &crate::AppState,
     user_id: Uuid,
     which: Which,
     reason: EndReason,
     now: OffsetDateTime,
 ) -> Result<Vec<Ended>> {
-    let (created_after, used_after) = policy.live_bounds(now);
+    let (created_after, used_after) = state.sessions.live_bounds(now);
     let (only, except) = match which {
         Which::One(id) => (Some(id), None),
         Which::All => (None, None),
@@ -538,36 +547,39 @@ pub async fn end(
     )
     .fetch_all(&mut *connection)
     .await?;
+    // Before the commit, so this instance refuses them from the moment it lands.
+    state.memory.ending(ended.iter().map(|session| session.id));
     Ok(ended)
 }
 
-/// Whether the session `session_id` of `user_id` is live at `now` under `policy` (not ended,
-/// not expired), its account active, and the key `kid` that signed the token not revoked (see
-/// [`crate::signing_keys`]). The signature of a token proves who issued it; only this tells
-/// whether the session was ended, the account deactivated or the key revoked since.
-pub async fn is_live(
+/// The end of the session `session_id` of `user_id` as of `now` under `policy` (its idle
+/// timeout or lifetime, whichever is first) if it is live: not ended, not expired, its account
+/// active, and the key `kid` that signed the token not revoked (see [`crate::signing_keys`]).
+/// `None` otherwise. The signature of a token proves who issued it; only this tells whether the
+/// session was ended, the account deactivated or the key revoked since.
+pub async fn live_until(
     connection: &mut PgConnection,
     policy: &SessionPolicy,
     session_id: Uuid,
     user_id: Uuid,
     kid: &str,
     now: OffsetDateTime,
-) -> Result<bool> {
+) -> Result<Option<OffsetDateTime>> {
     let (created_after, used_after) = policy.live_bounds(now);
-    let live = sqlx::query_scalar!(
-        r#"select exists (select 1 from sessions s join users u on u.id = s.user_id
+    let live = sqlx::query!(
+        r#"select s.created_at, s.last_used_at from sessions s join users u on u.id = s.user_id
             where s.id = $1 and s.user_id = $2 and s.revoked_at is null and u.is_active
               and s.created_at > $3 and s.last_used_at > $4
-              and not exists (select 1 from revoked_signing_keys k where k.kid = $5)) as "live!""#,
+              and not exists (select 1 from revoked_signing_keys k where k.kid = $5)"#,
         session_id,
         user_id,
         created_after,
         used_after,
         kid,
     )
-    .fetch_one(connection)
+    .fetch_optional(connection)
     .await?;
-    Ok(live)
+    Ok(live.map(|session| policy.expires_at(session.created_at, session.last_used_at)))
 }
 
 /// One live session as `GET /auth/sessions` lists it.

@@ -7,18 +7,21 @@ use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
 use gatehouse_shared::jwk::{Jwk, JwkSet, KeySet};
 use gatehouse_shared::signing::TokenSigner;
-use gatehouse_shared::token::{AccessClaims, TokenError, Validation, validate};
+use gatehouse_shared::token::{AccessClaims, TokenError, Validation};
+use gatehouse_shared::token_cache::TokenCache;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// The signing key, the keys still accepted, and the expected issuer and audience. The keys can
 /// be replaced while requests run (signing keys kept in PostgreSQL are re-read on an interval);
-/// each request works with one consistent set.
+/// each request works with one consistent set. Tokens that validated are remembered (see
+/// [`TokenCache`]), so checking one again skips the signature.
 #[derive(Debug)]
 pub struct Tokens {
     keys: RwLock<Arc<Keys>>,
     validation: Validation,
     ttl: Duration,
+    cache: TokenCache,
 }
 
 /// One consistent set of keys.
@@ -67,7 +70,17 @@ impl Tokens {
             keys: RwLock::new(Arc::new(Keys::new(signer, others))),
             validation,
             ttl,
+            cache: TokenCache::new([0; 32], 0),
         }
+    }
+
+    /// Remembers up to `entries` tokens that validated (`TOKEN_CACHE_ENTRIES`; 0: none), keyed
+    /// by an HMAC under a random key of this process.
+    pub fn with_cache(mut self, entries: usize) -> Self {
+        let mut key = [0; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+        self.cache = TokenCache::new(key, entries);
+        self
     }
 
     /// From now on, signs with `signer` and accepts and publishes it and `others` (keys about to
@@ -136,12 +149,14 @@ impl Tokens {
 
     /// Validates a presented token at `now`.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<AccessClaims, TokenError> {
-        validate(
-            token,
-            &self.keys().accepted,
-            &self.validation,
-            now.unix_timestamp(),
-        )
+        self.cache
+            .validate(
+                token,
+                &self.keys().accepted,
+                &self.validation,
+                now.unix_timestamp(),
+            )
+            .map(|(claims, _)| claims)
     }
 }
 

@@ -2,7 +2,8 @@
 //! for `wasm32-unknown-unknown`: access-token claims and their validation rules ([`token`]), the
 //! public key set ([`jwk`]), the API-key, refresh-token and emailed-link token formats
 //! ([`api_key`], [`refresh`], [`link`], all but the API key built on [`opaque`]),
-//! input rules ([`input`]) and the HTTP request and response types ([`api`]).
+//! input rules ([`input`]), the HTTP request and response types ([`api`]), and the bounded
+//! verified-token cache the edge and the origin put in front of validation ([`token_cache`]).
 //!
 //! The crate has no I/O, no clock and no environment: the current time, keys, issuer and audience
 //! are arguments, so the edge worker, the origin and the tests run the very same checks.
@@ -11,6 +12,7 @@
 
 pub mod api;
 pub mod api_key;
+pub mod bounded;
 pub mod device;
 pub mod input;
 pub mod jwk;
@@ -20,6 +22,7 @@ pub mod refresh;
 #[cfg(feature = "signing")]
 pub mod signing;
 pub mod token;
+pub mod token_cache;
 
 /// Passwords, tokens and other secrets are [`SecretString`]s wherever they are held: `Debug`
 /// prints `[REDACTED]`, the memory is wiped on drop, and reading one takes an explicit

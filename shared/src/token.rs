@@ -295,7 +295,7 @@ fn check_header(header: &Header) -> Result<String, TokenError> {
     header.kid.clone().ok_or(TokenError::MissingKeyId)
 }
 
-fn check_claims(
+pub(crate) fn check_claims(
     claims: &AccessClaims,
     validation: &Validation,
     now: i64,

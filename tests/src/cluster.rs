@@ -165,6 +165,31 @@ impl OriginProcess {
             .header(gatehouse_shared::api::CLIENT_IP_HEADER, client_ip)
     }
 
+    /// Polls `/ready` until its `notifications` is `state` (`subscribed`, `unsubscribed`); panics
+    /// after ten seconds.
+    pub async fn wait_for_notifications(&self, state: &str) {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready: serde_json::Value = client
+                .get(format!("{}/ready", self.url))
+                .send()
+                .await
+                .expect("the origin answers")
+                .json()
+                .await
+                .expect("/ready answers JSON");
+            if ready["notifications"] == state {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "notifications never {state}: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET /auth/verify` with `token`: its status.
     pub async fn verify(&self, app: &TestApp, token: &str) -> reqwest::StatusCode {
         self.request(app, reqwest::Method::GET, "/auth/verify", "192.0.2.1")

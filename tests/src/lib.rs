@@ -242,6 +242,7 @@ pub fn test_state(db: Database, options: Options) -> AppState {
     }
     let mut state = AppState::from_config(config, db).expect("a configured signing key");
     state.clock = options.clock.clock();
+    state.follow_changes();
     state
 }
 
@@ -520,6 +521,25 @@ impl TestApp {
                 response.body
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `/ready` until it says the app hears change notifications (see
+    /// `gatehouse_origin::memory`), so that what it reads from then on is remembered; panics after
+    /// ten seconds.
+    pub async fn wait_until_subscribed(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = self.call(Method::GET, "/ready", None, None).await;
+            if response.body["notifications"] == "subscribed" {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never subscribed: {:?}",
+                response.body
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -219,7 +219,7 @@ pub(crate) async fn reset_password(
     }
     let ended = sessions::end(
         &mut tx,
-        &state.sessions,
+        &state,
         user.id,
         Which::All,
         EndReason::PasswordReset,
@@ -369,15 +369,7 @@ async fn move_account(
         (Purpose::ChangeEmail, Some(kept)) => Which::AllExcept(kept),
         _ => Which::All,
     };
-    let ended = sessions::end(
-        &mut tx,
-        &state.sessions,
-        redeemed.user_id,
-        which,
-        reason,
-        now,
-    )
-    .await?;
+    let ended = sessions::end(&mut tx, state, redeemed.user_id, which, reason, now).await?;
     tx.commit().await?;
     tracing::info!(user_id = %redeemed.user_id, ended = ended.len(), ?reason, "email address moved");
     Ok(ended_response(state, &ended))

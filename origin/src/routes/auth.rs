@@ -347,7 +347,7 @@ pub(crate) async fn deactivate_profile(
     users::deactivate(&mut tx, user.user_id, now).await?;
     let ended = sessions::end(
         &mut tx,
-        &state.sessions,
+        &state,
         user.user_id,
         Which::All,
         EndReason::Deactivated,

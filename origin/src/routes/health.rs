@@ -23,11 +23,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub(crate) async fn health() -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "ok".into(),
+        notifications: None,
     })
 }
 
 /// The database answered the monitor's last check. A busy pool does not make the instance
-/// unready: the monitor uses its own connection.
+/// unready: the monitor uses its own connection. Not hearing change notifications does not make
+/// it unready either (checks read the database meanwhile); the body says so.
 #[utoipa::path(
     get, path = "/ready", tag = "operations",
     responses(
@@ -39,8 +41,14 @@ pub(crate) async fn ready(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<Json<HealthResponse>> {
     if state.db.is_up() {
+        let notifications = match (&state.listen_on, state.memory.is_subscribed()) {
+            (crate::memory::ListenOn::Off, _) => "off",
+            (_, true) => "subscribed",
+            (_, false) => "unsubscribed",
+        };
         Ok(Json(HealthResponse {
             status: "ok".into(),
+            notifications: Some(notifications.into()),
         }))
     } else {
         Err(ApiError::DatabaseUnavailable(None))

@@ -53,6 +53,7 @@ pub(crate) async fn refresh_session(
         .map_err(|_| ApiError::InvalidRefreshToken)?;
     let refreshed = sessions::refresh(
         &state.db,
+        &state.memory,
         &state.sessions,
         &state.refresh_key,
         &presented,
@@ -147,7 +148,7 @@ pub(crate) async fn change_password(
     }
     let ended = sessions::end(
         &mut tx,
-        &state.sessions,
+        &state,
         user.user_id,
         Which::AllExcept(user.session_id),
         EndReason::PasswordChanged,
@@ -235,14 +236,6 @@ async fn end_now(
 ) -> Result<Vec<sessions::Ended>> {
     let now = state.clock.now();
     let mut connection = state.db.acquire().await?;
-    let ended = sessions::end(
-        &mut connection,
-        &state.sessions,
-        user_id,
-        which,
-        reason,
-        now,
-    )
-    .await?;
+    let ended = sessions::end(&mut connection, state, user_id, which, reason, now).await?;
     Ok(ended)
 }

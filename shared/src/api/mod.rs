@@ -493,6 +493,12 @@ impl VerifyResponse {
 pub struct HealthResponse {
     /// `ok`, or `unavailable` when a dependency does not answer.
     pub status: String,
+    /// `/ready` only: whether the origin hears PostgreSQL's change notifications (`subscribed`),
+    /// so that it answers token checks from memory, or reads the database for every check
+    /// meanwhile (`unsubscribed`), or was told not to (`off`, `LISTEN_DATABASE_URL=off`). Either
+    /// way its answers are current; only their cost differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<String>,
 }
 
 /// Every error body: RFC 9457 problem details plus a stable `code` for programs to match on.

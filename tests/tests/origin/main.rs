@@ -8,6 +8,7 @@ mod http;
 mod import;
 mod login;
 mod mail;
+mod memory;
 mod metrics;
 mod openapi;
 mod password;
