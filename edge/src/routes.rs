@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn paths_match_exactly_not_by_prefix() {
         assert!(matches!(
-            classify("PUT", "/auth/password/forgot"),
+            classify("POST", "/auth/password/forgot/now"),
             Err(AppError::NotFound)
         ));
         assert!(matches!(
@@ -284,7 +284,15 @@ mod tests {
             [
                 ("POST", "/auth/register"),
                 ("POST", "/auth/login"),
-                ("PUT", "/auth/password")
+                ("DELETE", "/auth/profile"),
+                ("PUT", "/auth/password"),
+                ("POST", "/auth/password/forgot"),
+                ("POST", "/auth/password/reset"),
+                ("POST", "/auth/email/verify"),
+                ("POST", "/auth/email/verify/resend"),
+                ("PUT", "/auth/email"),
+                ("POST", "/auth/email/confirm"),
+                ("POST", "/auth/email/undo"),
             ]
         );
         // Every route under /auth needs the key; nothing outside it does.

@@ -4,10 +4,10 @@
 //!   origin binary for the tests that run several instances of it;
 //! - a fresh PostgreSQL for the origin and end-to-end tests, on which the committed `.sqlx/`
 //!   query data is first checked against the migrations (see [`crate::sqlx`]);
-//! - the workspace's tests natively, then schemathesis against the origin's OpenAPI description,
-//!   then the Prometheus alerting rules' unit tests and the Grafana dashboard's queries
-//!   (promtool), then `shared`'s tests again on
-//!   wasm32 under Node.
+//! - the workspace's tests natively, `shared`'s tests again on wasm32 under Node, the Prometheus
+//!   alerting rules' unit tests and the Grafana dashboard's queries (promtool), and schemathesis
+//!   against the origin's OpenAPI description, all beside the end-to-end tests through the edge,
+//!   which mostly wait on workerd and sockets (the run takes about as long as they do).
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -43,35 +43,40 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         .context("building gatehouse-origin")?;
     anyhow::ensure!(status.success(), "building gatehouse-origin failed");
     let origin_bin = crate::target_dir().join("debug/gatehouse-origin");
-    let mut native = crate::cargo();
-    native
-        .args(["test", "--no-fail-fast"])
-        .args(extra)
-        .env("DATABASE_URL", postgres.url("postgres"))
-        .env("GATEHOUSE_ORIGIN_BIN", origin_bin);
-    let native_ok = run_counted(&mut native, &mut totals)?;
-    // The API description against the running origin; one entry in the totals. Skipped with a
-    // filter, like the wasm run.
-    let fuzz_ok = !extra.is_empty() || {
-        let ok = crate::fuzz::run(&postgres)?;
-        if ok {
-            totals.passed += 1;
-        } else {
-            totals.failed += 1;
-        }
-        ok
+    let native = || {
+        let mut native = crate::cargo();
+        native
+            .args(["test", "--no-fail-fast"])
+            .env("DATABASE_URL", postgres.url("postgres"))
+            .env("GATEHOUSE_ORIGIN_BIN", &origin_bin);
+        native
     };
-    drop(postgres);
-    // The Prometheus alerting rules against their unit tests; one entry in the totals.
-    let rules_ok = !extra.is_empty() || {
-        let ok = alert_rules()?;
-        if ok {
-            totals.passed += 1;
-        } else {
-            totals.failed += 1;
-        }
-        ok
-    };
+    if !extra.is_empty() {
+        // A filter or a target chosen by hand: one cargo test, and nothing else.
+        let native_ok = run_counted(native().args(extra), &mut totals)?;
+        return Ok(finish(&totals, sqlx_fresh && native_ok));
+    }
+
+    // The end-to-end tests through the edge spend most of their time waiting on workerd and
+    // sockets, so the rest of the run goes on beside them: every other test binary, the wasm32
+    // run, the rules and schemathesis. Their output is shown after the rest, in one piece.
+    let edge_tests = Background::spawn(native().args(["-p", "gatehouse-tests", "--test", "edge"]))?;
+    // The edge's own unit tests run natively: they test its route table and helpers, not the
+    // runtime.
+    let others = [
+        "gatehouse-shared",
+        "gatehouse-origin",
+        "xtask",
+        "gatehouse-edge",
+    ];
+    let mut ok = run_counted(
+        native().args(others.iter().flat_map(|package| ["-p", package])),
+        &mut totals,
+    )?;
+    ok &= run_counted(
+        native().args(["-p", "gatehouse-tests", "--lib", "--test", "origin"]),
+        &mut totals,
+    )?;
 
     // The edge compiles `shared` for wasm32; the same tests prove it validates identically there.
     let mut wasm = crate::cargo();
@@ -88,20 +93,85 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
         crate::edge::cargo_bin("wasm-bindgen-test-runner"),
     );
-    // With a filter given (`cargo xtask test -- <args>`), only the native tests run.
-    let wasm_ok = !extra.is_empty() || run_counted(&mut wasm, &mut totals)?;
+    ok &= run_counted(&mut wasm, &mut totals)?;
 
+    // The Prometheus alerting rules against their unit tests, and the API description against a
+    // running origin (schemathesis); one entry each in the totals.
+    for step_ok in [alert_rules()?, crate::fuzz::run(&postgres)?] {
+        if step_ok {
+            totals.passed += 1;
+        } else {
+            totals.failed += 1;
+        }
+        ok &= step_ok;
+    }
+
+    ok &= edge_tests.finish(&mut totals)?;
+    drop(postgres);
+    Ok(finish(&totals, sqlx_fresh && ok))
+}
+
+/// Prints the total and turns the outcome into the exit code.
+fn finish(totals: &Totals, ok: bool) -> ExitCode {
     println!(
         "\nxtask test: {} passed, {} failed",
         totals.passed, totals.failed
     );
-    Ok(
-        if sqlx_fresh && native_ok && fuzz_ok && rules_ok && wasm_ok && totals.failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        },
-    )
+    if ok && totals.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A `cargo test` running beside the rest of the run, its output (stdout and stderr) held until
+/// [`Background::finish`]; killed if the run ends without waiting for it.
+struct Background {
+    child: std::process::Child,
+    output: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Background {
+    fn spawn(command: &mut Command) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running cargo test")?;
+        let lines = |stream: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                    .collect()
+            })
+        };
+        let output = vec![
+            lines(Box::new(child.stdout.take().expect("stdout is piped"))),
+            lines(Box::new(child.stderr.take().expect("stderr is piped"))),
+        ];
+        Ok(Background { child, output })
+    }
+
+    /// Waits for it, prints what it printed (its stdout, then its stderr: cargo's progress and
+    /// the tests' own messages) and adds its results to `totals`.
+    fn finish(mut self, totals: &mut Totals) -> anyhow::Result<bool> {
+        let status = self.child.wait()?;
+        for reader in std::mem::take(&mut self.output) {
+            for line in reader.join().expect("the reader does not panic") {
+                println!("{line}");
+                totals.add(&line);
+            }
+        }
+        Ok(status.success())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // Already reaped after `finish`; otherwise the run is ending early.
+        let _ = self.child.kill();
+    }
 }
 
 /// `promtool check rules` and `promtool test rules` on `ops/prometheus/`, installing Debian's
