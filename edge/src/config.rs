@@ -2,6 +2,7 @@
 
 use gatehouse_shared::token::Validation;
 use std::cell::{OnceCell, RefCell};
+use std::rc::Rc;
 
 use worker::{Env, RateLimiter};
 
@@ -117,6 +118,9 @@ pub struct EdgeConfig {
     /// `REVOCATION_MAX_STALE_SECS` (default 300, at most 3600): how long the last revocation list
     /// is used while the origin cannot be reached, before verification answers 503.
     pub revocation_max_stale_secs: u64,
+    /// `SUCCESS_LOG_EVERY` (default 100; 1 logs every request, 0 no success): one successful
+    /// request in this many is logged per isolate; every failure (status 400 and up) is.
+    pub success_log_every: u64,
     /// `TOKEN_CACHE_ENTRIES` (default 4096, at most 1,000,000; 0 turns it off): tokens each
     /// isolate remembers as verified (see `gatehouse_shared::token_cache`).
     pub token_cache_entries: u64,
@@ -142,6 +146,25 @@ impl EdgeConfig {
     pub fn cache_tags(&self) -> &crate::cache::Tagger {
         self.cache_tags
             .get_or_init(|| crate::cache::Tagger::new(&self.edge_secret))
+    }
+
+    /// The configuration of this isolate: read from the bindings on its first request and kept,
+    /// since a deployment's variables and secrets are fixed for the isolates that run it (a new
+    /// deployment, or a changed secret, starts new isolates). Reading them costs a crossing into
+    /// JavaScript per variable, which every request paid before.
+    pub fn for_isolate(env: &Env) -> Result<Rc<Self>, AppError> {
+        thread_local! {
+            static CONFIG: OnceCell<Rc<EdgeConfig>> = const { OnceCell::new() };
+        }
+        if let Some(config) = CONFIG.with(|config| config.get().cloned()) {
+            return Ok(config);
+        }
+        // An invalid configuration is not kept: each request reports it until it is fixed.
+        let config = Rc::new(EdgeConfig::from_env(env)?);
+        CONFIG.with(|held| {
+            let _ = held.set(Rc::clone(&config));
+        });
+        Ok(config)
     }
 
     /// Reads the bindings; a missing or invalid one is a 500 naming it in the log only.
@@ -211,6 +234,7 @@ impl EdgeConfig {
                 MAX_REVOCATION_STALE_SECS,
             )?,
             token_cache_entries: number("TOKEN_CACHE_ENTRIES", 4_096, MAX_TOKEN_CACHE_ENTRIES)?,
+            success_log_every: number("SUCCESS_LOG_EVERY", 100, u64::MAX)?,
             edge_secret,
         })
     }

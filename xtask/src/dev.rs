@@ -186,13 +186,41 @@ const CURL_EXAMPLES: &str = r#"
 /// `wrangler dev --env local` on 127.0.0.1:8787, in its own process group; returns once it is
 /// ready. Its output goes to `log` when given, else to this terminal.
 async fn start_edge(log: Option<&Path>, edge_secret: &str) -> anyhow::Result<Child> {
+    let secret = format!("EDGE_SECRET:{edge_secret}");
+    start_wrangler(
+        "wrangler.toml",
+        Some("local"),
+        EDGE_PORT,
+        &[secret.as_str()],
+        log,
+    )
+    .await
+}
+
+/// `wrangler dev` of the worker `config` describes (relative to the repository root), in `env`
+/// when given, on 127.0.0.1:`port`, with `vars` (`NAME:value`), in its own process group; returns
+/// once it is ready. Its output goes to `log` when given, else to this terminal.
+pub async fn start_wrangler(
+    config: &str,
+    env: Option<&str>,
+    port: u16,
+    vars: &[&str],
+    log: Option<&Path>,
+) -> anyhow::Result<Child> {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-    let mut wrangler = Command::new(crate::edge::node_bin("wrangler"))
+    let mut command = Command::new(crate::edge::node_bin("wrangler"));
+    command
         .current_dir(crate::root())
-        .args("dev --config wrangler.toml --env local --ip 127.0.0.1".split(' '))
-        .args(["--port", &EDGE_PORT.to_string(), "--inspector-port", "0"])
-        .args(["--var", &format!("EDGE_SECRET:{edge_secret}")])
-        .args(["--show-interactive-dev-session=false"])
+        .args(["dev", "--config", config, "--ip", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--inspector-port", "0"])
+        .args(["--show-interactive-dev-session=false"]);
+    if let Some(env) = env {
+        command.args(["--env", env]);
+    }
+    for var in vars {
+        command.args(["--var", var]);
+    }
+    let mut wrangler = command
         .env("WRANGLER_SEND_METRICS", "false")
         .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
         .stdin(Stdio::null())
@@ -212,7 +240,7 @@ async fn start_edge(log: Option<&Path>, edge_secret: &str) -> anyhow::Result<Chi
                 return anyhow::Ok(());
             }
         }
-        bail!("wrangler dev exited before it was ready; is port {EDGE_PORT} in use?")
+        bail!("wrangler dev exited before it was ready; is port {port} in use?")
     })
     .await;
     let failure = match ready {

@@ -49,7 +49,7 @@ impl Sample {
 }
 
 impl Bench {
-    fn post(&self, path: &str) -> RequestBuilder {
+    pub fn post(&self, path: &str) -> RequestBuilder {
         self.client
             .post(format!("{}{path}", self.url))
             .header("x-api-key", &self.api_key)

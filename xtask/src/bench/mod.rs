@@ -18,8 +18,10 @@
 
 mod chart;
 pub mod client;
+mod memory;
 mod report;
 mod scenarios;
+mod wrk;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -79,6 +81,8 @@ struct Target {
     edge: Bench,
     /// Where the origin serves `/metrics` (`METRICS_URL`, default the origin's default port).
     metrics_url: String,
+    /// The database the origin uses, for the bench's own extra origins (`DATABASE_URL`).
+    database_url: Option<String>,
     stack: Option<Stack>,
 }
 
@@ -190,6 +194,8 @@ async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
             );
         }
     }
+
+    memory::measure(target, &mut report).await?;
 
     let (first, last) =
         scenarios::long_refresh_chain(origin, REFRESH_CHAIN, REFRESH_CHAIN_WINDOW).await?;
@@ -437,23 +443,28 @@ async fn find_target() -> anyhow::Result<Target> {
         .pool_max_idle_per_host(64)
         .timeout(Duration::from_secs(60))
         .build()?;
-    let target =
-        |origin: String, edge: String, api_key: String, edge_secret: String, stack| Target {
-            origin: Bench {
-                client: client.clone(),
-                url: origin,
-                api_key: api_key.clone(),
-                edge_secret: edge_secret.clone(),
-            },
-            edge: Bench {
-                client: client.clone(),
-                url: edge,
-                api_key,
-                edge_secret,
-            },
-            metrics_url: metrics_url.clone(),
-            stack,
-        };
+    let target = |origin: String,
+                  edge: String,
+                  api_key: String,
+                  edge_secret: String,
+                  database_url: Option<String>,
+                  stack| Target {
+        origin: Bench {
+            client: client.clone(),
+            url: origin,
+            api_key: api_key.clone(),
+            edge_secret: edge_secret.clone(),
+        },
+        edge: Bench {
+            client: client.clone(),
+            url: edge,
+            api_key,
+            edge_secret,
+        },
+        metrics_url: metrics_url.clone(),
+        database_url,
+        stack,
+    };
     let from_env = |name: &str| std::env::var(name).ok();
     if let (Some(origin), Some(edge), Some(api_key), Some(edge_secret)) = (
         from_env("ORIGIN_URL"),
@@ -461,7 +472,14 @@ async fn find_target() -> anyhow::Result<Target> {
         from_env("API_KEY"),
         from_env("EDGE_SECRET"),
     ) {
-        return Ok(target(origin, edge, api_key, edge_secret, None));
+        return Ok(target(
+            origin,
+            edge,
+            api_key,
+            edge_secret,
+            from_env("DATABASE_URL"),
+            None,
+        ));
     }
     let env_file = crate::target_dir().join("gatehouse-dev.env");
     if let Ok(contents) = std::fs::read_to_string(&env_file) {
@@ -486,7 +504,14 @@ async fn find_target() -> anyhow::Result<Target> {
                     "xtask: measuring the running stack from {}",
                     env_file.display()
                 );
-                return Ok(target(origin, edge, api_key, edge_secret, None));
+                return Ok(target(
+                    origin,
+                    edge,
+                    api_key,
+                    edge_secret,
+                    get("DATABASE_URL"),
+                    None,
+                ));
             }
         }
     }
@@ -501,6 +526,7 @@ async fn find_target() -> anyhow::Result<Target> {
         stack.edge_url.clone(),
         stack.api_key.clone(),
         stack.edge_secret.clone(),
+        Some(stack.database_url.clone()),
         Some(stack),
     ))
 }
