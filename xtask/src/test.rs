@@ -113,10 +113,16 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
 
 /// Prints the total and turns the outcome into the exit code.
 fn finish(totals: &Totals, ok: bool) -> ExitCode {
-    println!(
+    let total = format!(
         "\nxtask test: {} passed, {} failed",
         totals.passed, totals.failed
     );
+    if print_all(&[total]).is_err() {
+        eprintln!(
+            "xtask test: {} passed, {} failed",
+            totals.passed, totals.failed
+        );
+    }
     if ok && totals.failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -158,12 +164,47 @@ impl Background {
     fn finish(mut self, totals: &mut Totals) -> anyhow::Result<bool> {
         let status = self.child.wait()?;
         for reader in std::mem::take(&mut self.output) {
-            for line in reader.join().expect("the reader does not panic") {
-                println!("{line}");
-                totals.add(&line);
+            let lines = reader.join().expect("the reader does not panic");
+            for line in &lines {
+                totals.add(line);
             }
+            print_all(&lines)?;
         }
         Ok(status.success())
+    }
+}
+
+/// Prints `lines` to stdout, waiting whenever it is full. Node, which the end-to-end tests run
+/// and which inherits this process's stderr, makes a pipe it shares with stdout (as in
+/// `cargo xtask test 2>&1 | tee`) non-blocking, so a burst of output can meet `WouldBlock`,
+/// which `println!` turns into a panic.
+fn print_all(lines: &[String]) -> std::io::Result<()> {
+    use std::io::{ErrorKind, Write as _};
+    let mut text = lines.join("\n");
+    text.push('\n');
+    let mut stdout = std::io::stdout().lock();
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        match stdout.write(rest) {
+            Ok(written) => rest = &rest[written..],
+            Err(error)
+                if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    loop {
+        match stdout.flush() {
+            Ok(()) => return Ok(()),
+            Err(error)
+                if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(error) => return Err(error),
+        }
     }
 }
 
@@ -273,8 +314,8 @@ fn run_counted(command: &mut Command, totals: &mut Totals) -> anyhow::Result<boo
         .context("running cargo test")?;
     for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
         let line = line?;
-        println!("{line}");
         totals.add(&line);
+        print_all(std::slice::from_ref(&line))?;
     }
     Ok(child.wait()?.success())
 }
