@@ -6,7 +6,11 @@
 -- session anywhere, an operator's SQL, a cascade from erasing an account.
 --
 -- Payloads: 'session <uuid>' (ended or gone), 'user <uuid>' (deactivated),
--- 'api_key <id> active|revoked', 'signing_key <kid>' (revoked).
+-- 'api_key <id> active|revoked', 'signing_key <kid>' (revoked), 'reset' (a table truncated: forget
+-- everything). The origins also send 'probe <nonce>' to check that they hear the channel.
+--
+-- Triggers do not fire under session_replication_role = replica (pg_restore --disable-triggers,
+-- logical replication): after loading data that way, restart the origins, which forget all.
 
 create function gatehouse_notify_session() returns trigger language plpgsql as $$
 begin
@@ -43,8 +47,11 @@ create trigger users_deactivated_notify
 
 create function gatehouse_notify_api_key() returns trigger language plpgsql as $$
 begin
-    if tg_op = 'DELETE' then
+    if tg_op = 'DELETE' or (tg_op = 'UPDATE' and old.id <> new.id) then
         perform pg_notify('gatehouse_changes', 'api_key ' || old.id || ' revoked');
+    end if;
+    if tg_op = 'DELETE' then
+        null;
     elsif new.revoked_at is null then
         perform pg_notify('gatehouse_changes', 'api_key ' || new.id || ' active');
     else
@@ -71,3 +78,18 @@ $$;
 create trigger revoked_signing_keys_notify
     after insert on revoked_signing_keys
     for each row execute function gatehouse_notify_signing_key();
+
+create function gatehouse_notify_reset() returns trigger language plpgsql as $$
+begin
+    perform pg_notify('gatehouse_changes', 'reset');
+    return null;
+end
+$$;
+
+-- TRUNCATE fires no row triggers.
+create trigger sessions_truncated_notify after truncate on sessions
+    for each statement execute function gatehouse_notify_reset();
+create trigger users_truncated_notify after truncate on users
+    for each statement execute function gatehouse_notify_reset();
+create trigger api_keys_truncated_notify after truncate on api_keys
+    for each statement execute function gatehouse_notify_reset();

@@ -17,9 +17,12 @@
 //! - The instance that ends a session forgets it before its transaction commits and keeps
 //!   reading that session from the database until the notification arrives ([`Memory::ending`]),
 //!   so it refuses the session's tokens as soon as the ending commits, not a notification later.
-//! - Until the listening connection is up, after it drops, and when it stops answering its
-//!   heartbeat, nothing remembered is used: every check reads the database, and everything
-//!   remembered is forgotten on resubscribing, so no notification missed meanwhile can matter.
+//! - Until the listening connection is up and has heard a probe sent through the application's
+//!   own pool (so a `LISTEN` that cannot hear the application's notifications, behind a pooler in
+//!   transaction mode or on another database, is never trusted), after it drops, and when its
+//!   heartbeat (a notification it sends itself) does not come back, nothing remembered is used:
+//!   every check reads the database, and everything remembered is forgotten on resubscribing, so
+//!   no notification missed meanwhile can matter.
 //! - A session is remembered only until the end its row allowed when read (idle timeout, lifetime).
 //! - A "no" is final (ended sessions and revoked signing keys never come back), so it is used
 //!   whether or not notifications are heard.
@@ -34,8 +37,9 @@ use std::time::{Duration, Instant};
 
 use gatehouse_shared::ExposeSecret as _;
 use gatehouse_shared::bounded::BoundedMap;
+use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use sqlx::{Executor as _, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -51,9 +55,9 @@ pub const ENDED_ENTRIES: usize = 100_000;
 /// API keys remembered at most, good or unknown.
 pub const API_KEY_ENTRIES: usize = 10_000;
 
-/// After this long without a notification the listening connection is asked for a round trip;
-/// an answer slower than [`HEARTBEAT_TIMEOUT`] counts as a lost connection. A connection that
-/// dies without closing is noticed within the sum of the two.
+/// After this long without a notification the listener sends itself one; if it has not come
+/// back within [`HEARTBEAT_TIMEOUT`], the connection counts as lost. A connection that dies
+/// without closing is noticed within the sum of the two.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// See [`HEARTBEAT`].
@@ -234,27 +238,33 @@ impl Memory {
     /// Applies one notification's payload (see the migration `change_notifications`). Anything
     /// not understood forgets every "yes": the safe reading of a change the code does not know.
     pub fn apply(&self, payload: &str) {
+        let mut words = payload.split(' ');
+        let words = (words.next(), words.next(), words.next(), words.next());
+        if let (Some("probe"), Some(_), None, None) = words {
+            // An instance checking that it hears the channel; nothing changed.
+            return;
+        }
         let mut inner = self.lock();
         inner.epoch += 1;
-        let mut words = payload.split(' ');
-        match (words.next(), words.next(), words.next()) {
-            (Some("session"), Some(id), None) if let Ok(id) = id.parse::<Uuid>() => {
+        match words {
+            (Some("session"), Some(id), None, None) if let Ok(id) = id.parse::<Uuid>() => {
                 inner.sessions.remove(&id);
                 inner.ending.remove(&id);
                 inner.ended.insert(id, ());
             }
-            (Some("user"), Some(id), None) if let Ok(id) = id.parse::<Uuid>() => {
+            (Some("user"), Some(id), None, None) if let Ok(id) = id.parse::<Uuid>() => {
                 inner.sessions.retain(|_, session| session.user_id != id);
             }
-            (Some("api_key"), Some(id), Some("active")) => {
+            (Some("api_key"), Some(id), Some("active"), None) => {
                 inner.api_keys.remove(&id.to_owned());
             }
-            (Some("api_key"), Some(id), Some("revoked")) => {
+            (Some("api_key"), Some(id), Some("revoked"), None) => {
                 inner.api_keys.insert(id.to_owned(), None);
             }
-            (Some("signing_key"), Some(kid), None) => {
+            (Some("signing_key"), Some(kid), None, None) => {
                 inner.revoked_kids.insert(kid.to_owned());
             }
+            (Some("reset"), None, None, None) => inner.forget(),
             _ => {
                 tracing::warn!(
                     payload,
@@ -304,36 +314,42 @@ impl Drop for Follower {
 /// Starts listening on `gatehouse_changes` for `memory`, as `on` says, next to the application's
 /// `pool`; see [`follow`]. `None` when memory is off.
 pub fn spawn(memory: &Arc<Memory>, pool: &PgPool, on: &ListenOn) -> Option<Follower> {
-    let listen_pool = match on {
+    let options = match on {
         ListenOn::Off => return None,
-        ListenOn::Pool => {
-            one_connection().connect_lazy_with(pool.connect_options().as_ref().clone())
-        }
-        ListenOn::Url(url) => match one_connection().connect_lazy(url.expose_secret()) {
-            Ok(listen_pool) => listen_pool,
+        ListenOn::Pool => pool.connect_options().as_ref().clone(),
+        ListenOn::Url(url) => match url.expose_secret().parse() {
+            Ok(options) => options,
             Err(error) => {
                 tracing::error!(%error, "LISTEN_DATABASE_URL is not usable; nothing is remembered");
                 return None;
             }
         },
     };
-    let task = tokio::spawn(follow(Arc::clone(memory), pool.clone(), listen_pool));
+    let task = tokio::spawn(follow(Arc::clone(memory), pool.clone(), options));
     Some(Follower(task))
 }
 
-/// Keeps `memory` subscribed through `listen_pool` for as long as the application's `pool` is
-/// open, resubscribing after any loss; see the module documentation.
-pub async fn follow(memory: Arc<Memory>, pool: PgPool, listen_pool: PgPool) {
+/// Keeps `memory` subscribed, listening over connections made with `options`, for as long as the
+/// application's `pool` is open, resubscribing after any loss; see the module documentation.
+pub async fn follow(memory: Arc<Memory>, pool: PgPool, options: PgConnectOptions) {
     let mut failing = false;
     while !pool.is_closed() {
+        // A pool of its own for each subscription: a connection that died silently can hold its
+        // slot for as long as TCP takes to give up, and must not hold up the next one.
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(HEARTBEAT_TIMEOUT * 5)
+            .connect_lazy_with(options.clone());
         let outcome = listen(&memory, &pool, &listen_pool).await;
         memory.unsubscribed();
+        let closing = listen_pool.clone();
+        tokio::spawn(async move { closing.close().await });
         match outcome {
             Ok(()) => break,
             Err(error) if !failing => {
                 tracing::warn!(
                     error = format!("{error:#}"),
-                    "change notifications lost; every check reads the database until resubscribed"
+                    "change notifications not heard; every check reads the database until resubscribed"
                 );
                 failing = true;
             }
@@ -341,24 +357,30 @@ pub async fn follow(memory: Arc<Memory>, pool: PgPool, listen_pool: PgPool) {
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
-    listen_pool.close().await;
 }
 
-/// The listener's own pool of one connection, so that it never takes one from the application's.
-fn one_connection() -> sqlx::postgres::PgPoolOptions {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-}
-
-/// One subscription: connects, listens, then applies notifications until the connection is lost
-/// or stops answering (an error), or the application's pool closes (`Ok`).
+/// One subscription: connects, listens, proves that what the application's pool sends reaches it
+/// (a probe sent through `pool`: a `LISTEN` through a pooler in transaction mode, or on another
+/// database, would hear nothing), then applies notifications until the connection is lost or
+/// stops answering its heartbeat (an error), or the application's pool closes (`Ok`).
 async fn listen(memory: &Memory, pool: &PgPool, listen_pool: &PgPool) -> anyhow::Result<()> {
     let mut listener = PgListener::connect_with(listen_pool).await?;
     // A lost connection ends this subscription; the caller forgets everything and resubscribes.
     listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
+    let probe = probe_payload();
+    tokio::time::timeout(
+        HEARTBEAT_TIMEOUT,
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(&probe)
+            .execute(pool),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the probe could not be sent within {HEARTBEAT_TIMEOUT:?}"))??;
+    hear(memory, &mut listener, &probe).await.map_err(|error| {
+        error.context("a notification sent through DATABASE_URL did not arrive where it listens")
+    })?;
     memory.subscribed();
     tracing::info!(channel = CHANNEL, "listening for change notifications");
     loop {
@@ -370,11 +392,40 @@ async fn listen(memory: &Memory, pool: &PgPool, listen_pool: &PgPool) -> anyhow:
             Ok(Err(error)) => return Err(error.into()),
             Err(_) if pool.is_closed() => return Ok(()),
             Err(_) => {
-                let ping = (&mut listener).execute("select 1");
-                tokio::time::timeout(HEARTBEAT_TIMEOUT, ping)
+                // Quiet for a while: a notification of its own must come back over the
+                // connection, which proves it still delivers, not only that it answers.
+                let probe = probe_payload();
+                let notify = sqlx::query("select pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(&probe)
+                    .execute(&mut listener);
+                tokio::time::timeout(HEARTBEAT_TIMEOUT, notify)
                     .await
                     .map_err(|_| anyhow::anyhow!("no answer within {HEARTBEAT_TIMEOUT:?}"))??;
+                hear(memory, &mut listener, &probe).await?;
             }
+        }
+    }
+}
+
+/// A probe payload no other probe will repeat.
+fn probe_payload() -> String {
+    format!("probe {}", Uuid::new_v4().simple())
+}
+
+/// Applies notifications until `probe` arrives; fails after [`HEARTBEAT_TIMEOUT`].
+async fn hear(memory: &Memory, listener: &mut PgListener, probe: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + HEARTBEAT_TIMEOUT;
+    loop {
+        let next = tokio::time::timeout_at(deadline, listener.try_recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("the probe did not come back within {HEARTBEAT_TIMEOUT:?}")
+            })?;
+        match next? {
+            Some(notification) if notification.payload() == probe => return Ok(()),
+            Some(notification) => memory.apply(notification.payload()),
+            None => anyhow::bail!("the connection closed"),
         }
     }
 }
@@ -502,6 +553,30 @@ mod tests {
             memory.api_key("other"),
             None,
             "an unknown notification forgets"
+        );
+    }
+
+    #[test]
+    fn probes_change_nothing_and_a_truncation_or_a_malformed_payload_forgets() {
+        let memory = subscribed();
+        let ticket = memory.ticket();
+        memory.apply("probe 0123abcd");
+        memory.remember_api_key(ticket, "key", Some(vec![1]));
+        assert_eq!(
+            memory.api_key("key"),
+            Some(Some(vec![1])),
+            "a probe is no change"
+        );
+
+        memory.apply("reset");
+        assert_eq!(memory.api_key("key"), None);
+
+        memory.remember_api_key(memory.ticket(), "key", Some(vec![1]));
+        memory.apply("api_key key revoked but with more words");
+        assert_eq!(
+            memory.api_key("key"),
+            None,
+            "not read as a revocation of 'key'"
         );
     }
 }

@@ -547,7 +547,8 @@ pub async fn end(
     )
     .fetch_all(&mut *connection)
     .await?;
-    // Before the commit, so this instance refuses them from the moment it lands.
+    // Callers end sessions inside a transaction, so this runs before the commit and this
+    // instance refuses them from the moment it lands.
     state.memory.ending(ended.iter().map(|session| session.id));
     Ok(ended)
 }

@@ -235,7 +235,10 @@ async fn end_now(
     reason: EndReason,
 ) -> Result<Vec<sessions::Ended>> {
     let now = state.clock.now();
-    let mut connection = state.db.acquire().await?;
-    let ended = sessions::end(&mut connection, state, user_id, which, reason, now).await?;
+    // In a transaction, so that this instance marks the sessions as ending before the commit
+    // (see `crate::memory`).
+    let mut tx = state.db.begin().await?;
+    let ended = sessions::end(&mut tx, state, user_id, which, reason, now).await?;
+    tx.commit().await?;
     Ok(ended)
 }

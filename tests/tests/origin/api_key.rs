@@ -1,5 +1,7 @@
 //! `X-API-Key` at the origin: which routes need one, revocation, and keys stored only as hashes.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use gatehouse_origin::api_keys;
@@ -46,6 +48,25 @@ async fn revoked_key_stops_working(pool: PgPool) {
     let before = app.send(register_with_key(Some(&app.api_key))).await;
 
     assert!(api_keys::revoke(&app.pool, &id).await.unwrap());
+    // Revoked by another process (as `api-key revoke` is): the app hears of it by notification,
+    // within moments, if it had remembered the key (see `gatehouse_origin::memory`).
+    let revoked = std::time::Instant::now();
+    let check_key = || {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri("/auth/api-key")
+            .header("x-api-key", &app.api_key)
+            .body(Body::empty())
+            .unwrap();
+        app.send(request)
+    };
+    while check_key().await.status == StatusCode::NO_CONTENT {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2),
+            "the revoked key is still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let after = app.send(register_with_key(Some(&app.api_key))).await;
 
     assert_eq!(before.status, StatusCode::CREATED);
