@@ -20,12 +20,17 @@ pub fn preflight(request: &Request, path: &str, config: &EdgeConfig) -> Result<R
         return Err(AppError::OriginNotAllowed);
     }
     let headers = Headers::new();
-    headers.set(
-        "access-control-allow-methods",
-        &routes::allowed_methods(path),
-    )?;
-    headers.set("access-control-allow-headers", ALLOWED_HEADERS)?;
-    headers.set("access-control-max-age", PREFLIGHT_MAX_AGE_SECS)?;
+    crate::set_headers(
+        &headers,
+        &[
+            (
+                "access-control-allow-methods",
+                &routes::allowed_methods(path),
+            ),
+            ("access-control-allow-headers", ALLOWED_HEADERS),
+            ("access-control-max-age", PREFLIGHT_MAX_AGE_SECS),
+        ],
+    );
     Ok(Response::builder()
         .with_status(204)
         .with_headers(headers)
@@ -34,12 +39,27 @@ pub fn preflight(request: &Request, path: &str, config: &EdgeConfig) -> Result<R
 
 /// Adds the CORS response headers when the request's origin is listed. `Vary: Origin` always,
 /// so a cache never serves one origin's answer to another.
-pub fn decorate(headers: &mut Headers, origin: Option<&str>, config: &EdgeConfig) {
+pub fn decorate(
+    headers: &mut Headers,
+    origin: Option<&str>,
+    request_id: &str,
+    config: &EdgeConfig,
+) {
     let _ = headers.append("vary", "Origin");
-    if let Some(origin) = origin.filter(|origin| is_allowed(Some(origin), config)) {
-        let _ = headers.set("access-control-allow-origin", origin);
-        let _ = headers.set("access-control-allow-credentials", "true");
-        let _ = headers.set("access-control-expose-headers", EXPOSED_HEADERS);
+    match origin.filter(|origin| is_allowed(Some(origin), config)) {
+        Some(origin) => crate::set_headers(
+            headers,
+            &[
+                (gatehouse_shared::api::REQUEST_ID_HEADER, request_id),
+                ("access-control-allow-origin", origin),
+                ("access-control-allow-credentials", "true"),
+                ("access-control-expose-headers", EXPOSED_HEADERS),
+            ],
+        ),
+        None => crate::set_headers(
+            headers,
+            &[(gatehouse_shared::api::REQUEST_ID_HEADER, request_id)],
+        ),
     }
 }
 
