@@ -183,15 +183,30 @@ async fn a_request_stalled_past_the_grace_does_not_hold_the_exit() {
     }
 
     // A client that sends its headers (a valid API key, so the request is let in) and a tenth of
-    // the body it announced, then stalls.
+    // the body it announced, then stalls. It asks for `100 Continue`, which the server sends once
+    // the handler starts reading the body: only then is the request surely in flight, so SIGTERM
+    // cannot arrive before the server has taken it.
     let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     let head = format!(
         "POST /auth/register HTTP/1.1\r\nHost: x\r\nX-API-Key: {api_key}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"email\":"
+         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
     );
     stalled.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        let mut buffer = [0u8; 256];
+        while !String::from_utf8_lossy(&answer).contains("100 Continue") {
+            use tokio::io::AsyncReadExt as _;
+            let read = stalled.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the origin closed the connection");
+            answer.extend_from_slice(&buffer[..read]);
+        }
+    })
+    .await
+    .expect("the origin asks for the body");
+    stalled.write_all(b"{\"email\":").await.unwrap();
     stalled.flush().await.unwrap();
     let terminated_at = Instant::now();
     let terminated = std::process::Command::new("kill")
