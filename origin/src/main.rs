@@ -76,14 +76,20 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run_server() -> anyhow::Result<()> {
-    let config = Config::from_env().context("invalid configuration")?;
+/// The pool `config` describes, with the migrations applied.
+async fn migrated_database(config: &Config) -> anyhow::Result<Database> {
     let db = Database::connect(config.database_url.expose_secret(), &config.database)
         .context("DATABASE_URL")?;
     MIGRATOR
         .run(db.pool())
         .await
         .context("applying migrations")?;
+    Ok(db)
+}
+
+async fn run_server() -> anyhow::Result<()> {
+    let config = Config::from_env().context("invalid configuration")?;
+    let db = migrated_database(&config).await?;
     refuse_revoked_signing_key(&db, &config).await?;
     let config = signing_keys::load_into(config, &db, time::OffsetDateTime::now_utc())
         .await
@@ -192,12 +198,7 @@ async fn rotate_signing_key() -> anyhow::Result<()> {
              JWT_SIGNING_KEY, rotate by moving the old key to JWT_PREVIOUS_KEY (README)"
         );
     };
-    let db = Database::connect(config.database_url.expose_secret(), &config.database)
-        .context("DATABASE_URL")?;
-    MIGRATOR
-        .run(db.pool())
-        .await
-        .context("applying migrations")?;
+    let db = migrated_database(&config).await?;
     let lead = signing_keys::lead_time(settings, config.jwks_max_age);
     let cipher = config.server_keys.signing_key_cipher();
     let (kid, activates_at) =
