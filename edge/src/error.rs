@@ -15,6 +15,10 @@ pub enum AppError {
     InvalidToken(TokenError),
     /// The token is valid but the origin has ended its session (401).
     SessionEnded,
+    /// The token is valid but its sign-in is weaker or older than the request asks (401, RFC 9470).
+    InsufficientAuthentication(Box<gatehouse_shared::assurance::Insufficient>),
+    /// A query parameter is invalid, e.g. `max_age` not a number (422).
+    InvalidQuery,
     /// The revocation list is too old and the origin cannot be reached to renew it (503).
     RevocationsUnavailable,
     /// A CORS preflight from an origin not in `ALLOWED_ORIGINS` (403).
@@ -64,6 +68,8 @@ impl AppError {
             AppError::InvalidApiKey => ProblemKind::InvalidApiKey,
             AppError::MissingToken => ProblemKind::MissingToken,
             AppError::InvalidToken(_) | AppError::SessionEnded => ProblemKind::InvalidToken,
+            AppError::InsufficientAuthentication(_) => ProblemKind::InsufficientUserAuthentication,
+            AppError::InvalidQuery => ProblemKind::InvalidQuery,
             AppError::RevocationsUnavailable => ProblemKind::RevocationsUnavailable,
             AppError::OriginNotAllowed => ProblemKind::OriginNotAllowed,
             AppError::PayloadTooLarge => ProblemKind::PayloadTooLarge,
@@ -87,7 +93,10 @@ impl AppError {
             AppError::Internal(error) => worker::console_error!("request {request_id}: {error}"),
             _ => {}
         }
-        let reply = ProblemReply::from(self.kind());
+        let reply = match &self {
+            AppError::InsufficientAuthentication(short) => short.reply(),
+            _ => ProblemReply::from(self.kind()),
+        };
         let reply = match &self {
             AppError::InvalidToken(reason) => reply.with_detail(reason.to_string()),
             AppError::SessionEnded => reply.with_detail("session has ended"),

@@ -25,6 +25,7 @@ pub mod routes;
 use std::net::IpAddr;
 
 use gatehouse_shared::api::{API_KEY_HEADER, BlockSize, REQUEST_ID_HEADER, VerifyResponse};
+use gatehouse_shared::assurance::Requirement;
 use gatehouse_shared::token::{AccessClaims, TokenError};
 use wasm_bindgen::prelude::wasm_bindgen;
 use worker::{Context, Date, Env, Request, Response, event};
@@ -164,7 +165,7 @@ async fn handle(
     if route.gate == Gate::User {
         let claims = authenticate(&request, config, request_id).await?;
         if route.answered_here && method == "GET" {
-            return verify_response(claims);
+            return verify_response(&request, claims);
         }
     }
     let mut response = proxy::forward(request, config, request_id).await?;
@@ -234,12 +235,40 @@ async fn authenticate(
     Ok(claims)
 }
 
-fn verify_response(claims: AccessClaims) -> Result<Response, AppError> {
+/// `GET /auth/verify`'s answer, with RFC 9470's `acr_values` and `max_age` judged here by the
+/// origin's rule (`gatehouse_shared::assurance::Requirement`), so a step-up demand costs no
+/// origin request either.
+fn verify_response(request: &Request, claims: AccessClaims) -> Result<Response, AppError> {
+    let requirement = step_up_requirement(request)?;
+    if !requirement.is_none() {
+        let now = (Date::now().as_millis() / 1000) as i64;
+        requirement
+            .check(&claims, now)
+            .map_err(|short| AppError::InsufficientAuthentication(Box::new(short)))?;
+    }
     let body = VerifyResponse::from_claims(claims)
         .ok_or(AppError::InvalidToken(TokenError::InvalidClaims))?;
     let mut response = Response::from_json(&body)?;
     response.headers_mut().set("cache-control", "no-store")?;
     Ok(response)
+}
+
+/// The `acr_values` and `max_age` query parameters, form-decoded (`aal1+aal2` is two values).
+fn step_up_requirement(request: &Request) -> Result<Requirement, AppError> {
+    let url = request.url()?;
+    if url.query().is_none() {
+        return Ok(Requirement::none());
+    }
+    let (mut acr_values, mut max_age) = (None, None);
+    for (name, value) in url.query_pairs() {
+        match &*name {
+            "acr_values" => acr_values = Some(value.into_owned()),
+            "max_age" => max_age = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Requirement::parse(acr_values.as_deref(), max_age.as_deref())
+        .map_err(|_| AppError::InvalidQuery)
 }
 
 #[cfg(test)]

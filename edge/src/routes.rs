@@ -80,6 +80,15 @@ pub const ROUTES: &[Route] = &[
     Route::new("PUT", "/auth/email", Gate::User).throttled(),
     Route::new("POST", "/auth/email/confirm", Gate::ApiKey).throttled(),
     Route::new("POST", "/auth/email/undo", Gate::ApiKey).throttled(),
+    // Second factors. Enrolling, removing and replacing recovery codes re-authenticate with the
+    // password; a login's second step and a step-up take codes a guesser would try: throttled.
+    Route::new("GET", "/auth/mfa", Gate::User),
+    Route::new("POST", "/auth/mfa/totp", Gate::User).throttled(),
+    Route::new("DELETE", "/auth/mfa/totp", Gate::User).throttled(),
+    Route::new("POST", "/auth/mfa/totp/confirm", Gate::User).throttled(),
+    Route::new("POST", "/auth/mfa/recovery-codes", Gate::User).throttled(),
+    Route::new("POST", "/auth/mfa/verify", Gate::ApiKey).throttled(),
+    Route::new("POST", "/auth/mfa/step-up", Gate::User).throttled(),
     Route::new("GET", "/auth/sessions", Gate::User),
     Route::new("DELETE", "/auth/sessions/{id}", Gate::User),
     Route::new("GET", "/.well-known/jwks.json", Gate::Open),

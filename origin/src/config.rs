@@ -121,8 +121,8 @@ pub struct Config {
     /// `BODY_LIMIT_BYTES`.
     pub body_limit_bytes: usize,
     /// `LOGIN_LIMIT_WINDOW_SECS`, `LOGIN_LIMIT_PER_ACCOUNT`, `LOGIN_LIMIT_PER_ACCOUNT_AND_IP`,
-    /// `LOGIN_LIMIT_PER_IP`, `REGISTER_LIMIT_PER_IP`, `CLIENT_LIMIT_IPV6_56_FACTOR`,
-    /// `CLIENT_LIMIT_IPV6_48_FACTOR`.
+    /// `LOGIN_LIMIT_PER_IP`, `REGISTER_LIMIT_PER_IP`, `MFA_LIMIT_PER_ACCOUNT`,
+    /// `CLIENT_LIMIT_IPV6_56_FACTOR`, `CLIENT_LIMIT_IPV6_48_FACTOR`.
     pub login_limits: LoginLimits,
     /// `SESSION_IDLE_TIMEOUT_SECS`, `SESSION_MAX_LIFETIME_SECS`, `REFRESH_REUSE_WINDOW_SECS`,
     /// `REFRESH_LIMIT_PER_SESSION`.
@@ -138,6 +138,8 @@ pub struct Config {
     pub accounts: AccountPolicy,
     /// `PASSWORD_MIN_SCORE`: the zxcvbn score, 0 to 4, a new password must reach.
     pub password_min_score: u8,
+    /// `TOTP_ISSUER`: the service name authenticator apps show beside a TOTP code.
+    pub totp_issuer: String,
 }
 
 /// Default bcrypt cost: OWASP's floor for bcrypt is 10; 12 costs about a quarter second here.
@@ -380,6 +382,9 @@ impl Config {
                 password_policy::DEFAULT_MIN_SCORE,
                 0..=4,
             )?,
+            totp_issuer: env
+                .get("TOTP_ISSUER")
+                .map_or_else(|| "Gatehouse".to_owned(), |name| name.trim().to_owned()),
         };
         if config.accounts.require_verified_email && config.mail.is_none() {
             return Err(ConfigError::new(
@@ -576,6 +581,7 @@ fn read_login_limits(env: &Env) -> Result<LoginLimits, ConfigError> {
         per_account_and_ip: env.positive("LOGIN_LIMIT_PER_ACCOUNT_AND_IP", 10)?,
         per_ip: env.positive("LOGIN_LIMIT_PER_IP", 100)?,
         register_per_ip: env.positive("REGISTER_LIMIT_PER_IP", 20)?,
+        mfa_per_account: env.positive("MFA_LIMIT_PER_ACCOUNT", 10)?,
         ipv6_56_factor: env.positive("CLIENT_LIMIT_IPV6_56_FACTOR", 4)?,
         ipv6_48_factor: env.positive("CLIENT_LIMIT_IPV6_48_FACTOR", 16)?,
     };

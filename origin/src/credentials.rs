@@ -94,7 +94,9 @@ pub async fn check(
 }
 
 /// The rule every sensitive action follows (deactivating the account, changing its password or
-/// its address): the request carries `current_password`, checked by [`check`] for the signed-in
+/// its address, adding or removing a second factor): with a second factor enrolled, a two-factor
+/// sign-in no older than 10 minutes (see [`crate::mfa::require_recent_second_factor`]), and
+/// always the request carries `current_password`, checked by [`check`] for the signed-in
 /// user under the login limits (OWASP ASVS 5.0 6.2.3; OWASP Authentication Cheat Sheet,
 /// "Require re-authentication for sensitive features"). The user's row when it is right; 403
 /// `wrong_password` otherwise, so the bearer token itself is not put in doubt.
@@ -104,6 +106,9 @@ pub async fn reauthenticate(
     current_password: SecretString,
     ip: Option<IpAddr>,
 ) -> Result<User> {
+    // Checked first: it costs no hash and no attempt, and tells the client to step up before it
+    // asks the user for the password.
+    crate::mfa::require_recent_second_factor(state, user).await?;
     // A stolen access token must not become a way to guess the password: the same limits as
     // login apply, on the same counters.
     let account = Account::SignedIn {

@@ -63,6 +63,19 @@ pub enum ApiError {
     LinkTokenExpired,
     /// An emailed link's token was already used (409).
     LinkTokenUsed,
+    /// The token is valid but its sign-in is weaker or older than the request needs (401, with
+    /// RFC 9470's challenge).
+    InsufficientAuthentication(Box<gatehouse_shared::assurance::Insufficient>),
+    /// The `mfa_token` of a login's second step is unknown, expired, used or out of tries (401).
+    MfaTokenInvalid,
+    /// A login's second step got a wrong code (401).
+    InvalidMfaCode,
+    /// A signed-in request's code is wrong or already used (403).
+    WrongCode,
+    /// A TOTP authenticator is enrolled already (409).
+    FactorExists,
+    /// No such factor is enrolled (404).
+    FactorNotFound,
     /// No such route (404).
     NotFound,
     /// The route exists but not for this method (405).
@@ -117,6 +130,12 @@ impl ApiError {
             ApiError::LinkTokenInvalid => ProblemKind::LinkTokenInvalid,
             ApiError::LinkTokenExpired => ProblemKind::LinkTokenExpired,
             ApiError::LinkTokenUsed => ProblemKind::LinkTokenUsed,
+            ApiError::InsufficientAuthentication(_) => ProblemKind::InsufficientUserAuthentication,
+            ApiError::MfaTokenInvalid => ProblemKind::MfaTokenInvalid,
+            ApiError::InvalidMfaCode => ProblemKind::InvalidMfaCode,
+            ApiError::WrongCode => ProblemKind::WrongCode,
+            ApiError::FactorExists => ProblemKind::FactorExists,
+            ApiError::FactorNotFound => ProblemKind::FactorNotFound,
             ApiError::NotFound => ProblemKind::NotFound,
             ApiError::MethodNotAllowed => ProblemKind::MethodNotAllowed,
             ApiError::RateLimited { .. } => ProblemKind::TooManyAttempts,
@@ -144,6 +163,7 @@ impl ApiError {
             ApiError::InvalidToken(reason) => reply.with_detail(reason.to_string()),
             ApiError::SessionEnded => reply.with_detail("session has ended"),
             ApiError::RateLimited { retry_after_secs } => reply.with_retry_after(retry_after_secs),
+            ApiError::InsufficientAuthentication(insufficient) => insufficient.reply(),
             _ => reply,
         }
     }

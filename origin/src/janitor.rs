@@ -1,7 +1,7 @@
 //! Periodic deletion of rows nothing needs any more, so tables do not grow without bound:
 //! brute-force counters whose window has passed, sessions (with their refresh tokens) that ended
 //! more than `RETENTION` ago, sealed refresh-token successors past the reuse window, expired link
-//! tokens, finished mail; and erasure of accounts deactivated `ACCOUNT_ERASE_AFTER_SECS` ago or
+//! tokens, finished mail, expired second steps of logins; and erasure of accounts deactivated `ACCOUNT_ERASE_AFTER_SECS` ago or
 //! never verified within `UNVERIFIED_ACCOUNT_TTL_SECS`.
 
 use std::time::Duration;
@@ -35,6 +35,8 @@ pub struct Purged {
     pub links: u64,
     /// Outbox rows sent or discarded a day ago.
     pub mails: u64,
+    /// Second steps of logins expired for a day.
+    pub mfa_challenges: u64,
 }
 
 /// Deletes what has expired at `now`.
@@ -64,6 +66,7 @@ pub async fn purge(state: &AppState, now: OffsetDateTime) -> Result<Purged> {
     let accounts = users::purge(&mut connection, deactivated_before, unverified_before).await?;
     let links = links::purge(&mut connection, now).await?;
     let mails = outbox::purge(&mut connection, now).await?;
+    let mfa_challenges = crate::mfa::purge(&mut connection, now).await?;
     Ok(Purged {
         counters,
         sessions,
@@ -71,6 +74,7 @@ pub async fn purge(state: &AppState, now: OffsetDateTime) -> Result<Purged> {
         accounts,
         links,
         mails,
+        mfa_challenges,
     })
 }
 

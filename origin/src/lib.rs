@@ -16,6 +16,7 @@ pub mod links;
 pub mod mail;
 pub mod memory;
 pub mod metrics;
+pub mod mfa;
 pub mod openapi;
 pub mod password;
 pub mod password_policy;
@@ -113,6 +114,8 @@ pub struct AppState {
     pub accounts: users::AccountPolicy,
     /// The zxcvbn score a new password must reach.
     pub password_min_score: u8,
+    /// The service name in TOTP enrolment URIs (`TOTP_ISSUER`).
+    pub totp_issuer: Arc<str>,
     /// API-key verdicts and live sessions remembered, kept true by PostgreSQL notifications.
     pub memory: Arc<memory::Memory>,
     /// Where those notifications are listened for (`LISTEN_DATABASE_URL`).
@@ -170,6 +173,7 @@ impl AppState {
             mail: config.mail.map(mail::Mail::new),
             accounts: config.accounts,
             password_min_score: config.password_min_score,
+            totp_issuer: Arc::from(config.totp_issuer),
             memory: Arc::new(memory::Memory::new()),
             listen_on: config.listen_on,
             follower: None,
@@ -191,6 +195,7 @@ pub fn app(state: AppState) -> Router {
     let auth = routes::auth::router()
         .merge(routes::sessions::router())
         .merge(routes::account::router())
+        .merge(routes::mfa::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             api_keys::require_api_key,

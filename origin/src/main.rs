@@ -21,6 +21,8 @@ commands:
   user reactivate EMAIL   reactivate a deactivated account before it is erased
   user erase EMAIL        erase an account and all its data now (its unexpired access tokens
                           still pass the edge until they expire; deactivate first to end them)
+  user mfa-reset EMAIL    remove every second factor of an account (a user who lost both the
+                          authenticator and the recovery codes, once identified otherwise)
   import-users --from URL bring the accounts of the FastAPI service Gatehouse replaces
                           (its platform_users table at the PostgreSQL URL) over; idempotent
   healthcheck             exit 0 if the server on LISTEN_ADDR answers /health, else 1 (for a
@@ -46,7 +48,11 @@ async fn main() -> ExitCode {
         ["api-key", "create", name] => create_api_key(name).await,
         ["api-key", "list"] => list_api_keys().await,
         ["api-key", "revoke", id] => revoke_api_key(id).await,
-        ["user", action @ ("reactivate" | "erase"), email] => user_command(action, email).await,
+        [
+            "user",
+            action @ ("reactivate" | "erase" | "mfa-reset"),
+            email,
+        ] => user_command(action, email).await,
         ["key", "revoke", kid] => revoke_signing_key(kid).await,
         ["key", "rotate"] => rotate_signing_key().await,
         ["import-users", "--from", url] => import_users(url).await,
@@ -327,13 +333,18 @@ async fn revoke_api_key(id: &str) -> anyhow::Result<()> {
     }
 }
 
-/// `user reactivate EMAIL` and `user erase EMAIL`.
+/// `user reactivate EMAIL`, `user erase EMAIL` and `user mfa-reset EMAIL`.
 async fn user_command(action: &str, email: &str) -> anyhow::Result<()> {
     let pool = command_pool().await?;
     let (done, success, failure) = match action {
         "erase" => (
             users::erase(&pool, email).await?,
             "erased, with all it owned, the account",
+            "no account has the address",
+        ),
+        "mfa-reset" => (
+            gatehouse_origin::mfa::reset(&pool, email).await?,
+            "removed every second factor (authenticator, recovery codes) of the account",
             "no account has the address",
         ),
         _ => (

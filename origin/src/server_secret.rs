@@ -32,6 +32,10 @@ pub enum KeyUse {
     CounterNames,
     /// Encrypts the private signing keys kept in PostgreSQL (see [`crate::signing_keys`]).
     SigningKeys,
+    /// Encrypts TOTP secrets at rest (see [`crate::mfa`]).
+    TotpSecrets,
+    /// Keys the MACs recovery codes are stored as (see [`crate::mfa`]).
+    RecoveryCodes,
 }
 
 impl KeyUse {
@@ -41,6 +45,8 @@ impl KeyUse {
             KeyUse::RefreshTokens => b"refresh-token mac",
             KeyUse::CounterNames => b"throttle counter names",
             KeyUse::SigningKeys => b"signing-key encryption",
+            KeyUse::TotpSecrets => b"totp-secret encryption",
+            KeyUse::RecoveryCodes => b"recovery-code mac",
         }
     }
 }
@@ -95,6 +101,13 @@ impl ServerKeys {
     pub fn outbox_cipher(&self) -> TokenCipher {
         TokenCipher(XChaCha20Poly1305::new(
             &self.key(KeyUse::OutboxTokens).into(),
+        ))
+    }
+
+    /// The cipher for TOTP secrets at rest.
+    pub fn totp_cipher(&self) -> TokenCipher {
+        TokenCipher(XChaCha20Poly1305::new(
+            &self.key(KeyUse::TotpSecrets).into(),
         ))
     }
 

@@ -32,6 +32,7 @@
 use std::time::Duration;
 
 use gatehouse_shared::api::RevokedSession;
+use gatehouse_shared::assurance::Method;
 use gatehouse_shared::refresh::{Presented, RefreshKey, RefreshToken};
 use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
@@ -94,6 +95,8 @@ pub enum EndReason {
     EmailChanged,
     /// `POST /auth/email/undo` ended every session of the account.
     EmailChangeUndone,
+    /// `DELETE /auth/mfa/totp` ended every other session of the account.
+    FactorRemoved,
 }
 
 impl EndReason {
@@ -110,6 +113,7 @@ impl EndReason {
             EndReason::PasswordReset => "password_reset",
             EndReason::EmailChanged => "email_changed",
             EndReason::EmailChangeUndone => "email_change_undone",
+            EndReason::FactorRemoved => "factor_removed",
         }
     }
 }
@@ -125,6 +129,27 @@ pub enum Which {
     AllExcept(Uuid),
 }
 
+/// How a session was authenticated and when the user last proved who they are; its tokens
+/// state both (`amr`, `acr`, `auth_time`, see `gatehouse_shared::assurance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authentication {
+    /// The way of signing in.
+    pub method: Method,
+    /// The sign-in, or the last step-up.
+    pub at: OffsetDateTime,
+}
+
+impl Authentication {
+    /// The stored form: the method's name and the time. A name this build does not know (a
+    /// newer release's, during a rollback) reads as a password sign-in, the weakest.
+    fn stored(method: &str, at: OffsetDateTime) -> Self {
+        Authentication {
+            method: Method::parse(method).unwrap_or(Method::Password),
+            at,
+        }
+    }
+}
+
 /// A session just begun or refreshed: what a token response needs.
 pub struct Grant {
     /// The session id.
@@ -133,6 +158,8 @@ pub struct Grant {
     pub refresh_token: RefreshToken,
     /// When the session ends unless refreshed; access tokens expire no later.
     pub expires_at: OffsetDateTime,
+    /// How the session was authenticated.
+    pub authentication: Authentication,
 }
 
 /// The generation of a session's first refresh token; 0 marks a session still on the old format.
@@ -141,26 +168,28 @@ const FIRST_GENERATION: u64 = 1;
 /// Length of the fixed window `REFRESH_LIMIT_PER_SESSION` counts rotations in.
 pub const REFRESH_LIMIT_WINDOW: Duration = Duration::from_secs(60);
 
-/// Begins a session for `user_id` inside `tx`, with its first refresh token, under `state`'s
-/// session policy and refresh-token key.
+/// Begins a session for `user_id`, signed in by `method`, inside `tx`, with its first refresh
+/// token, under `state`'s session policy and refresh-token key.
 pub async fn begin(
     tx: &mut Transaction<'static, Postgres>,
     state: &crate::AppState,
     user_id: Uuid,
     meta: &ClientMeta,
+    method: Method,
     now: OffsetDateTime,
 ) -> Result<Grant> {
     let session_id = Uuid::now_v7();
     sqlx::query!(
         "insert into sessions (id, user_id, created_at, last_used_at, user_agent, ip,
-                               refresh_generation)
-         values ($1, $2, $3, $3, $4, $5, $6)",
+                               refresh_generation, auth_method, authenticated_at)
+         values ($1, $2, $3, $3, $4, $5, $6, $7, $3)",
         session_id,
         user_id,
         now,
         meta.user_agent.as_deref(),
         meta.ip.map(|ip| ip.to_string()),
         FIRST_GENERATION as i64,
+        method.as_str(),
     )
     .execute(&mut **tx)
     .await?;
@@ -168,7 +197,43 @@ pub async fn begin(
         session_id,
         refresh_token: RefreshToken::issue(&state.refresh_key, session_id, FIRST_GENERATION),
         expires_at: state.sessions.expires_at(now, now),
+        authentication: Authentication { method, at: now },
     })
+}
+
+/// A session's authentication raised by a second factor (`POST /auth/mfa/step-up`): the live
+/// session `session_id` of `user_id` is now at `method`'s level, authenticated at `now`. Its
+/// refresh token is unchanged; tokens issued from now on, refreshed ones too, state the new level.
+/// `None` when the session is no longer live.
+pub async fn step_up(
+    tx: &mut Transaction<'static, Postgres>,
+    policy: &SessionPolicy,
+    session_id: Uuid,
+    user_id: Uuid,
+    method: Method,
+    now: OffsetDateTime,
+) -> Result<Option<(Authentication, OffsetDateTime)>> {
+    let (oldest_created, oldest_used) = policy.live_bounds(now);
+    let row = sqlx::query!(
+        "update sessions set auth_method = $3, authenticated_at = $4
+         where id = $1 and user_id = $2 and revoked_at is null
+           and created_at > $5 and last_used_at > $6
+         returning created_at, last_used_at",
+        session_id,
+        user_id,
+        method.as_str(),
+        now,
+        oldest_created,
+        oldest_used,
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|row| {
+        (
+            Authentication { method, at: now },
+            policy.expires_at(row.created_at, row.last_used_at),
+        )
+    }))
 }
 
 /// The session a refresh was granted on, with its user.
@@ -192,6 +257,8 @@ struct LockedSession {
     refresh_window_start: Option<OffsetDateTime>,
     refresh_window_count: i32,
     refresh_window_replays: i32,
+    auth_method: String,
+    authenticated_at: OffsetDateTime,
 }
 
 /// What a presented token says of itself before the session's lock is taken.
@@ -302,11 +369,12 @@ pub async fn refresh(
     // each statement in a read-committed transaction sees what committed before it began.
     let session = sqlx::query_as!(
         LockedSession,
-        "select s.user_id, s.created_at, s.last_used_at, s.revoked_at, u.is_active,
+        r#"select s.user_id, s.created_at, s.last_used_at, s.revoked_at, u.is_active,
                 s.refresh_generation, s.refresh_rotated_at, s.refresh_window_start,
-                s.refresh_window_count, s.refresh_window_replays
+                s.refresh_window_count, s.refresh_window_replays, s.auth_method,
+                coalesce(s.authenticated_at, s.created_at) as "authenticated_at!"
          from sessions s join users u on u.id = s.user_id
-         where s.id = $1 for update of s",
+         where s.id = $1 for update of s"#,
         session_id,
     )
     .fetch_optional(&mut *tx)
@@ -373,6 +441,7 @@ pub async fn refresh(
             session_id,
             refresh_token: RefreshToken::issue(key, session_id, generation),
             expires_at: policy.expires_at(session.created_at, now),
+            authentication: Authentication::stored(&session.auth_method, session.authenticated_at),
         },
         user_id: session.user_id,
         now,

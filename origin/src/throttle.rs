@@ -61,6 +61,9 @@ pub struct LoginLimits {
     pub per_ip: u32,
     /// Registrations from one client per window (`REGISTER_LIMIT_PER_IP`).
     pub register_per_ip: u32,
+    /// Second-factor codes tried on one account per window, right ones given back
+    /// (`MFA_LIMIT_PER_ACCOUNT`).
+    pub mfa_per_account: u32,
     /// How many times a per-client limit an IPv6 /56 may reach.
     pub ipv6_56_factor: u32,
     /// How many times a per-client limit an IPv6 /48 may reach.
@@ -130,6 +133,17 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The one counter of second-factor codes tried on the account `user_id`. Like the password
+    /// counters it is reserved before the check and given back when the code is right, so it
+    /// counts wrong codes only (RFC 6238 section 5.2 and NIST SP 800-63B section 5.2.2 ask for
+    /// a limit on failed attempts).
+    pub fn for_mfa(limits: &LoginLimits, names: &CounterNames, user_id: uuid::Uuid) -> Self {
+        let key = names.name(&["mfa", &user_id.to_string()]);
+        Counters {
+            keys: vec![(key, limits.mfa_per_account)],
+        }
+    }
+
     /// The counters of a check on the account named `email` from `ip`, with the device token the
     /// request carried. The account is named as PostgreSQL's `lower()` folds it, the same folding
     /// the account lookup uses, so no spelling of an address finds the account under another

@@ -116,15 +116,18 @@ impl Tokens {
         longest_validity(self.ttl)
     }
 
-    /// Issues a token for `user` in `session` at `now`, expiring after the configured lifetime
-    /// or at `not_after` (the session's end), whichever comes first.
+    /// Issues a token for `user` in `session`, authenticated as `authentication` says, at `now`,
+    /// expiring after the configured lifetime or at `not_after` (the session's end), whichever
+    /// comes first.
     pub fn issue(
         &self,
         user: &crate::users::User,
         session: Uuid,
+        authentication: &crate::sessions::Authentication,
         now: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> IssuedToken {
+        let method = authentication.method;
         let iat = now.unix_timestamp();
         let until_session_end = (not_after.unix_timestamp() - iat).max(1) as u64;
         let expires_in = self.ttl.as_secs().min(until_session_end);
@@ -140,6 +143,9 @@ impl Tokens {
             email: user.email.clone(),
             email_verified: user.email_verified_at.is_some(),
             legacy_id: user.legacy_id,
+            amr: method.amr().iter().map(|&value| value.to_owned()).collect(),
+            acr: Some(method.level().as_str().to_owned()),
+            auth_time: Some(authentication.at.unix_timestamp()),
         };
         IssuedToken {
             token: self.keys().signer.sign(&claims),

@@ -12,17 +12,21 @@
 
 pub mod api;
 pub mod api_key;
+pub mod assurance;
 pub mod bounded;
 pub mod device;
 pub mod input;
 pub mod jwk;
 pub mod link;
+pub mod mfa;
 pub mod opaque;
 pub mod refresh;
 #[cfg(feature = "signing")]
 pub mod signing;
 pub mod token;
 pub mod token_cache;
+#[cfg(feature = "totp")]
+pub mod totp;
 
 /// Passwords, tokens and other secrets are [`SecretString`]s wherever they are held: `Debug`
 /// prints `[REDACTED]`, the memory is wiped on drop, and reading one takes an explicit

@@ -117,6 +117,9 @@ mod tests {
             email: "ada@example.test".into(),
             email_verified: true,
             legacy_id: None,
+            amr: Vec::new(),
+            acr: None,
+            auth_time: None,
         }
     }
 

@@ -57,6 +57,18 @@ pub struct AccessClaims {
     /// which the platform's other services still store; absent for accounts made here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy_id: Option<i64>,
+    /// How the session signed in (RFC 8176 values; see [`crate::assurance::Method`]). Absent
+    /// from tokens issued before levels existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// The assurance level reached (`aal1`, `aal2`); absent reads as `aal1`
+    /// ([`crate::assurance::Level::of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    /// When the user last proved who they are, seconds since the Unix epoch (OpenID Connect Core
+    /// 1.0 section 2): the sign-in, or the last step-up. Kept across refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
 }
 
 fn one_or_many_out<S: serde::Serializer>(aud: &[String], serializer: S) -> Result<S::Ok, S::Error> {

@@ -85,7 +85,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         "-p",
         "gatehouse-shared",
         "--features",
-        "signing",
+        "signing,totp",
         "--target",
         "wasm32-unknown-unknown",
     ])

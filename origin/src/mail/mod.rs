@@ -199,6 +199,9 @@ pub enum Template {
     ResetPassword,
     /// A notice that the password changed.
     PasswordChanged,
+    /// A notice that a reset changed the password and removed a second factor enrolled while
+    /// the address was unverified.
+    PasswordResetFactorsRemoved,
     /// A notice to an address that already has an account that someone tried to register it.
     RegisterAttempt,
     /// A link confirming an email change, to the new address.
@@ -211,10 +214,11 @@ pub enum Template {
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 7] = [
+    pub const ALL: [Template; 8] = [
         Template::VerifyEmail,
         Template::ResetPassword,
         Template::PasswordChanged,
+        Template::PasswordResetFactorsRemoved,
         Template::RegisterAttempt,
         Template::EmailChangeConfirm,
         Template::EmailChangeTaken,
@@ -227,6 +231,7 @@ impl Template {
             Template::VerifyEmail => "verify_email",
             Template::ResetPassword => "reset_password",
             Template::PasswordChanged => "password_changed",
+            Template::PasswordResetFactorsRemoved => "password_reset_factors_removed",
             Template::RegisterAttempt => "register_attempt",
             Template::EmailChangeConfirm => "email_change_confirm",
             Template::EmailChangeTaken => "email_change_taken",
@@ -240,7 +245,9 @@ impl Template {
     pub fn capped(self) -> bool {
         !matches!(
             self,
-            Template::PasswordChanged | Template::EmailChangeNotice
+            Template::PasswordChanged
+                | Template::PasswordResetFactorsRemoved
+                | Template::EmailChangeNotice
         )
     }
 
@@ -265,9 +272,10 @@ impl Template {
             Template::ResetPassword => Some("reset-password"),
             Template::EmailChangeConfirm => Some("confirm-email"),
             Template::EmailChangeNotice => Some("undo-email-change"),
-            Template::PasswordChanged | Template::RegisterAttempt | Template::EmailChangeTaken => {
-                None
-            }
+            Template::PasswordChanged
+            | Template::PasswordResetFactorsRemoved
+            | Template::RegisterAttempt
+            | Template::EmailChangeTaken => None,
         }
     }
 
@@ -285,6 +293,7 @@ impl Template {
             Template::VerifyEmail => sources!("verify_email"),
             Template::ResetPassword => sources!("reset_password"),
             Template::PasswordChanged => sources!("password_changed"),
+            Template::PasswordResetFactorsRemoved => sources!("password_reset_factors_removed"),
             Template::RegisterAttempt => sources!("register_attempt"),
             Template::EmailChangeConfirm => sources!("email_change_confirm"),
             Template::EmailChangeTaken => sources!("email_change_taken"),

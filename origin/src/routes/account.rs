@@ -26,7 +26,7 @@ use crate::extract::{ApiJson, AuthUser, ClientMeta};
 use crate::links::{self, Purpose};
 use crate::mail::{Letter, MAIL_IP_WINDOW, Mail, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
-use crate::{credentials, password_policy, throttle, users};
+use crate::{credentials, mfa, password_policy, throttle, users};
 
 /// The account routes; under `/auth`, so the API-key gate applies.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -226,7 +226,11 @@ pub(crate) async fn reset_password(
         now,
     )
     .await?;
-    let notice = Template::PasswordChanged;
+    // The address just proved itself; a factor set while it was unverified may be a squatter's.
+    let notice = match mfa::remove_unverified_factors(&mut tx, user.id).await? {
+        true => Template::PasswordResetFactorsRemoved,
+        false => Template::PasswordChanged,
+    };
     let noticed = mail
         .queue(
             &state,

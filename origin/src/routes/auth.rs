@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{
-    DeactivateRequest, LoginRequest, Problem, RegisterRequest, RegistrationPending, TokenResponse,
-    UpdateProfileRequest, UserProfile, VerifyResponse,
+    DeactivateRequest, LoginRequest, LoginResponse, MfaRequired, Problem, RegisterRequest,
+    RegistrationPending, TokenResponse, UpdateProfileRequest, UserProfile, VerifyResponse,
 };
+use gatehouse_shared::assurance::{Method, Requirement};
 use gatehouse_shared::device::DeviceToken;
 use gatehouse_shared::input::{check_email, check_name, normalize_email};
 use utoipa_axum::router::OpenApiRouter;
@@ -17,12 +18,12 @@ use uuid::Uuid;
 
 use super::{ended_response, normalize_name, password_refusal, push_error, token_response};
 use crate::error::{ApiError, Result, invalid_field};
-use crate::extract::{ApiJson, AuthUser, ClientMeta};
+use crate::extract::{ApiJson, ApiQuery, AuthUser, ClientMeta};
 use crate::links::Purpose;
 use crate::mail::{Letter, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
 use crate::users::{self, NameChange, NewUser};
-use crate::{AppState, credentials, password_policy, throttle};
+use crate::{AppState, credentials, mfa, password_policy, throttle};
 
 /// The `/auth/*` routes; the API-key gate is layered on in [`crate::app`].
 pub fn router() -> OpenApiRouter<AppState> {
@@ -101,7 +102,7 @@ pub(crate) async fn register_user(
     }
     let mut tx = state.db.begin().await?;
     let user = users::create(&mut tx, new).await?;
-    let grant = sessions::begin(&mut tx, &state, user.id, &meta, now).await?;
+    let grant = sessions::begin(&mut tx, &state, user.id, &meta, Method::Password, now).await?;
     let queued = match &state.mail {
         Some(mail) => {
             mail.queue_link(&state, &mut tx, &user, Purpose::VerifyEmail, now)
@@ -160,7 +161,7 @@ async fn register_pending(
     post, path = "/auth/login", tag = "auth", security(("api_key" = [])),
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "A new session", body = TokenResponse),
+        (status = 200, description = "A new session, or, when the account has a second factor, the mfa_token for POST /auth/mfa/verify (mfa_required: true)", body = LoginResponse),
         (status = 401, description = "Wrong email or password, a deactivated account, or a bad X-API-Key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "With REQUIRE_VERIFIED_EMAIL: the password is right but the address is not verified yet", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
@@ -170,10 +171,11 @@ pub(crate) async fn login_user(
     State(state): State<AppState>,
     meta: ClientMeta,
     ApiJson(request): ApiJson<LoginRequest>,
-) -> Result<Json<TokenResponse>> {
+) -> Result<Json<LoginResponse>> {
     let outcome = check_login(&state, meta, request).await;
     state.metrics.login(match &outcome {
-        Ok(_) => "success",
+        Ok(LoginResponse::Tokens(_)) => "success",
+        Ok(LoginResponse::MfaRequired(_)) => "mfa_required",
         Err(ApiError::InvalidCredentials) => "invalid_credentials",
         Err(ApiError::EmailNotVerified) => "email_not_verified",
         Err(ApiError::RateLimited { .. }) => "rate_limited",
@@ -182,14 +184,14 @@ pub(crate) async fn login_user(
         Err(ApiError::DatabaseUnavailable(_)) => "database_unavailable",
         Err(_) => "error",
     });
-    outcome
+    outcome.map(Json)
 }
 
 async fn check_login(
     state: &AppState,
     meta: ClientMeta,
     request: LoginRequest,
-) -> Result<Json<TokenResponse>> {
+) -> Result<LoginResponse> {
     let email = normalize_email(&request.email);
     // Registration applied the same rule, so an address failing it has no account; refusing it
     // here reveals nothing and keeps bytes PostgreSQL rejects (NUL) away from the query.
@@ -234,7 +236,24 @@ async fn check_login(
         tracing::info!(user_id = %user.id, "login refused: address not verified");
         return Err(ApiError::EmailNotVerified);
     }
-    let grant = sessions::begin(&mut tx, state, user.id, &meta, now).await?;
+    let factors = mfa::factors(&mut tx, user.id).await?;
+    if factors.any() {
+        // The password was right: the second step opens, and only its holder learns that the
+        // account has a second factor.
+        let token = mfa::open_challenge(&mut tx, user.id, &meta, now).await?;
+        let device =
+            throttle::trust_device(&mut tx, &state.counter_names, &user.email, device, now).await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %user.id, "login waits for a second factor");
+        return Ok(LoginResponse::MfaRequired(MfaRequired {
+            mfa_required: true,
+            mfa_token: token.expose().into(),
+            expires_in: mfa::CHALLENGE_TTL.as_secs(),
+            methods: factors.methods(),
+            device_token: Some(device.expose().into()),
+        }));
+    }
+    let grant = sessions::begin(&mut tx, state, user.id, &meta, Method::Password, now).await?;
     let device =
         throttle::trust_device(&mut tx, &state.counter_names, &user.email, device, now).await?;
     tx.commit().await?;
@@ -244,15 +263,40 @@ async fn check_login(
     let mut response = token_response(state, user, grant, now);
     response.device_token = Some(device.expose().into());
     response.password_change_required = password_change_required;
-    Ok(Json(response))
+    Ok(LoginResponse::Tokens(Box::new(response)))
 }
 
-/// `GET /auth/verify`: the token is valid, its session live, its account active.
+/// `acr_values` and `max_age` of `GET /auth/verify` (RFC 9470 section 2).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct VerifyParams {
+    acr_values: Option<String>,
+    max_age: Option<String>,
+}
+
+/// `GET /auth/verify[?acr_values=aal2&max_age=300]`: the token is valid, its session live, its
+/// account active, and, when asked, its sign-in strong and recent enough (RFC 9470; the same
+/// rule as the edge, `gatehouse_shared::assurance::Requirement`).
 #[utoipa::path(
     get, path = "/auth/verify", tag = "auth", security(("api_key" = [], "bearer" = [])),
-    responses((status = 200, description = "The token is valid and its session live", body = VerifyResponse))
+    params(
+        ("acr_values" = Option<String>, Query, description = "Space-separated levels (aal1, aal2); the token's level must be at least the lowest listed"),
+        ("max_age" = Option<u64>, Query, description = "Seconds since the user last authenticated (the token's auth_time), at most"),
+    ),
+    responses(
+        (status = 200, description = "The token is valid and its session live", body = VerifyResponse),
+        (status = 401, description = "The token is invalid, or its sign-in is weaker or older than asked: error=\"insufficient_user_authentication\" with acr_values and max_age in WWW-Authenticate (RFC 9470)", body = Problem, content_type = "application/problem+json"),
+    )
 )]
-pub(crate) async fn verify_token(user: AuthUser) -> Result<Json<VerifyResponse>> {
+pub(crate) async fn verify_token(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(params): ApiQuery<VerifyParams>,
+) -> Result<Json<VerifyResponse>> {
+    let requirement = Requirement::parse(params.acr_values.as_deref(), params.max_age.as_deref())
+        .map_err(|_| ApiError::InvalidQuery)?;
+    requirement
+        .check(&user.claims, state.clock.now().unix_timestamp())
+        .map_err(|short| ApiError::InsufficientAuthentication(Box::new(short)))?;
     VerifyResponse::from_claims(user.claims)
         .map(Json)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a validated token's exp is no time")))

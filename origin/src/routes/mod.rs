@@ -6,6 +6,7 @@ pub mod auth;
 pub mod edge;
 pub mod health;
 pub mod jwks;
+pub mod mfa;
 pub mod sessions;
 
 use axum::http::{HeaderValue, StatusCode};
@@ -24,9 +25,13 @@ pub(crate) fn token_response(
     grant: Grant,
     now: OffsetDateTime,
 ) -> TokenResponse {
-    let issued = state
-        .tokens
-        .issue(&user, grant.session_id, now, grant.expires_at);
+    let issued = state.tokens.issue(
+        &user,
+        grant.session_id,
+        &grant.authentication,
+        now,
+        grant.expires_at,
+    );
     TokenResponse {
         access_token: issued.token.into(),
         token_type: TOKEN_TYPE.into(),

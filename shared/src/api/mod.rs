@@ -201,6 +201,157 @@ pub struct TokenResponse {
     pub user: UserProfile,
 }
 
+/// `POST /auth/login`'s 200 when the account has a second factor: no tokens yet. Send the
+/// `mfa_token` with a code to `POST /auth/mfa/verify` within `expires_in` seconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MfaRequired {
+    /// Always true: what tells this answer from a [`TokenResponse`].
+    pub mfa_required: bool,
+    /// The login's second step (`gtm_...`): single use, a few tries, short-lived.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub mfa_token: SecretString,
+    /// Seconds the `mfa_token` stays usable.
+    pub expires_in: u64,
+    /// What completes the login: `totp`, `recovery_code`.
+    pub methods: Vec<String>,
+    /// As in [`TokenResponse::device_token`]: the password was right from this device.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    #[serde(
+        default,
+        serialize_with = "expose_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_token: Option<SecretString>,
+}
+
+/// `POST /auth/login`'s 200: the tokens, or the second step a second factor asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum LoginResponse {
+    /// A second factor is required.
+    MfaRequired(MfaRequired),
+    /// Signed in.
+    Tokens(Box<TokenResponse>),
+}
+
+/// `POST /auth/mfa/verify`: the login's `mfa_token` and a code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MfaVerifyRequest {
+    /// The `mfa_token` of the login's answer.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub mfa_token: SecretString,
+    /// A 6-digit TOTP code, or an unused recovery code.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub code: SecretString,
+}
+
+/// `POST /auth/mfa/totp/confirm` and `POST /auth/mfa/step-up`: a code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MfaCodeRequest {
+    /// A 6-digit TOTP code (step-up also takes an unused recovery code).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub code: SecretString,
+}
+
+/// `POST /auth/mfa/totp` and `POST /auth/mfa/recovery-codes`: re-authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReauthenticateRequest {
+    /// The password in use now.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub current_password: SecretString,
+}
+
+/// `DELETE /auth/mfa/totp`: the password and a code of the authenticator being removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RemoveTotpRequest {
+    /// The password in use now.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub current_password: SecretString,
+    /// A current code of the authenticator.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub code: SecretString,
+}
+
+/// `POST /auth/mfa/totp`: the secret to put in an authenticator app, not active until confirmed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TotpEnrollment {
+    /// The secret in base32, for typing in.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub secret: SecretString,
+    /// The `otpauth://totp/...` URI, for a QR code.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub otpauth_uri: SecretString,
+    /// That URI as a QR code, an SVG document.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub qr_svg: SecretString,
+}
+
+/// `POST /auth/mfa/totp/confirm` and `POST /auth/mfa/recovery-codes`: a new set of recovery
+/// codes, shown once. Each works once; a new set voids the old.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecoveryCodes {
+    /// The codes, `xxxx-xxxx-xxxx-xxxx`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    #[serde(serialize_with = "expose_all")]
+    pub recovery_codes: Vec<SecretString>,
+}
+
+fn expose_all<S: Serializer>(secrets: &[SecretString], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(secrets.iter().map(|secret| secret.expose_secret()))
+}
+
+/// `GET /auth/mfa`: the account's second factors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MfaStatus {
+    /// When the TOTP authenticator was confirmed, if one is active.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub totp_enrolled_at: Option<OffsetDateTime>,
+    /// Unused recovery codes left.
+    pub recovery_codes_remaining: u32,
+    /// What a login's second step accepts now; empty when the account has no second factor.
+    pub methods: Vec<String>,
+}
+
+/// `POST /auth/mfa/step-up`: a new access token for the same session at the higher level. The
+/// refresh token is unchanged; refreshing keeps the level.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AccessTokenResponse {
+    /// The signed access token.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub access_token: SecretString,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// The session (the token's `sid`).
+    pub session_id: Uuid,
+}
+
 /// `GET /auth/profile`, and the `user` of a token response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -456,6 +607,8 @@ pub struct VerifyResponse {
     /// When the token expires, RFC 3339 in UTC.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// How its session signed in.
+    pub authentication: VerifiedAuthentication,
 }
 
 /// The identity inside a verified token.
@@ -471,12 +624,35 @@ pub struct VerifiedUser {
     pub email_verified: bool,
 }
 
+/// How a verified token's session signed in (see [`crate::assurance`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VerifiedAuthentication {
+    /// RFC 8176 method references, e.g. `["pwd"]` or `["pwd","otp","mfa"]`; empty for tokens
+    /// issued before levels existed.
+    pub amr: Vec<String>,
+    /// `aal1` or `aal2`.
+    pub acr: String,
+    /// When the user last proved who they are, RFC 3339 in UTC; absent for older tokens.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub auth_time: Option<OffsetDateTime>,
+}
+
 impl VerifyResponse {
     /// The answer for a token whose `claims` passed validation; `None` when its expiry is not a
     /// representable time (validation has compared it as a number, so it is far from now).
     pub fn from_claims(claims: crate::token::AccessClaims) -> Option<Self> {
+        let authentication = VerifiedAuthentication {
+            acr: crate::assurance::Level::of(&claims).as_str().to_owned(),
+            auth_time: match claims.auth_time {
+                Some(at) => Some(OffsetDateTime::from_unix_timestamp(at).ok()?),
+                None => None,
+            },
+            amr: claims.amr,
+        };
         Some(VerifyResponse {
             valid: true,
+            authentication,
             expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).ok()?,
             user: VerifiedUser {
                 id: claims.sub,

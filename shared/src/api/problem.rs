@@ -190,6 +190,25 @@ problem_kinds! {
     /// deactivated: to the client all mean "this access token no longer works".
     InvalidToken => "invalid_token", UNAUTHORIZED,
         challenge(Scheme::Bearer, Some("invalid_token")), "bearer token is invalid";
+    /// The token is valid but its sign-in is weaker or older than the request demands (RFC 9470
+    /// section 3); the challenge carries `acr_values` and, when age failed, `max_age`.
+    InsufficientUserAuthentication => "insufficient_user_authentication", UNAUTHORIZED,
+        challenge(Scheme::Bearer, Some("insufficient_user_authentication")),
+        "this request needs a stronger or more recent sign-in";
+    /// The `mfa_token` of a login's second step is unknown, expired, used, or spent its tries:
+    /// the client starts the login again.
+    MfaTokenInvalid => "mfa_token_invalid", UNAUTHORIZED, challenge(Scheme::Bearer, None),
+        "the sign-in attempt is invalid or has expired; sign in again";
+    /// The second factor's code is wrong (or already used) at a login's second step.
+    InvalidMfaCode => "invalid_mfa_code", UNAUTHORIZED, challenge(Scheme::Bearer, None),
+        "the code is incorrect";
+    /// A signed-in request's code is wrong or already used (403: the bearer token is fine).
+    WrongCode => "wrong_code", FORBIDDEN, None, "the code is incorrect";
+    /// A TOTP authenticator is enrolled already; remove it before enrolling another.
+    FactorExists => "factor_exists", CONFLICT, None,
+        "a TOTP authenticator is enrolled already; remove it first";
+    /// No such factor is enrolled (or awaiting confirmation).
+    FactorNotFound => "factor_not_found", NOT_FOUND, None, "no such factor is enrolled";
     /// The refresh token is malformed, unknown, or belongs to an ended session.
     InvalidRefreshToken => "invalid_refresh_token", UNAUTHORIZED, challenge(Scheme::Bearer, None),
         "refresh token is invalid";

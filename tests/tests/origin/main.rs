@@ -10,6 +10,7 @@ mod login;
 mod mail;
 mod memory;
 mod metrics;
+mod mfa;
 mod openapi;
 mod password;
 mod profile;

@@ -20,6 +20,7 @@ const LIMITS: LoginLimits = LoginLimits {
     per_account_and_ip: 3,
     per_ip: 8,
     register_per_ip: 4,
+    mfa_per_account: 10,
     ipv6_56_factor: 2,
     ipv6_48_factor: 4,
 };

@@ -1,0 +1,439 @@
+//! Second factors: a TOTP authenticator (RFC 6238) with one-time recovery codes, the second step
+//! of a login, and the rule every sensitive action follows once an account has a factor.
+//!
+//! - A TOTP secret is sealed at rest under a key derived from `SERVER_SECRET`, bound to its user.
+//!   A code is accepted for the current 30-second step or one either side, and never twice: the
+//!   last accepted step is stored and a code of that step or an earlier one is refused (RFC 6238
+//!   section 5.2).
+//! - Recovery codes are stored as HMAC-SHA256 under another derived key: 80 random bits need no
+//!   slow hash, so checking one never waits on the bcrypt pool. Each works once.
+//! - A login whose password is right but whose account has a factor gets an `mfa_token` instead
+//!   of tokens: stored as SHA-256, single use, [`CHALLENGE_TTL`] long, dead after
+//!   [`CHALLENGE_TRIES`] wrong codes. Wrong codes are also counted per account in PostgreSQL
+//!   (`MFA_LIMIT_PER_ACCOUNT` per window, 429 beyond), reserved before the check and given back
+//!   when the code is right, like password attempts (see [`crate::throttle`]).
+//! - With a factor enrolled, sensitive actions need a two-factor sign-in no older than
+//!   [`SENSITIVE_MAX_AGE_SECS`] on top of the password ([`require_recent_second_factor`]), so a
+//!   stolen one-factor token cannot add its own factor and keep the account through a reset.
+
+use std::time::Duration;
+
+use gatehouse_shared::assurance::{Level, Method, Requirement};
+use gatehouse_shared::mfa::{MfaToken, RECOVERY_CODES_PER_SET, RecoveryCode};
+use gatehouse_shared::totp::{DIGITS, Secret};
+use hmac::{Hmac, Mac};
+use rand_core::OsRng;
+use sha2::Sha256;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, Result};
+use crate::extract::{AuthUser, ClientMeta};
+use crate::server_secret::KeyUse;
+
+/// How long a login's second step stays open (the issue's 5 minutes: long enough to find a
+/// phone, short enough that a leaked `mfa_token` is soon worthless).
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(300);
+
+/// Wrong codes one `mfa_token` takes before it dies; the login then starts over with the
+/// password, which has limits of its own.
+pub const CHALLENGE_TRIES: i32 = 5;
+
+/// How recent a two-factor sign-in must be for a sensitive action (OWASP ASVS 5.0 6.2.3's
+/// re-authentication, NIST SP 800-63B section 7.2's reauthentication): 10 minutes.
+pub const SENSITIVE_MAX_AGE_SECS: u64 = 600;
+
+/// An account's second factors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Factors {
+    /// When its TOTP authenticator was confirmed, if it has one.
+    pub totp_enrolled_at: Option<OffsetDateTime>,
+    /// Unused recovery codes.
+    pub recovery_codes: u32,
+}
+
+impl Factors {
+    /// Whether a login needs a second step.
+    pub fn any(&self) -> bool {
+        self.totp_enrolled_at.is_some()
+    }
+
+    /// What a second step accepts.
+    pub fn methods(&self) -> Vec<String> {
+        let mut methods = Vec::new();
+        if self.totp_enrolled_at.is_some() {
+            methods.push("totp".to_owned());
+        }
+        if self.any() && self.recovery_codes > 0 {
+            methods.push("recovery_code".to_owned());
+        }
+        methods
+    }
+}
+
+/// The second factors of `user_id`.
+pub async fn factors(connection: &mut PgConnection, user_id: Uuid) -> Result<Factors> {
+    let row = sqlx::query!(
+        r#"select (select confirmed_at from totp_factors where user_id = $1)
+                    as "totp_enrolled_at?",
+                  (select count(*) from recovery_codes where user_id = $1 and used_at is null)
+                    as "recovery_codes!""#,
+        user_id,
+    )
+    .fetch_one(connection)
+    .await?;
+    Ok(Factors {
+        totp_enrolled_at: row.totp_enrolled_at,
+        recovery_codes: u32::try_from(row.recovery_codes).unwrap_or(u32::MAX),
+    })
+}
+
+/// The rule sensitive actions follow on top of the password: when the account has a second
+/// factor, the request's token must be `aal2` and authenticated within
+/// [`SENSITIVE_MAX_AGE_SECS`]; otherwise 401 with RFC 9470's challenge, so the client knows to
+/// step up (`POST /auth/mfa/step-up`) and retry.
+pub async fn require_recent_second_factor(state: &AppState, user: &AuthUser) -> Result<()> {
+    let factors = {
+        let mut connection = state.db.acquire().await?;
+        factors(&mut connection, user.user_id).await?
+    };
+    if !factors.any() {
+        return Ok(());
+    }
+    let requirement = Requirement::at_least(Level::Aal2, Some(SENSITIVE_MAX_AGE_SECS));
+    requirement
+        .check(&user.claims, state.clock.now().unix_timestamp())
+        .map_err(|short| ApiError::InsufficientAuthentication(Box::new(short)))
+}
+
+/// Starts a TOTP enrolment for `user_id`: a new secret, stored sealed and unconfirmed, replacing
+/// an earlier unconfirmed one. 409 when a confirmed authenticator exists.
+pub async fn start_totp(
+    connection: &mut PgConnection,
+    state: &AppState,
+    user_id: Uuid,
+    address_verified: bool,
+    now: OffsetDateTime,
+) -> Result<Secret> {
+    let secret = Secret::generate(&mut OsRng);
+    let sealed = state
+        .server_keys
+        .totp_cipher()
+        .seal_bytes(secret.as_bytes(), user_id.as_bytes());
+    let stored = sqlx::query_scalar!(
+        "insert into totp_factors (user_id, secret_sealed, created_at, while_unverified)
+         values ($1, $2, $3, $4)
+         on conflict (user_id) do update set
+           secret_sealed = excluded.secret_sealed, created_at = excluded.created_at,
+           while_unverified = excluded.while_unverified, last_step = null
+         where totp_factors.confirmed_at is null
+         returning user_id",
+        user_id,
+        sealed,
+        now,
+        !address_verified,
+    )
+    .fetch_optional(connection)
+    .await?;
+    stored.map(|_| secret).ok_or(ApiError::FactorExists)
+}
+
+/// Confirms `user_id`'s pending TOTP enrolment with a first `code` and hands out a new set of
+/// recovery codes. 404 with nothing pending, 403 for a wrong code.
+pub async fn confirm_totp(
+    tx: &mut Transaction<'static, Postgres>,
+    state: &AppState,
+    user_id: Uuid,
+    code: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<RecoveryCode>> {
+    let sealed = sqlx::query_scalar!(
+        "select secret_sealed from totp_factors
+         where user_id = $1 and confirmed_at is null for update",
+        user_id,
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(ApiError::FactorNotFound)?;
+    let secret = open_secret(state, user_id, &sealed)?;
+    let step = secret
+        .matching_step(code, now.unix_timestamp())
+        .ok_or(ApiError::WrongCode)?;
+    sqlx::query!(
+        "update totp_factors set confirmed_at = $2, last_step = $3 where user_id = $1",
+        user_id,
+        now,
+        step,
+    )
+    .execute(&mut **tx)
+    .await?;
+    replace_recovery_codes(tx, state, user_id, now).await
+}
+
+/// A new set of recovery codes for `user_id`, voiding the old set.
+pub async fn replace_recovery_codes(
+    tx: &mut Transaction<'static, Postgres>,
+    state: &AppState,
+    user_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<Vec<RecoveryCode>> {
+    let codes: Vec<RecoveryCode> = (0..RECOVERY_CODES_PER_SET)
+        .map(|_| RecoveryCode::generate(&mut OsRng))
+        .collect();
+    let macs: Vec<Vec<u8>> = codes
+        .iter()
+        .map(|code| recovery_mac(state, user_id, code).to_vec())
+        .collect();
+    sqlx::query!("delete from recovery_codes where user_id = $1", user_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query!(
+        "insert into recovery_codes (user_id, code_mac, created_at)
+         select $1, mac, $3 from unnest($2::bytea[]) as t(mac)",
+        user_id,
+        &macs[..],
+        now,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(codes)
+}
+
+/// Removes `user_id`'s TOTP authenticator and its recovery codes; whether there was one.
+pub async fn remove_totp(tx: &mut Transaction<'static, Postgres>, user_id: Uuid) -> Result<bool> {
+    let removed = sqlx::query!("delete from totp_factors where user_id = $1", user_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    sqlx::query!("delete from recovery_codes where user_id = $1", user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(removed > 0)
+}
+
+/// After a password reset through the account's address: removes an authenticator enrolled
+/// while that address was unverified, which may be a squatter's (someone who registered the
+/// address before its owner and set a factor to keep the account). Whether one was removed.
+pub async fn remove_unverified_factors(
+    tx: &mut Transaction<'static, Postgres>,
+    user_id: Uuid,
+) -> Result<bool> {
+    let removed = sqlx::query_scalar!(
+        "delete from totp_factors where user_id = $1 and while_unverified returning user_id",
+        user_id,
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    if removed.is_some() {
+        sqlx::query!("delete from recovery_codes where user_id = $1", user_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(removed.is_some())
+}
+
+/// `gatehouse-origin user mfa-reset EMAIL`: removes every second factor of the account; whether
+/// the account exists.
+pub async fn reset(pool: &PgPool, email: &str) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let Some(user_id) =
+        sqlx::query_scalar!("select id from users where lower(email) = lower($1)", email,)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(false);
+    };
+    remove_totp(&mut tx, user_id).await?;
+    sqlx::query!("delete from mfa_challenges where user_id = $1", user_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Checks a second-factor `code` for `user_id` inside `tx`: a TOTP code of the confirmed
+/// authenticator (its step then spent), or an unused recovery code (then used). The method it
+/// proves, or `None` when it is wrong, replayed, or the account has no such factor.
+pub async fn check_code(
+    tx: &mut Transaction<'static, Postgres>,
+    state: &AppState,
+    user_id: Uuid,
+    code: &str,
+    now: OffsetDateTime,
+) -> Result<Option<Method>> {
+    if code.len() == DIGITS && code.bytes().all(|b| b.is_ascii_digit()) {
+        let Some(row) = sqlx::query!(
+            "select secret_sealed, last_step from totp_factors
+             where user_id = $1 and confirmed_at is not null for update",
+            user_id,
+        )
+        .fetch_optional(&mut **tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let secret = open_secret(state, user_id, &row.secret_sealed)?;
+        let Some(step) = secret.matching_step(code, now.unix_timestamp()) else {
+            return Ok(None);
+        };
+        // RFC 6238 section 5.2: a code already accepted, or one older than it, is refused.
+        if row.last_step.is_some_and(|last| step <= last) {
+            return Ok(None);
+        }
+        sqlx::query!(
+            "update totp_factors set last_step = $2 where user_id = $1",
+            user_id,
+            step,
+        )
+        .execute(&mut **tx)
+        .await?;
+        return Ok(Some(Method::PasswordOtp));
+    }
+    let Some(code) = RecoveryCode::parse(code) else {
+        return Ok(None);
+    };
+    let mac = recovery_mac(state, user_id, &code);
+    let used = sqlx::query_scalar!(
+        "update recovery_codes set used_at = $3
+         where user_id = $1 and code_mac = $2 and used_at is null
+         returning user_id",
+        user_id,
+        mac.as_slice(),
+        now,
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(used.map(|_| Method::PasswordRecoveryCode))
+}
+
+/// Opens a login's second step for `user_id`: the `mfa_token` to hand out.
+pub async fn open_challenge(
+    tx: &mut Transaction<'static, Postgres>,
+    user_id: Uuid,
+    meta: &ClientMeta,
+    now: OffsetDateTime,
+) -> Result<MfaToken> {
+    let token = MfaToken::generate(&mut OsRng);
+    let hash = token.lookup_hash();
+    sqlx::query!(
+        "insert into mfa_challenges (token_hash, user_id, created_at, expires_at, user_agent, ip)
+         values ($1, $2, $3, $4, $5, $6)",
+        hash.as_slice(),
+        user_id,
+        now,
+        now + CHALLENGE_TTL,
+        meta.user_agent.as_deref(),
+        meta.ip.map(|ip| ip.to_string()),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(token)
+}
+
+/// The user of a usable second step: unused, unexpired, tries left. 401 `mfa_token_invalid`
+/// otherwise. With `tx`'s lock when `lock` is set.
+pub async fn challenge_user(
+    connection: &mut PgConnection,
+    token: &MfaToken,
+    lock: bool,
+    now: OffsetDateTime,
+) -> Result<Uuid> {
+    let hash = token.lookup_hash();
+    let row = if lock {
+        sqlx::query!(
+            "select user_id, expires_at, failures, used_at from mfa_challenges
+             where token_hash = $1 for update",
+            hash.as_slice(),
+        )
+        .fetch_optional(connection)
+        .await?
+        .map(|r| (r.user_id, r.expires_at, r.failures, r.used_at))
+    } else {
+        sqlx::query!(
+            "select user_id, expires_at, failures, used_at from mfa_challenges
+             where token_hash = $1",
+            hash.as_slice(),
+        )
+        .fetch_optional(connection)
+        .await?
+        .map(|r| (r.user_id, r.expires_at, r.failures, r.used_at))
+    };
+    match row {
+        Some((user_id, expires_at, failures, None))
+            if expires_at > now && failures < CHALLENGE_TRIES =>
+        {
+            Ok(user_id)
+        }
+        _ => Err(ApiError::MfaTokenInvalid),
+    }
+}
+
+/// Records a wrong code against a second step, which dies at [`CHALLENGE_TRIES`].
+pub async fn fail_challenge(
+    tx: &mut Transaction<'static, Postgres>,
+    token: &MfaToken,
+) -> Result<()> {
+    let hash = token.lookup_hash();
+    sqlx::query!(
+        "update mfa_challenges set failures = failures + 1 where token_hash = $1",
+        hash.as_slice(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Spends a second step that completed its login.
+pub async fn use_challenge(
+    tx: &mut Transaction<'static, Postgres>,
+    token: &MfaToken,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let hash = token.lookup_hash();
+    sqlx::query!(
+        "update mfa_challenges set used_at = $2 where token_hash = $1",
+        hash.as_slice(),
+        now,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Deletes second steps that expired a day ago (kept that long for the audit of failures).
+pub async fn purge(connection: &mut PgConnection, now: OffsetDateTime) -> Result<u64> {
+    let deleted = sqlx::query!(
+        "delete from mfa_challenges where expires_at < $1",
+        now - time::Duration::days(1),
+    )
+    .execute(connection)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// The stored MAC of `code` for `user_id`.
+fn recovery_mac(state: &AppState, user_id: Uuid, code: &RecoveryCode) -> [u8; 32] {
+    let key = state.server_keys.key(KeyUse::RecoveryCodes);
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(user_id.as_bytes());
+    mac.update(code.normalized().as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// The secret a stored row seals; an internal error when it does not open (sealed under another
+/// `SERVER_SECRET`, or altered), which no client input can cause.
+fn open_secret(state: &AppState, user_id: Uuid, sealed: &[u8]) -> Result<Secret> {
+    state
+        .server_keys
+        .totp_cipher()
+        .open_bytes(sealed, user_id.as_bytes())
+        .and_then(|bytes| <[u8; 20]>::try_from(bytes).ok())
+        .map(Secret::from_bytes)
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "a TOTP secret does not open under this SERVER_SECRET"
+            ))
+        })
+}
