@@ -9,6 +9,7 @@ mod flow;
 mod hardening;
 mod keys;
 mod mail;
+mod mfa;
 mod sessions;
 mod tokens;
 mod wrangler;
