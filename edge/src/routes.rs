@@ -302,6 +302,12 @@ mod tests {
                 ("PUT", "/auth/email"),
                 ("POST", "/auth/email/confirm"),
                 ("POST", "/auth/email/undo"),
+                ("POST", "/auth/mfa/totp"),
+                ("DELETE", "/auth/mfa/totp"),
+                ("POST", "/auth/mfa/totp/confirm"),
+                ("POST", "/auth/mfa/recovery-codes"),
+                ("POST", "/auth/mfa/verify"),
+                ("POST", "/auth/mfa/step-up"),
             ]
         );
         // Every route under /auth needs the key; nothing outside it does.

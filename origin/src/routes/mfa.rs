@@ -112,6 +112,7 @@ fn qr_svg(uri: &str) -> Result<String> {
         (status = 200, description = "Active; ten recovery codes, shown once", body = RecoveryCodes),
         (status = 403, description = "The code is wrong", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No enrolment is waiting for confirmation", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "MFA_LIMIT_PER_ACCOUNT wrong codes were tried on the account in this window; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn confirm_totp(
