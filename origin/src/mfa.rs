@@ -10,8 +10,8 @@
 //! - A login whose password is right but whose account has a factor gets an `mfa_token` instead
 //!   of tokens: stored as SHA-256, single use, [`CHALLENGE_TTL`] long, dead after
 //!   [`CHALLENGE_TRIES`] wrong codes. Wrong codes are also counted per account in PostgreSQL
-//!   (`MFA_LIMIT_PER_ACCOUNT` per window, 429 beyond), reserved before the check and given back
-//!   when the code is right, like password attempts (see [`crate::throttle`]).
+//!   (`MFA_LIMIT_PER_ACCOUNT` per window, 429 beyond): the counter is read and locked before a
+//!   code is checked, and counted only when the code is wrong, in the same transaction.
 //! - With a factor enrolled, sensitive actions need a two-factor sign-in no older than
 //!   [`SENSITIVE_MAX_AGE_SECS`] on top of the password ([`require_recent_second_factor`]), so a
 //!   stolen one-factor token cannot add its own factor and keep the account through a reset.
@@ -32,6 +32,7 @@ use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::extract::{AuthUser, ClientMeta};
 use crate::server_secret::KeyUse;
+use crate::throttle::{self, Counters};
 
 /// How long a login's second step stays open (the issue's 5 minutes: long enough to find a
 /// phone, short enough that a leaked `mfa_token` is soon worthless).
@@ -141,14 +142,14 @@ pub async fn start_totp(
 }
 
 /// Confirms `user_id`'s pending TOTP enrolment with a first `code` and hands out a new set of
-/// recovery codes. 404 with nothing pending, 403 for a wrong code.
+/// recovery codes; `None` when the code is wrong. 404 with nothing pending.
 pub async fn confirm_totp(
     tx: &mut Transaction<'static, Postgres>,
     state: &AppState,
     user_id: Uuid,
     code: &str,
     now: OffsetDateTime,
-) -> Result<Vec<RecoveryCode>> {
+) -> Result<Option<Vec<RecoveryCode>>> {
     let sealed = sqlx::query_scalar!(
         "select secret_sealed from totp_factors
          where user_id = $1 and confirmed_at is null for update",
@@ -158,9 +159,9 @@ pub async fn confirm_totp(
     .await?
     .ok_or(ApiError::FactorNotFound)?;
     let secret = open_secret(state, user_id, &sealed)?;
-    let step = secret
-        .matching_step(code, now.unix_timestamp())
-        .ok_or(ApiError::WrongCode)?;
+    let Some(step) = secret.matching_step(code, now.unix_timestamp()) else {
+        return Ok(None);
+    };
     sqlx::query!(
         "update totp_factors set confirmed_at = $2, last_step = $3 where user_id = $1",
         user_id,
@@ -169,7 +170,9 @@ pub async fn confirm_totp(
     )
     .execute(&mut **tx)
     .await?;
-    replace_recovery_codes(tx, state, user_id, now).await
+    replace_recovery_codes(tx, state, user_id, now)
+        .await
+        .map(Some)
 }
 
 /// A new set of recovery codes for `user_id`, voiding the old set.
@@ -264,9 +267,9 @@ pub async fn check_code(
     now: OffsetDateTime,
 ) -> Result<Option<Method>> {
     if code.len() == DIGITS && code.bytes().all(|b| b.is_ascii_digit()) {
-        let Some(row) = sqlx::query!(
-            "select secret_sealed, last_step from totp_factors
-             where user_id = $1 and confirmed_at is not null for update",
+        let Some(sealed) = sqlx::query_scalar!(
+            "select secret_sealed from totp_factors
+             where user_id = $1 and confirmed_at is not null",
             user_id,
         )
         .fetch_optional(&mut **tx)
@@ -274,22 +277,22 @@ pub async fn check_code(
         else {
             return Ok(None);
         };
-        let secret = open_secret(state, user_id, &row.secret_sealed)?;
+        let secret = open_secret(state, user_id, &sealed)?;
         let Some(step) = secret.matching_step(code, now.unix_timestamp()) else {
             return Ok(None);
         };
-        // RFC 6238 section 5.2: a code already accepted, or one older than it, is refused.
-        if row.last_step.is_some_and(|last| step <= last) {
-            return Ok(None);
-        }
-        sqlx::query!(
-            "update totp_factors set last_step = $2 where user_id = $1",
+        // RFC 6238 section 5.2: a code already accepted, or one older than it, is refused. The
+        // compare-and-set decides between concurrent requests with the same code.
+        let spent = sqlx::query!(
+            "update totp_factors set last_step = $2
+             where user_id = $1 and (last_step is null or last_step < $2)",
             user_id,
             step,
         )
         .execute(&mut **tx)
-        .await?;
-        return Ok(Some(Method::PasswordOtp));
+        .await?
+        .rows_affected();
+        return Ok((spent == 1).then_some(Method::PasswordOtp));
     }
     let Some(code) = RecoveryCode::parse(code) else {
         return Ok(None);
@@ -306,6 +309,47 @@ pub async fn check_code(
     .fetch_optional(&mut **tx)
     .await?;
     Ok(used.map(|_| Method::PasswordRecoveryCode))
+}
+
+/// [`check_code`] under the account's `MFA_LIMIT_PER_ACCOUNT`: 429 when the limit is reached
+/// (nothing is checked); a wrong code is counted in `tx`, which the caller commits so the count
+/// stays. Concurrent checks on one account queue on the counter's row lock.
+pub async fn check_code_limited(
+    tx: &mut Transaction<'static, Postgres>,
+    state: &AppState,
+    user_id: Uuid,
+    code: &str,
+    now: OffsetDateTime,
+) -> Result<Option<Method>> {
+    check_limit(tx, state, user_id, now).await?;
+    let method = check_code(tx, state, user_id, code, now).await?;
+    if method.is_none() {
+        count_wrong_code(tx, state, user_id, now).await?;
+    }
+    Ok(method)
+}
+
+/// Counts a wrong code against the account's `MFA_LIMIT_PER_ACCOUNT`, in `tx`.
+pub async fn count_wrong_code(
+    tx: &mut Transaction<'static, Postgres>,
+    state: &AppState,
+    user_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let counters = Counters::for_mfa(&state.login_limits, &state.counter_names, user_id);
+    throttle::reserve(tx, &state.login_limits, &counters, now).await
+}
+
+/// Refuses with 429 when the account has used up `MFA_LIMIT_PER_ACCOUNT`, locking its counter
+/// until `tx` ends.
+pub async fn check_limit(
+    tx: &mut Transaction<'static, Postgres>,
+    state: &AppState,
+    user_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let counters = Counters::for_mfa(&state.login_limits, &state.counter_names, user_id);
+    throttle::peek(tx, &state.login_limits, &counters, now).await
 }
 
 /// Opens a login's second step for `user_id`: the `mfa_token` to hand out.
@@ -332,39 +376,27 @@ pub async fn open_challenge(
     Ok(token)
 }
 
-/// The user of a usable second step: unused, unexpired, tries left. 401 `mfa_token_invalid`
-/// otherwise. With `tx`'s lock when `lock` is set.
-pub async fn challenge_user(
-    connection: &mut PgConnection,
+/// The user of a usable second step: unused, unexpired, tries left; locked until `tx` ends, so
+/// a racing request with the same token waits and then finds it spent. 401 `mfa_token_invalid`
+/// otherwise.
+pub async fn lock_challenge(
+    tx: &mut Transaction<'static, Postgres>,
     token: &MfaToken,
-    lock: bool,
     now: OffsetDateTime,
 ) -> Result<Uuid> {
     let hash = token.lookup_hash();
-    let row = if lock {
-        sqlx::query!(
-            "select user_id, expires_at, failures, used_at from mfa_challenges
-             where token_hash = $1 for update",
-            hash.as_slice(),
-        )
-        .fetch_optional(connection)
-        .await?
-        .map(|r| (r.user_id, r.expires_at, r.failures, r.used_at))
-    } else {
-        sqlx::query!(
-            "select user_id, expires_at, failures, used_at from mfa_challenges
-             where token_hash = $1",
-            hash.as_slice(),
-        )
-        .fetch_optional(connection)
-        .await?
-        .map(|r| (r.user_id, r.expires_at, r.failures, r.used_at))
-    };
+    let row = sqlx::query!(
+        "select user_id, expires_at, failures, used_at from mfa_challenges
+         where token_hash = $1 for update",
+        hash.as_slice(),
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
     match row {
-        Some((user_id, expires_at, failures, None))
-            if expires_at > now && failures < CHALLENGE_TRIES =>
+        Some(row)
+            if row.used_at.is_none() && row.expires_at > now && row.failures < CHALLENGE_TRIES =>
         {
-            Ok(user_id)
+            Ok(row.user_id)
         }
         _ => Err(ApiError::MfaTokenInvalid),
     }

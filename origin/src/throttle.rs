@@ -133,10 +133,9 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// The one counter of second-factor codes tried on the account `user_id`. Like the password
-    /// counters it is reserved before the check and given back when the code is right, so it
-    /// counts wrong codes only (RFC 6238 section 5.2 and NIST SP 800-63B section 5.2.2 ask for
-    /// a limit on failed attempts).
+    /// The one counter of wrong second-factor codes tried on the account `user_id` (RFC 6238
+    /// section 5.2 and NIST SP 800-63B section 5.2.2 ask for a limit on failed attempts): checked
+    /// with [`peek`] before a code is, and counted with [`reserve`] only when it is wrong.
     pub fn for_mfa(limits: &LoginLimits, names: &CounterNames, user_id: uuid::Uuid) -> Self {
         let key = names.name(&["mfa", &user_id.to_string()]);
         Counters {
@@ -228,6 +227,44 @@ pub async fn reserve(
     now: OffsetDateTime,
 ) -> Result<()> {
     count(connection, &counters.keys, limits.window, now).await
+}
+
+/// Refuses with 429 when any of `counters` has reached its limit in its current window, counting
+/// nothing. The counters' rows stay locked until the caller's transaction ends, so concurrent
+/// checks on one account run one after another and each sees the failures counted before it.
+/// For checks that count only failures ([`crate::mfa`]'s codes): the caller calls [`reserve`]
+/// when the check fails, in the same transaction, and commits.
+pub async fn peek(
+    connection: &mut PgConnection,
+    limits: &LoginLimits,
+    counters: &Counters,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let names: Vec<Vec<u8>> = counters.keys.iter().map(|(key, _)| key.to_vec()).collect();
+    let rows = sqlx::query!(
+        "select key, attempts, window_start from login_attempts
+         where key = any($1) order by key for update",
+        &names[..],
+    )
+    .fetch_all(connection)
+    .await?;
+    let limit_of = |key: &[u8]| {
+        counters
+            .keys
+            .iter()
+            .find(|(candidate, _)| candidate.as_slice() == key)
+            .map_or(0, |(_, limit)| *limit)
+    };
+    let blocked_until = rows
+        .iter()
+        .filter(|row| row.window_start > now - limits.window)
+        .filter(|row| i64::from(row.attempts) >= i64::from(limit_of(&row.key)))
+        .map(|row| row.window_start + limits.window)
+        .max();
+    match blocked_until {
+        Some(until) => Err(ApiError::limited_until(until, now)),
+        None => Ok(()),
+    }
 }
 
 /// Counts one request from the client at `ip` on the counters of `family` (a route family), over

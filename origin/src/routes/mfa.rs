@@ -13,13 +13,11 @@ use gatehouse_shared::api::{
 use gatehouse_shared::mfa::{MfaToken, RecoveryCode};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
 use super::{ended_response, token_response};
 use crate::error::{ApiError, Result};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
 use crate::sessions::{self, EndReason, Which};
-use crate::throttle::{self, Counters};
 use crate::{AppState, credentials, mfa, users};
 
 /// The `/auth/mfa/*` routes.
@@ -120,13 +118,16 @@ pub(crate) async fn confirm_totp(
     user: AuthUser,
     ApiJson(request): ApiJson<MfaCodeRequest>,
 ) -> Result<Json<RecoveryCodes>> {
-    let counters = reserve_attempt(&state, user.user_id).await?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
+    mfa::check_limit(&mut tx, &state, user.user_id, now).await?;
     let code = request.code.expose_secret().trim();
-    let codes = mfa::confirm_totp(&mut tx, &state, user.user_id, code, now).await?;
+    let Some(codes) = mfa::confirm_totp(&mut tx, &state, user.user_id, code, now).await? else {
+        mfa::count_wrong_code(&mut tx, &state, user.user_id, now).await?;
+        tx.commit().await?;
+        return Err(ApiError::WrongCode);
+    };
     tx.commit().await?;
-    throttle::give_back(&state.db, &counters).await;
     tracing::info!(user_id = %user.user_id, "totp enrolled");
     Ok(Json(recovery_codes(codes)))
 }
@@ -151,24 +152,23 @@ pub(crate) async fn remove_totp(
     ApiJson(request): ApiJson<RemoveTotpRequest>,
 ) -> Result<Response> {
     credentials::reauthenticate(&state, &user, request.current_password, meta.ip).await?;
-    let counters = reserve_attempt(&state, user.user_id).await?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
+    if !mfa::factors(&mut tx, user.user_id).await?.any() {
+        return Err(ApiError::FactorNotFound);
+    }
     let code = request.code.expose_secret().trim();
-    if mfa::check_code(&mut tx, &state, user.user_id, code, now)
+    if mfa::check_code_limited(&mut tx, &state, user.user_id, code, now)
         .await?
         .is_none()
     {
-        return Err(match mfa::factors(&mut tx, user.user_id).await?.any() {
-            true => ApiError::WrongCode,
-            false => ApiError::FactorNotFound,
-        });
+        tx.commit().await?;
+        return Err(ApiError::WrongCode);
     }
     mfa::remove_totp(&mut tx, user.user_id).await?;
     let (others, reason) = (Which::AllExcept(user.session_id), EndReason::FactorRemoved);
     let ended = sessions::end(&mut tx, &state, user.user_id, others, reason, now).await?;
     tx.commit().await?;
-    throttle::give_back(&state.db, &counters).await;
     tracing::info!(user_id = %user.user_id, ended = ended.len(), "totp removed");
     Ok(ended_response(&state, &ended))
 }
@@ -222,17 +222,12 @@ pub(crate) async fn verify_second_factor(
 ) -> Result<Json<TokenResponse>> {
     let token = MfaToken::parse(request.mfa_token.expose_secret())
         .map_err(|_| ApiError::MfaTokenInvalid)?;
-    let user_id = {
-        let mut connection = state.db.acquire().await?;
-        mfa::challenge_user(&mut connection, &token, false, state.clock.now()).await?
-    };
-    let counters = reserve_attempt(&state, user_id).await?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    // Again under the row's lock: a racing request with the same token may have spent it.
-    mfa::challenge_user(&mut tx, &token, true, now).await?;
+    // Under the row's lock: a racing request with the same token waits, then finds it spent.
+    let user_id = mfa::lock_challenge(&mut tx, &token, now).await?;
     let code = request.code.expose_secret().trim();
-    let Some(method) = mfa::check_code(&mut tx, &state, user_id, code, now).await? else {
+    let Some(method) = mfa::check_code_limited(&mut tx, &state, user_id, code, now).await? else {
         mfa::fail_challenge(&mut tx, &token).await?;
         tx.commit().await?;
         tracing::info!(%user_id, "second factor refused");
@@ -249,7 +244,6 @@ pub(crate) async fn verify_second_factor(
     };
     let grant = sessions::begin(&mut tx, &state, user.id, &meta, method, now).await?;
     tx.commit().await?;
-    throttle::give_back(&state.db, &counters).await;
     state.metrics.login("success");
     tracing::info!(user_id = %user.id, method = method.as_str(), "login succeeded");
     Ok(Json(token_response(&state, user, grant, now)))
@@ -273,14 +267,17 @@ pub(crate) async fn step_up_session(
     user: AuthUser,
     ApiJson(request): ApiJson<MfaCodeRequest>,
 ) -> Result<Json<AccessTokenResponse>> {
-    let counters = reserve_attempt(&state, user.user_id).await?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     let code = request.code.expose_secret().trim();
-    let Some(method) = mfa::check_code(&mut tx, &state, user.user_id, code, now).await? else {
-        return Err(match mfa::factors(&mut tx, user.user_id).await?.any() {
-            true => ApiError::WrongCode,
-            false => ApiError::FactorNotFound,
+    let Some(method) = mfa::check_code_limited(&mut tx, &state, user.user_id, code, now).await?
+    else {
+        let any = mfa::factors(&mut tx, user.user_id).await?.any();
+        tx.commit().await?;
+        return Err(if any {
+            ApiError::WrongCode
+        } else {
+            ApiError::FactorNotFound
         });
     };
     let policy = &state.sessions;
@@ -291,7 +288,6 @@ pub(crate) async fn step_up_session(
         .await?
         .ok_or(ApiError::SessionEnded)?;
     tx.commit().await?;
-    throttle::give_back(&state.db, &counters).await;
     let (authentication, session_end) = stepped;
     let issued = state
         .tokens
@@ -303,21 +299,6 @@ pub(crate) async fn step_up_session(
         expires_in: issued.expires_in,
         session_id: user.session_id,
     }))
-}
-
-/// Counts one code attempt on the account's `MFA_LIMIT_PER_ACCOUNT` counter, before the code is
-/// checked (429 once the limit is reached); the caller gives it back when the code is right.
-async fn reserve_attempt(state: &AppState, user_id: Uuid) -> Result<Counters> {
-    let counters = Counters::for_mfa(&state.login_limits, &state.counter_names, user_id);
-    let mut connection = state.db.acquire().await?;
-    throttle::reserve(
-        &mut connection,
-        &state.login_limits,
-        &counters,
-        state.clock.now(),
-    )
-    .await?;
-    Ok(counters)
 }
 
 fn recovery_codes(codes: Vec<RecoveryCode>) -> RecoveryCodes {

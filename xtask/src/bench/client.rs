@@ -93,6 +93,27 @@ impl Bench {
             .to_owned())
     }
 
+    /// `POST /auth/login` as `email` with [`PASSWORD`], whatever the answer.
+    pub async fn login_response(&self, email: &str) -> anyhow::Result<reqwest::Response> {
+        let response = self
+            .post("/auth/login")
+            .json(&LoginRequest {
+                email: email.to_owned(),
+                password: PASSWORD.into(),
+                device_token: None,
+            })
+            .send()
+            .await?;
+        expect(response.status(), StatusCode::OK, "login")?;
+        Ok(response)
+    }
+
+    /// Logs `email` in with [`PASSWORD`]; the whole answer read.
+    pub async fn sign_in(&self, email: &str) -> anyhow::Result<()> {
+        self.login_response(email).await?.bytes().await?;
+        Ok(())
+    }
+
     /// register → login → verify → profile for a new user.
     pub async fn flow(&self) -> anyhow::Result<()> {
         let email = unique_email("bench-flow");

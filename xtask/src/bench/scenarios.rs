@@ -400,3 +400,99 @@ pub fn windows(samples: &[Sample], width: Duration) -> Vec<(f64, Duration)> {
         .map(|(index, latencies)| ((index as f64 + 0.5) * width.as_secs_f64(), latencies.p99()))
         .collect()
 }
+
+/// Logins with and without a second factor, one at a time on an idle origin.
+pub struct TotpLogins {
+    /// `POST /auth/login` of an account without a factor: the password step alone.
+    pub login_alone: Latencies,
+    /// The same account's login once a TOTP authenticator is enrolled, both steps.
+    pub login_with_totp: Latencies,
+    /// `POST /auth/mfa/verify` alone, the second step.
+    pub second_step: Latencies,
+    /// Sequential refreshes of one session in the same run, the reference for the second step.
+    pub refresh: Latencies,
+}
+
+/// For each of `accounts` new accounts: a login while it has no factor, then the enrolment of a
+/// TOTP authenticator (codes from this machine's clock, which the origin shares), then a login
+/// with it; then `refreshes` sequential refreshes of one session as the reference.
+pub async fn totp_logins(
+    bench: &Bench,
+    accounts: usize,
+    refreshes: usize,
+) -> anyhow::Result<TotpLogins> {
+    use gatehouse_shared::ExposeSecret as _;
+    use gatehouse_shared::totp::Secret;
+    let mut logins = TotpLogins {
+        login_alone: Latencies::default(),
+        login_with_totp: Latencies::default(),
+        second_step: Latencies::default(),
+        refresh: Latencies::default(),
+    };
+    for _ in 0..accounts {
+        let email = unique_email("bench-totp");
+        let session = bench.register(email.clone()).await?;
+        let access = session.access_token.expose_secret();
+        let sent = Instant::now();
+        bench.sign_in(&email).await?;
+        logins.login_alone.record(sent.elapsed());
+
+        let enrolment: serde_json::Value = bench
+            .post("/auth/mfa/totp")
+            .bearer_auth(access)
+            .json(&serde_json::json!({ "current_password": PASSWORD }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let secret = enrolment["secret"]
+            .as_str()
+            .and_then(Secret::from_base32)
+            .context("the enrolment's secret")?;
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        };
+        let confirm_at = now();
+        let confirmed = bench
+            .post("/auth/mfa/totp/confirm")
+            .bearer_auth(access)
+            .json(&serde_json::json!({ "code": secret.code_at(confirm_at) }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            confirmed.status() == StatusCode::OK,
+            "confirm: {}",
+            confirmed.status()
+        );
+        // The confirmation spent this step's code; the next step's is accepted as one step of
+        // skew, so the login need not wait for the clock.
+        let code = secret.code_at(confirm_at + gatehouse_shared::totp::STEP_SECS);
+
+        let sent = Instant::now();
+        let first: serde_json::Value = bench.login_response(&email).await?.json().await?;
+        let mfa_token = first["mfa_token"].as_str().context("an mfa_token")?;
+        let second_sent = Instant::now();
+        let second = bench
+            .post("/auth/mfa/verify")
+            .json(&serde_json::json!({ "mfa_token": mfa_token, "code": code }))
+            .send()
+            .await?;
+        let status = second.status();
+        second.bytes().await?;
+        logins.second_step.record(second_sent.elapsed());
+        logins.login_with_totp.record(sent.elapsed());
+        anyhow::ensure!(status == StatusCode::OK, "second step: {status}");
+    }
+    let mut request = RefreshRequest {
+        refresh_token: bench.session().await?.refresh_token,
+    };
+    for _ in 0..refreshes {
+        let sent = Instant::now();
+        let next = bench.refresh(&request).await.context("a refresh failed")?;
+        logins.refresh.record(sent.elapsed());
+        request.refresh_token = next.refresh_token;
+    }
+    Ok(logins)
+}
