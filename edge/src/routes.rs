@@ -89,6 +89,16 @@ pub const ROUTES: &[Route] = &[
     Route::new("POST", "/auth/mfa/recovery-codes", Gate::User).throttled(),
     Route::new("POST", "/auth/mfa/verify", Gate::ApiKey).throttled(),
     Route::new("POST", "/auth/mfa/step-up", Gate::User).throttled(),
+    Route::new("POST", "/auth/mfa/passkey/start", Gate::ApiKey).throttled(),
+    Route::new("POST", "/auth/mfa/passkey/finish", Gate::ApiKey).throttled(),
+    // Passkeys: registering re-authenticates with the password; the sign-in ceremonies carry no
+    // token and each stores state at the origin, so they are throttled too.
+    Route::new("POST", "/auth/passkeys/register/start", Gate::User).throttled(),
+    Route::new("POST", "/auth/passkeys/register/finish", Gate::User),
+    Route::new("GET", "/auth/passkeys", Gate::User),
+    Route::new("DELETE", "/auth/passkeys/{id}", Gate::User).throttled(),
+    Route::new("POST", "/auth/passkeys/login/start", Gate::ApiKey).throttled(),
+    Route::new("POST", "/auth/passkeys/login/finish", Gate::ApiKey).throttled(),
     Route::new("GET", "/auth/sessions", Gate::User),
     Route::new("DELETE", "/auth/sessions/{id}", Gate::User),
     Route::new("GET", "/.well-known/jwks.json", Gate::Open),
@@ -308,6 +318,12 @@ mod tests {
                 ("POST", "/auth/mfa/recovery-codes"),
                 ("POST", "/auth/mfa/verify"),
                 ("POST", "/auth/mfa/step-up"),
+                ("POST", "/auth/mfa/passkey/start"),
+                ("POST", "/auth/mfa/passkey/finish"),
+                ("POST", "/auth/passkeys/register/start"),
+                ("DELETE", "/auth/passkeys/{id}"),
+                ("POST", "/auth/passkeys/login/start"),
+                ("POST", "/auth/passkeys/login/finish"),
             ]
         );
         // Every route under /auth needs the key; nothing outside it does.

@@ -140,6 +140,18 @@ pub struct Config {
     pub password_min_score: u8,
     /// `TOTP_ISSUER`: the service name authenticator apps show beside a TOTP code.
     pub totp_issuer: String,
+    /// `WEBAUTHN_RP_ID` and `WEBAUTHN_ORIGINS`; `None` (passkeys off) when unset in production.
+    pub webauthn: Option<WebauthnConfig>,
+}
+
+/// The WebAuthn relying party: its id (a registrable domain) and the origins of the pages that
+/// run ceremonies (WebAuthn Level 3 sections 5.1.3 and 13.4.9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebauthnConfig {
+    /// `WEBAUTHN_RP_ID`, e.g. `example.com`.
+    pub rp_id: String,
+    /// `WEBAUTHN_ORIGINS`, e.g. `https://app.example.com`; each must be on the RP id's domain.
+    pub origins: Vec<webauthn_rs::prelude::Url>,
 }
 
 /// Default bcrypt cost: OWASP's floor for bcrypt is 10; 12 costs about a quarter second here.
@@ -385,6 +397,7 @@ impl Config {
             totp_issuer: env
                 .get("TOTP_ISSUER")
                 .map_or_else(|| "Gatehouse".to_owned(), |name| name.trim().to_owned()),
+            webauthn: read_webauthn(&env, environment)?,
         };
         if config.accounts.require_verified_email && config.mail.is_none() {
             return Err(ConfigError::new(
@@ -465,6 +478,56 @@ fn read_server_keys(env: &Env, environment: Environment) -> Result<ServerKeys, C
 
 /// Mail, unless `MAIL_ENABLED` is false. Production names each missing setting; development
 /// defaults to a local SMTP server such as the one `cargo xtask dev` starts.
+/// The passkey relying party. Development defaults to `localhost` and `http://localhost:3000`;
+/// production runs without passkeys until both are set.
+fn read_webauthn(
+    env: &Env,
+    environment: Environment,
+) -> Result<Option<WebauthnConfig>, ConfigError> {
+    let (rp_id, origins) = match (env.get("WEBAUTHN_RP_ID"), env.get("WEBAUTHN_ORIGINS")) {
+        (Some(rp_id), Some(origins)) => (rp_id, origins),
+        (None, None) if environment == Environment::Development => {
+            ("localhost".to_owned(), "http://localhost:3000".to_owned())
+        }
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "WEBAUTHN_ORIGINS",
+                "is required with WEBAUTHN_RP_ID",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "WEBAUTHN_RP_ID",
+                "is required with WEBAUTHN_ORIGINS",
+            ));
+        }
+    };
+    let rp_id = rp_id.trim().to_ascii_lowercase();
+    let mut parsed = Vec::new();
+    for origin in origins.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let url = webauthn_rs::prelude::Url::parse(origin)
+            .map_err(|_| ConfigError::new("WEBAUTHN_ORIGINS", format!("{origin} is not a URL")))?;
+        let on_domain = url
+            .domain()
+            .is_some_and(|domain| domain == rp_id || domain.ends_with(&format!(".{rp_id}")));
+        if !on_domain {
+            return Err(ConfigError::new(
+                "WEBAUTHN_ORIGINS",
+                format!("{origin} is not on WEBAUTHN_RP_ID's domain {rp_id}"),
+            ));
+        }
+        parsed.push(url);
+    }
+    if parsed.is_empty() {
+        return Err(ConfigError::new("WEBAUTHN_ORIGINS", "names no origin"));
+    }
+    Ok(Some(WebauthnConfig {
+        rp_id,
+        origins: parsed,
+    }))
+}
+
 fn read_mail(env: &Env, environment: Environment) -> Result<Option<MailConfig>, ConfigError> {
     if !env.parse("MAIL_ENABLED", true)? {
         return Ok(None);

@@ -76,6 +76,16 @@ pub enum ApiError {
     FactorExists,
     /// No such factor is enrolled (404).
     FactorNotFound,
+    /// A passkey ceremony is unknown, expired or finished (400).
+    CeremonyInvalid,
+    /// A passkey sign-in or second step did not verify (401).
+    PasskeyRefused,
+    /// A passkey registration did not verify (422).
+    PasskeyInvalid,
+    /// The credential is registered already (409).
+    PasskeyExists,
+    /// No such passkey belongs to the user (404).
+    PasskeyNotFound,
     /// No such route (404).
     NotFound,
     /// The route exists but not for this method (405).
@@ -136,6 +146,11 @@ impl ApiError {
             ApiError::WrongCode => ProblemKind::WrongCode,
             ApiError::FactorExists => ProblemKind::FactorExists,
             ApiError::FactorNotFound => ProblemKind::FactorNotFound,
+            ApiError::CeremonyInvalid => ProblemKind::CeremonyInvalid,
+            ApiError::PasskeyRefused => ProblemKind::PasskeyRefused,
+            ApiError::PasskeyInvalid => ProblemKind::PasskeyInvalid,
+            ApiError::PasskeyExists => ProblemKind::PasskeyExists,
+            ApiError::PasskeyNotFound => ProblemKind::PasskeyNotFound,
             ApiError::NotFound => ProblemKind::NotFound,
             ApiError::MethodNotAllowed => ProblemKind::MethodNotAllowed,
             ApiError::RateLimited { .. } => ProblemKind::TooManyAttempts,

@@ -35,7 +35,7 @@ pub struct Purged {
     pub links: u64,
     /// Outbox rows sent or discarded a day ago.
     pub mails: u64,
-    /// Second steps of logins expired for a day.
+    /// Second steps of logins expired for a day, and passkey ceremonies expired.
     pub mfa_challenges: u64,
 }
 
@@ -66,7 +66,8 @@ pub async fn purge(state: &AppState, now: OffsetDateTime) -> Result<Purged> {
     let accounts = users::purge(&mut connection, deactivated_before, unverified_before).await?;
     let links = links::purge(&mut connection, now).await?;
     let mails = outbox::purge(&mut connection, now).await?;
-    let mfa_challenges = crate::mfa::purge(&mut connection, now).await?;
+    let mfa_challenges = crate::mfa::purge(&mut connection, now).await?
+        + crate::passkeys::purge(&mut connection, now).await?;
     Ok(Purged {
         counters,
         sessions,

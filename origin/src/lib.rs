@@ -18,6 +18,7 @@ pub mod memory;
 pub mod metrics;
 pub mod mfa;
 pub mod openapi;
+pub mod passkeys;
 pub mod password;
 pub mod password_policy;
 pub mod routes;
@@ -116,6 +117,8 @@ pub struct AppState {
     pub password_min_score: u8,
     /// The service name in TOTP enrolment URIs (`TOTP_ISSUER`).
     pub totp_issuer: Arc<str>,
+    /// The WebAuthn relying party; `None` when passkeys are off (their routes answer 404).
+    pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
     /// API-key verdicts and live sessions remembered, kept true by PostgreSQL notifications.
     pub memory: Arc<memory::Memory>,
     /// Where those notifications are listened for (`LISTEN_DATABASE_URL`).
@@ -173,6 +176,12 @@ impl AppState {
             mail: config.mail.map(mail::Mail::new),
             accounts: config.accounts,
             password_min_score: config.password_min_score,
+            webauthn: config
+                .webauthn
+                .as_ref()
+                .map(|rp| relying_party(rp, &config.totp_issuer))
+                .transpose()?
+                .map(Arc::new),
             totp_issuer: Arc::from(config.totp_issuer),
             memory: Arc::new(memory::Memory::new()),
             listen_on: config.listen_on,
@@ -188,6 +197,26 @@ impl AppState {
     }
 }
 
+/// The WebAuthn relying party of `config`, named `name` to users.
+fn relying_party(
+    config: &config::WebauthnConfig,
+    name: &str,
+) -> anyhow::Result<webauthn_rs::Webauthn> {
+    let (first, others) = config
+        .origins
+        .split_first()
+        .context("WEBAUTHN_ORIGINS names no origin")?;
+    let mut builder = webauthn_rs::WebauthnBuilder::new(&config.rp_id, first)
+        .context("WEBAUTHN_RP_ID and WEBAUTHN_ORIGINS")?
+        .rp_name(name);
+    for origin in others {
+        builder = builder.append_allowed_origin(origin);
+    }
+    builder
+        .build()
+        .context("WEBAUTHN_RP_ID and WEBAUTHN_ORIGINS")
+}
+
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
     let edge_secret = state.edge_secret.clone();
@@ -196,6 +225,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::sessions::router())
         .merge(routes::account::router())
         .merge(routes::mfa::router())
+        .merge(routes::passkeys::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             api_keys::require_api_key,

@@ -53,12 +53,14 @@ pub struct Factors {
     pub totp_enrolled_at: Option<OffsetDateTime>,
     /// Unused recovery codes.
     pub recovery_codes: u32,
+    /// Registered passkeys.
+    pub passkeys: u32,
 }
 
 impl Factors {
     /// Whether a login needs a second step.
     pub fn any(&self) -> bool {
-        self.totp_enrolled_at.is_some()
+        self.totp_enrolled_at.is_some() || self.passkeys > 0
     }
 
     /// What a second step accepts.
@@ -66,6 +68,9 @@ impl Factors {
         let mut methods = Vec::new();
         if self.totp_enrolled_at.is_some() {
             methods.push("totp".to_owned());
+        }
+        if self.passkeys > 0 {
+            methods.push("passkey".to_owned());
         }
         if self.any() && self.recovery_codes > 0 {
             methods.push("recovery_code".to_owned());
@@ -80,7 +85,8 @@ pub async fn factors(connection: &mut PgConnection, user_id: Uuid) -> Result<Fac
         r#"select (select confirmed_at from totp_factors where user_id = $1)
                     as "totp_enrolled_at?",
                   (select count(*) from recovery_codes where user_id = $1 and used_at is null)
-                    as "recovery_codes!""#,
+                    as "recovery_codes!",
+                  (select count(*) from passkeys where user_id = $1) as "passkeys!""#,
         user_id,
     )
     .fetch_one(connection)
@@ -88,6 +94,7 @@ pub async fn factors(connection: &mut PgConnection, user_id: Uuid) -> Result<Fac
     Ok(Factors {
         totp_enrolled_at: row.totp_enrolled_at,
         recovery_codes: u32::try_from(row.recovery_codes).unwrap_or(u32::MAX),
+        passkeys: u32::try_from(row.passkeys).unwrap_or(u32::MAX),
     })
 }
 
@@ -204,37 +211,57 @@ pub async fn replace_recovery_codes(
     Ok(codes)
 }
 
-/// Removes `user_id`'s TOTP authenticator and its recovery codes; whether there was one.
+/// Removes `user_id`'s TOTP authenticator, and the recovery codes when no factor is left;
+/// whether there was one.
 pub async fn remove_totp(tx: &mut Transaction<'static, Postgres>, user_id: Uuid) -> Result<bool> {
     let removed = sqlx::query!("delete from totp_factors where user_id = $1", user_id)
         .execute(&mut **tx)
         .await?
         .rows_affected();
-    sqlx::query!("delete from recovery_codes where user_id = $1", user_id)
-        .execute(&mut **tx)
-        .await?;
+    forget_codes_without_factors(tx, user_id).await?;
     Ok(removed > 0)
 }
 
-/// After a password reset through the account's address: removes an authenticator enrolled
-/// while that address was unverified, which may be a squatter's (someone who registered the
+/// Deletes the recovery codes of `user_id` when no second factor is left: codes that complete
+/// nothing would only be a way in later, once a factor is added.
+pub async fn forget_codes_without_factors(
+    tx: &mut Transaction<'static, Postgres>,
+    user_id: Uuid,
+) -> Result<()> {
+    sqlx::query!(
+        "delete from recovery_codes where user_id = $1
+           and not exists (select 1 from totp_factors where user_id = $1 and confirmed_at is not null)
+           and not exists (select 1 from passkeys where user_id = $1)",
+        user_id,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// After a password reset through the account's address: removes authenticators and passkeys
+/// enrolled while that address was unverified, which may be a squatter's (someone who registered the
 /// address before its owner and set a factor to keep the account). Whether one was removed.
 pub async fn remove_unverified_factors(
     tx: &mut Transaction<'static, Postgres>,
     user_id: Uuid,
 ) -> Result<bool> {
-    let removed = sqlx::query_scalar!(
-        "delete from totp_factors where user_id = $1 and while_unverified returning user_id",
+    let totp = sqlx::query!(
+        "delete from totp_factors where user_id = $1 and while_unverified",
         user_id,
     )
-    .fetch_optional(&mut **tx)
-    .await?;
-    if removed.is_some() {
-        sqlx::query!("delete from recovery_codes where user_id = $1", user_id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(removed.is_some())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    let passkeys = sqlx::query!(
+        "delete from passkeys where user_id = $1 and while_unverified",
+        user_id,
+    )
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    forget_codes_without_factors(tx, user_id).await?;
+    Ok(totp + passkeys > 0)
 }
 
 /// `gatehouse-origin user mfa-reset EMAIL`: removes every second factor of the account; whether
@@ -248,6 +275,9 @@ pub async fn reset(pool: &PgPool, email: &str) -> Result<bool> {
     else {
         return Ok(false);
     };
+    sqlx::query!("delete from passkeys where user_id = $1", user_id)
+        .execute(&mut *tx)
+        .await?;
     remove_totp(&mut tx, user_id).await?;
     sqlx::query!("delete from mfa_challenges where user_id = $1", user_id)
         .execute(&mut *tx)

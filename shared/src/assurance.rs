@@ -65,15 +65,18 @@ pub enum Method {
     /// A passkey whose authenticator verified the user (WebAuthn's UV flag). Software key: no
     /// attestation is asked for, so the hardware claim (`hwk`) is never made.
     Passkey,
+    /// The password, then a user-verified passkey as the second factor.
+    PasswordPasskey,
 }
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 4] = [
+    pub const ALL: [Method; 5] = [
         Method::Password,
         Method::PasswordOtp,
         Method::PasswordRecoveryCode,
         Method::Passkey,
+        Method::PasswordPasskey,
     ];
 
     /// The name stored with the session.
@@ -83,6 +86,7 @@ impl Method {
             Method::PasswordOtp => "password_otp",
             Method::PasswordRecoveryCode => "password_recovery_code",
             Method::Passkey => "passkey",
+            Method::PasswordPasskey => "password_passkey",
         }
     }
 
@@ -101,6 +105,7 @@ impl Method {
             Method::Password => &["pwd"],
             Method::PasswordOtp | Method::PasswordRecoveryCode => &["pwd", "otp", "mfa"],
             Method::Passkey => &["swk", "user", "mfa"],
+            Method::PasswordPasskey => &["pwd", "swk", "user", "mfa"],
         }
     }
 
@@ -108,7 +113,10 @@ impl Method {
     pub const fn level(self) -> Level {
         match self {
             Method::Password => Level::Aal1,
-            Method::PasswordOtp | Method::PasswordRecoveryCode | Method::Passkey => Level::Aal2,
+            Method::PasswordOtp
+            | Method::PasswordRecoveryCode
+            | Method::Passkey
+            | Method::PasswordPasskey => Level::Aal2,
         }
     }
 }

@@ -646,6 +646,7 @@ pub async fn spawn_server(state: AppState) -> (SocketAddr, tokio::task::JoinHand
 pub mod cluster;
 pub mod edge;
 pub mod mail;
+pub mod passkey;
 pub mod pg;
 pub mod relay;
 

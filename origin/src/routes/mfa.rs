@@ -49,6 +49,7 @@ pub(crate) async fn get_factors(
         } else {
             0
         },
+        passkeys: factors.passkeys,
         methods: factors.methods(),
     }))
 }

@@ -7,6 +7,7 @@ pub mod edge;
 pub mod health;
 pub mod jwks;
 pub mod mfa;
+pub mod passkeys;
 pub mod sessions;
 
 use axum::http::{HeaderValue, StatusCode};

@@ -331,6 +331,9 @@ pub struct MfaStatus {
     pub totp_enrolled_at: Option<OffsetDateTime>,
     /// Unused recovery codes left.
     pub recovery_codes_remaining: u32,
+    /// Registered passkeys.
+    #[serde(default)]
+    pub passkeys: u32,
     /// What a login's second step accepts now; empty when the account has no second factor.
     pub methods: Vec<String>,
 }
@@ -350,6 +353,126 @@ pub struct AccessTokenResponse {
     pub expires_in: u64,
     /// The session (the token's `sid`).
     pub session_id: Uuid,
+}
+
+/// The start of a passkey ceremony: the options to hand to `navigator.credentials.create()` or
+/// `.get()` (WebAuthn's JSON forms, `{"publicKey": {...}}`), and the id to finish it with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CeremonyStart {
+    /// Send it back with the authenticator's answer, within 5 minutes, once.
+    pub ceremony_id: Uuid,
+    /// `PublicKeyCredentialCreationOptions` or `PublicKeyCredentialRequestOptions`, under
+    /// `publicKey`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub options: serde_json::Value,
+}
+
+/// `POST /auth/passkeys/register/finish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyRegistration {
+    /// The id `register/start` returned.
+    pub ceremony_id: Uuid,
+    /// The `PublicKeyCredential` `navigator.credentials.create()` resolved to, as JSON
+    /// (`toJSON()`: `id`, `rawId`, `type`, `response.attestationObject`,
+    /// `response.clientDataJSON`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub credential: serde_json::Value,
+    /// A name to tell it apart, e.g. "laptop"; 1 to 64 characters, "passkey" if left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /auth/passkeys/login/finish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyAssertion {
+    /// The id `login/start` returned.
+    pub ceremony_id: Uuid,
+    /// The `PublicKeyCredential` `navigator.credentials.get()` resolved to, as JSON
+    /// (`response.authenticatorData`, `clientDataJSON`, `signature`, `userHandle`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub credential: serde_json::Value,
+}
+
+/// `POST /auth/mfa/passkey/start`: the login's second step, by passkey.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MfaPasskeyStart {
+    /// The `mfa_token` of the login's answer.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub mfa_token: SecretString,
+}
+
+/// `POST /auth/mfa/passkey/finish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MfaPasskeyFinish {
+    /// The `mfa_token` of the login's answer.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[serde(serialize_with = "expose")]
+    pub mfa_token: SecretString,
+    /// The id `mfa/passkey/start` returned.
+    pub ceremony_id: Uuid,
+    /// The `PublicKeyCredential` `navigator.credentials.get()` resolved to, as JSON.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub credential: serde_json::Value,
+}
+
+/// One registered passkey.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PasskeyInfo {
+    /// Its id, for `DELETE /auth/passkeys/{id}`.
+    pub id: Uuid,
+    /// The name its owner gave it.
+    pub name: String,
+    /// When it was registered, RFC 3339 in UTC.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it last signed in.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// `POST /auth/passkeys/register/finish`'s 201.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PasskeyRegistered {
+    /// The passkey.
+    pub passkey: PasskeyInfo,
+    /// When this is the account's first second factor: its recovery codes, shown this once.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>))]
+    #[serde(
+        default,
+        serialize_with = "expose_all_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub recovery_codes: Option<Vec<SecretString>>,
+}
+
+fn expose_all_option<S: Serializer>(
+    secrets: &Option<Vec<SecretString>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match secrets {
+        Some(secrets) => expose_all(secrets, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// `GET /auth/passkeys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PasskeyList {
+    /// The user's passkeys, oldest first.
+    pub passkeys: Vec<PasskeyInfo>,
 }
 
 /// `GET /auth/profile`, and the `user` of a token response.

@@ -209,6 +209,20 @@ problem_kinds! {
         "a TOTP authenticator is enrolled already; remove it first";
     /// No such factor is enrolled (or awaiting confirmation).
     FactorNotFound => "factor_not_found", NOT_FOUND, None, "no such factor is enrolled";
+    /// A passkey ceremony's id is unknown, expired, for another purpose or already finished.
+    CeremonyInvalid => "ceremony_invalid", BAD_REQUEST, None,
+        "the passkey ceremony is unknown, expired or already finished; start again";
+    /// A passkey sign-in or second step did not verify: a bad signature, an unknown credential
+    /// or another account's, no user verification, or a signature counter that did not advance.
+    PasskeyRefused => "passkey_refused", UNAUTHORIZED, challenge(Scheme::Bearer, None),
+        "the passkey was not accepted";
+    /// A passkey registration's answer did not verify.
+    PasskeyInvalid => "passkey_invalid", UNPROCESSABLE_ENTITY, None,
+        "the authenticator's answer does not verify; start again";
+    /// The credential is registered already.
+    PasskeyExists => "passkey_exists", CONFLICT, None, "this passkey is registered already";
+    /// No such passkey belongs to the user.
+    PasskeyNotFound => "passkey_not_found", NOT_FOUND, None, "no such passkey";
     /// The refresh token is malformed, unknown, or belongs to an ended session.
     InvalidRefreshToken => "invalid_refresh_token", UNAUTHORIZED, challenge(Scheme::Bearer, None),
         "refresh token is invalid";

@@ -10,6 +10,7 @@ mod hardening;
 mod keys;
 mod mail;
 mod mfa;
+mod passkeys;
 mod sessions;
 mod tokens;
 mod wrangler;

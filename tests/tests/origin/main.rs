@@ -12,6 +12,7 @@ mod memory;
 mod metrics;
 mod mfa;
 mod openapi;
+mod passkeys;
 mod password;
 mod profile;
 mod refresh;
