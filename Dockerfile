@@ -12,7 +12,7 @@ FROM debian:bookworm-slim AS build
 ARG RUST_VERSION=1.95.0
 ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 # Behind a TLS-intercepting proxy, pass its CA bundle as a build secret (never a layer):
 #   --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt
@@ -40,8 +40,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # (Without its line tables the binary is 17 MB instead of 73: panics and profilers still name
 # functions, not lines. Keep target/release's copy where line numbers matter.)
 
-# Runtime: the binary alone (it links only glibc; TLS is rustls), as an unprivileged user.
+# Runtime: the binary and OpenSSL's libssl3 (webauthn-rs verifies passkeys with it; TLS is
+# rustls), as an unprivileged user. A base that has libssl3 already (`cargo xtask image` builds
+# one) skips the download.
 FROM debian:bookworm-slim AS runtime
+RUN if ! dpkg -s libssl3 >/dev/null 2>&1; then \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libssl3 \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN useradd --uid 10001 --no-create-home --no-log-init --shell /usr/sbin/nologin gatehouse
 # Numeric, so that runtimes enforcing "run as non-root" can check it without reading /etc/passwd.
 USER 10001

@@ -174,7 +174,7 @@ fn base_image(sh: &Shell) -> anyhow::Result<()> {
     let hooks = "/usr/share/mmdebstrap/hooks/merged-usr";
     let built = cmd!(
         sh,
-        "mmdebstrap --quiet --variant=minbase --hook-dir={hooks} {dpkg_options...} bookworm {tarball} http://deb.debian.org/debian"
+        "mmdebstrap --quiet --variant=minbase --include=libssl3 --hook-dir={hooks} {dpkg_options...} bookworm {tarball} http://deb.debian.org/debian"
     )
     .ignore_status()
     .output()?;

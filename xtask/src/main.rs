@@ -30,12 +30,57 @@ commands:
   build-edge   install the edge's build tools if missing and build the worker into edge/build
   sqlx-prepare describe the origin's queries against the migrations and rewrite .sqlx/";
 
+/// OpenSSL's headers and pkg-config, which the origin's build needs (webauthn-rs links the
+/// system OpenSSL): installed from Debian's packages when missing.
+fn ensure_openssl() -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    let present = || {
+        Command::new("pkg-config")
+            .args(["--exists", "openssl"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if present() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        std::path::Path::new("/usr/bin/apt-get").exists(),
+        "the origin's build needs OpenSSL's headers and pkg-config (Debian: libssl-dev pkg-config)"
+    );
+    eprintln!("xtask: installing libssl-dev and pkg-config from Debian's packages");
+    let updated = Command::new("apt-get").args(["update", "-q"]).status()?;
+    let installed = Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "libssl-dev",
+            "pkg-config",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    anyhow::ensure!(
+        updated.success() && installed.success() && present(),
+        "installing libssl-dev and pkg-config failed"
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
+    // Every command but `build-edge` compiles the origin, which links OpenSSL (webauthn-rs).
+    if !matches!(args.first().map(String::as_str), None | Some("build-edge"))
+        && let Err(error) = ensure_openssl()
+    {
+        eprintln!("xtask: {error:#}");
+        return ExitCode::FAILURE;
+    }
     let outcome = match args.first().map(String::as_str) {
         Some("dev") => runtime.block_on(dev::run(&args[1..])),
         Some("test") => test::run(&args[1..]),
