@@ -647,3 +647,20 @@ async fn a_reset_removes_a_factor_set_before_the_address_was_verified_and_says_s
         .wait_for_subject("grace@example.com", "Your password was changed")
         .await;
 }
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn one_code_sent_twice_at_once_signs_in_once(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let enrolled = enroll(&app).await;
+    let (first, second) = (first_step(&app).await, first_step(&app).await);
+    let code = code(&app, &enrolled.secret);
+
+    let (a, b) = tokio::join!(
+        second_step(&app, first.mfa_token.expose_secret(), &code),
+        second_step(&app, second.mfa_token.expose_secret(), &code),
+    );
+
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::UNAUTHORIZED]);
+}
