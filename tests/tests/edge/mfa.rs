@@ -3,7 +3,8 @@
 
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{
-    MfaRequired, RecoveryCodes, TokenResponse, TotpEnrollment, VerifyResponse,
+    AccessTokenResponse, MfaRequired, MfaStatus, RecoveryCodes, TokenResponse, TotpEnrollment,
+    VerifyResponse,
 };
 use gatehouse_shared::token::AccessClaims;
 use gatehouse_shared::totp::Secret;
@@ -116,4 +117,77 @@ async fn step_up_demands_are_answered_at_the_edge(pool: PgPool) {
     );
     assert_eq!(bad_query.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem(bad_query).await.0, "invalid_query");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn step_up_recovery_codes_and_removal_go_through_the_edge(pool: PgPool) {
+    let stack = Stack::start(pool).await;
+    let session = stack.register("ada@example.com").await;
+    let password_only = session.access_token.expose_secret();
+    let post = |path: &'static str, token: &str, body: serde_json::Value| {
+        stack
+            .authorized(Method::POST, path, token)
+            .json(&body)
+            .send()
+    };
+    let enrolment: TotpEnrollment = post(
+        "/auth/mfa/totp",
+        password_only,
+        json!({ "current_password": PASSWORD }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let secret = Secret::from_base32(enrolment.secret.expose_secret()).unwrap();
+    let codes: RecoveryCodes = post(
+        "/auth/mfa/totp/confirm",
+        password_only,
+        json!({ "code": code(&stack, &secret, 0) }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+
+    // Removing the factor needs a recent second factor: refused, then stepped up with the next
+    // step's code, then done with a recovery code as the removal's code.
+    let removal = json!({ "current_password": PASSWORD, "code": code(&stack, &secret, 1) });
+    let refused = stack
+        .authorized(Method::DELETE, "/auth/mfa/totp", password_only)
+        .json(&removal)
+        .send()
+        .await
+        .unwrap();
+    let stepped = post(
+        "/auth/mfa/step-up",
+        password_only,
+        json!({ "code": code(&stack, &secret, 1) }),
+    )
+    .await
+    .unwrap();
+    let stepped: AccessTokenResponse = stepped.json().await.unwrap();
+    let stepped = stepped.access_token.expose_secret();
+    let recovery = codes.recovery_codes[0].expose_secret();
+    let removed = stack
+        .authorized(Method::DELETE, "/auth/mfa/totp", stepped)
+        .json(&json!({ "current_password": PASSWORD, "code": recovery }))
+        .send()
+        .await
+        .unwrap();
+    let status: MfaStatus = stack
+        .authorized(Method::GET, "/auth/mfa", stepped)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(problem(refused).await.0, "insufficient_user_authentication");
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    assert!(status.methods.is_empty());
 }
