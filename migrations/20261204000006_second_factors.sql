@@ -72,6 +72,9 @@ create table mfa_challenges (
     used_at timestamptz,
     user_agent text,
     ip text,
+    -- The password was accepted by the imported service's rule only: the finished login asks for
+    -- a new one, as a one-step login would.
+    password_change_required boolean not null default false,
     constraint mfa_challenges_pkey primary key (token_hash),
     constraint mfa_challenges_user_id_fkey foreign key (user_id) references users (id)
         on delete cascade,

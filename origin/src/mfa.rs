@@ -275,15 +275,44 @@ pub async fn reset(pool: &PgPool, email: &str) -> Result<bool> {
     else {
         return Ok(false);
     };
+    // Second steps first: a login's second step locks its challenge before the factors, so this
+    // order cannot deadlock with one.
+    forget_pending(&mut tx, user_id).await?;
     sqlx::query!("delete from passkeys where user_id = $1", user_id)
         .execute(&mut *tx)
         .await?;
     remove_totp(&mut tx, user_id).await?;
-    sqlx::query!("delete from mfa_challenges where user_id = $1", user_id)
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Ends every pending second step and passkey ceremony of `user_id`: a password change or reset,
+/// or a deactivation, must not be outlived by a login whose first step used the old password.
+pub async fn forget_pending(tx: &mut Transaction<'static, Postgres>, user_id: Uuid) -> Result<()> {
+    sqlx::query!("delete from mfa_challenges where user_id = $1", user_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query!(
+        "delete from webauthn_ceremonies where user_id = $1",
+        user_id
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Locks the account's row until `tx` ends, so that factor changes of one account (a TOTP
+/// confirmation, a passkey registration) run one at a time: each then sees whether it is the
+/// first factor, and only one hands out recovery codes.
+pub async fn lock_account(tx: &mut Transaction<'static, Postgres>, user_id: Uuid) -> Result<()> {
+    sqlx::query!(
+        "select id from users where id = $1 for no key update",
+        user_id
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(ApiError::SessionEnded)?;
+    Ok(())
 }
 
 /// Checks a second-factor `code` for `user_id` inside `tx`: a TOTP code of the confirmed
@@ -387,19 +416,22 @@ pub async fn open_challenge(
     tx: &mut Transaction<'static, Postgres>,
     user_id: Uuid,
     meta: &ClientMeta,
+    password_change_required: bool,
     now: OffsetDateTime,
 ) -> Result<MfaToken> {
     let token = MfaToken::generate(&mut OsRng);
     let hash = token.lookup_hash();
     sqlx::query!(
-        "insert into mfa_challenges (token_hash, user_id, created_at, expires_at, user_agent, ip)
-         values ($1, $2, $3, $4, $5, $6)",
+        "insert into mfa_challenges (token_hash, user_id, created_at, expires_at, user_agent, ip,
+                                     password_change_required)
+         values ($1, $2, $3, $4, $5, $6, $7)",
         hash.as_slice(),
         user_id,
         now,
         now + CHALLENGE_TTL,
         meta.user_agent.as_deref(),
         meta.ip.map(|ip| ip.to_string()),
+        password_change_required,
     )
     .execute(&mut **tx)
     .await?;
@@ -414,10 +446,28 @@ pub async fn lock_challenge(
     token: &MfaToken,
     now: OffsetDateTime,
 ) -> Result<Uuid> {
+    lock_challenge_with(tx, token, now).await.map(|c| c.user_id)
+}
+
+/// A usable second step, as [`lock_challenge`] reads it.
+pub struct Challenge {
+    /// Whose login it is.
+    pub user_id: Uuid,
+    /// The first step accepted a password only the old service's rule accepts (see
+    /// `TokenResponse::password_change_required`).
+    pub password_change_required: bool,
+}
+
+/// [`lock_challenge`], with what the first step recorded.
+pub async fn lock_challenge_with(
+    tx: &mut Transaction<'static, Postgres>,
+    token: &MfaToken,
+    now: OffsetDateTime,
+) -> Result<Challenge> {
     let hash = token.lookup_hash();
     let row = sqlx::query!(
-        "select user_id, expires_at, failures, used_at from mfa_challenges
-         where token_hash = $1 for update",
+        "select user_id, expires_at, failures, used_at, password_change_required
+         from mfa_challenges where token_hash = $1 for update",
         hash.as_slice(),
     )
     .fetch_optional(&mut **tx)
@@ -426,7 +476,10 @@ pub async fn lock_challenge(
         Some(row)
             if row.used_at.is_none() && row.expires_at > now && row.failures < CHALLENGE_TRIES =>
         {
-            Ok(row.user_id)
+            Ok(Challenge {
+                user_id: row.user_id,
+                password_change_required: row.password_change_required,
+            })
         }
         _ => Err(ApiError::MfaTokenInvalid),
     }

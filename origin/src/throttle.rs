@@ -241,10 +241,17 @@ pub async fn peek(
     now: OffsetDateTime,
 ) -> Result<()> {
     let names: Vec<Vec<u8>> = counters.keys.iter().map(|(key, _)| key.to_vec()).collect();
+    // One statement reads and locks each counter, creating an empty one where there is no row
+    // yet (the first failure of a window, or after the janitor): there is always a row to lock,
+    // or concurrent first checks would all pass before any of them counted. The no-op update is
+    // what takes the lock and returns the row as it is.
     let rows = sqlx::query!(
-        "select key, attempts, window_start from login_attempts
-         where key = any($1) order by key for update",
+        "insert into login_attempts as a (key, window_start, attempts)
+         select k, $2, 0 from unnest($1::bytea[]) with ordinality as t(k, n) order by n
+         on conflict (key) do update set attempts = a.attempts
+         returning key, attempts, window_start",
         &names[..],
+        now,
     )
     .fetch_all(connection)
     .await?;

@@ -217,6 +217,8 @@ pub(crate) async fn reset_password(
     for stale in [Purpose::ResetPassword, Purpose::ChangeEmail] {
         links::void(&mut tx, user.id, stale).await?;
     }
+    // Nor a login's second step whose first step used the old password.
+    mfa::forget_pending(&mut tx, user.id).await?;
     let ended = sessions::end(
         &mut tx,
         &state,

@@ -240,7 +240,8 @@ async fn check_login(
     if factors.any() {
         // The password was right: the second step opens, and only its holder learns that the
         // account has a second factor.
-        let token = mfa::open_challenge(&mut tx, user.id, &meta, now).await?;
+        let change_required = beyond_bcrypt && user.legacy_password;
+        let token = mfa::open_challenge(&mut tx, user.id, &meta, change_required, now).await?;
         let device =
             throttle::trust_device(&mut tx, &state.counter_names, &user.email, device, now).await?;
         tx.commit().await?;
@@ -389,6 +390,7 @@ pub(crate) async fn deactivate_profile(
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     users::deactivate(&mut tx, user.user_id, now).await?;
+    mfa::forget_pending(&mut tx, user.user_id).await?;
     let ended = sessions::end(
         &mut tx,
         &state,

@@ -121,6 +121,7 @@ pub(crate) async fn confirm_totp(
 ) -> Result<Json<RecoveryCodes>> {
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
+    mfa::lock_account(&mut tx, user.user_id).await?;
     mfa::check_limit(&mut tx, &state, user.user_id, now).await?;
     let code = request.code.expose_secret().trim();
     let Some(codes) = mfa::confirm_totp(&mut tx, &state, user.user_id, code, now).await? else {
@@ -155,7 +156,11 @@ pub(crate) async fn remove_totp(
     credentials::reauthenticate(&state, &user, request.current_password, meta.ip).await?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    if !mfa::factors(&mut tx, user.user_id).await?.any() {
+    if mfa::factors(&mut tx, user.user_id)
+        .await?
+        .totp_enrolled_at
+        .is_none()
+    {
         return Err(ApiError::FactorNotFound);
     }
     let code = request.code.expose_secret().trim();
@@ -226,7 +231,8 @@ pub(crate) async fn verify_second_factor(
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     // Under the row's lock: a racing request with the same token waits, then finds it spent.
-    let user_id = mfa::lock_challenge(&mut tx, &token, now).await?;
+    let challenge = mfa::lock_challenge_with(&mut tx, &token, now).await?;
+    let user_id = challenge.user_id;
     let code = request.code.expose_secret().trim();
     let Some(method) = mfa::check_code_limited(&mut tx, &state, user_id, code, now).await? else {
         mfa::fail_challenge(&mut tx, &token).await?;
@@ -247,7 +253,9 @@ pub(crate) async fn verify_second_factor(
     tx.commit().await?;
     state.metrics.login("success");
     tracing::info!(user_id = %user.id, method = method.as_str(), "login succeeded");
-    Ok(Json(token_response(&state, user, grant, now)))
+    let mut response = token_response(&state, user, grant, now);
+    response.password_change_required = challenge.password_change_required;
+    Ok(Json(response))
 }
 
 /// `POST /auth/mfa/step-up {code}`: raises the signed-in session to `aal2` with a TOTP code or a

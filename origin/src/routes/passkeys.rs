@@ -169,19 +169,33 @@ pub(crate) async fn finish_registration(
     let mut tx = state.db.begin().await?;
     let (owner, registration) =
         passkeys::take_ceremony(&mut tx, request.ceremony_id, Purpose::Register, now).await?;
+    // A refused answer spends the ceremony too: it is single use whatever the outcome.
     if owner != Some(user.user_id) {
+        tx.commit().await?;
         return Err(ApiError::CeremonyInvalid);
     }
-    let passkey = webauthn
-        .finish_passkey_registration(&answer, &registration)
-        .map_err(|error| {
+    let passkey = match webauthn.finish_passkey_registration(&answer, &registration) {
+        Ok(passkey) => passkey,
+        Err(error) => {
             tracing::info!(user_id = %user.user_id, %error, "passkey registration refused");
-            ApiError::PasskeyInvalid
-        })?;
+            tx.commit().await?;
+            return Err(ApiError::PasskeyInvalid);
+        }
+    };
+    // One factor change of an account at a time: the count and whether this is the first
+    // factor are read under the account's lock.
+    mfa::lock_account(&mut tx, user.user_id).await?;
     let account = users::find(&mut tx, user.user_id)
         .await?
         .ok_or(ApiError::SessionEnded)?;
-    let first_factor = !mfa::factors(&mut tx, user.user_id).await?.any();
+    let factors = mfa::factors(&mut tx, user.user_id).await?;
+    if i64::from(factors.passkeys) >= MAX_PER_USER {
+        return Err(invalid_field(
+            "passkey",
+            &format!("an account holds at most {MAX_PER_USER} passkeys; delete one first"),
+        ));
+    }
+    let first_factor = !factors.any();
     let verified = account.email_verified_at.is_some();
     let id = passkeys::insert(&mut tx, user.user_id, &passkey, &name, verified, now).await?;
     let recovery_codes = match first_factor {
@@ -319,6 +333,8 @@ pub(crate) async fn finish_sign_in(
         return Err(ApiError::PasskeyRefused);
     };
     if state.accounts.require_verified_email && user.email_verified_at.is_none() {
+        // The ceremony and the counter are spent: the same answer cannot be sent again later.
+        tx.commit().await?;
         return Err(ApiError::EmailNotVerified);
     }
     let grant = sessions::begin(&mut tx, &state, user.id, &meta, Method::Passkey, now).await?;
@@ -391,7 +407,8 @@ pub(crate) async fn finish_second_factor(
     let answer: PublicKeyCredential = credential(request.credential)?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    let user_id = mfa::lock_challenge(&mut tx, &token, now).await?;
+    let challenge = mfa::lock_challenge_with(&mut tx, &token, now).await?;
+    let user_id = challenge.user_id;
     mfa::check_limit(&mut tx, &state, user_id, now).await?;
     let (owner, authentication): (_, PasskeyAuthentication) =
         passkeys::take_ceremony(&mut tx, request.ceremony_id, Purpose::SecondFactor, now).await?;
@@ -428,5 +445,7 @@ pub(crate) async fn finish_second_factor(
     tx.commit().await?;
     state.metrics.login("success");
     tracing::info!(user_id = %user.id, method = method.as_str(), "login succeeded");
-    Ok(Json(token_response(&state, user, grant, now)))
+    let mut response = token_response(&state, user, grant, now);
+    response.password_change_required = challenge.password_change_required;
+    Ok(Json(response))
 }

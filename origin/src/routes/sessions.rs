@@ -160,6 +160,8 @@ pub(crate) async fn change_password(
     for stale in [Purpose::ResetPassword, Purpose::ChangeEmail] {
         links::void(&mut tx, user.user_id, stale).await?;
     }
+    // Nor a login's second step whose first step used the old password.
+    crate::mfa::forget_pending(&mut tx, user.user_id).await?;
     let noticed = match &state.mail {
         Some(mail) => {
             let letter = Letter::new(Recipient::User(&checked), Template::PasswordChanged);

@@ -664,3 +664,49 @@ async fn one_code_sent_twice_at_once_signs_in_once(pool: PgPool) {
     statuses.sort();
     assert_eq!(statuses, [StatusCode::OK, StatusCode::UNAUTHORIZED]);
 }
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_burst_of_wrong_codes_gets_no_more_tries_than_the_limit(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let enrolled = enroll(&app).await;
+    let token = enrolled.session.access_token.expose_secret().to_owned();
+
+    // Twenty wrong codes at once on an account with no failure counted yet in this window.
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| step_up(&app, &token, "000000"))).await;
+
+    let refused = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::FORBIDDEN)
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((refused, limited), (10, 10), "MFA_LIMIT_PER_ACCOUNT is 10");
+}
+
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_password_change_ends_a_login_waiting_for_its_second_step(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let enrolled = enroll(&app).await;
+    let pending = first_step(&app).await;
+    let owner = sign_in_with_totp(&app, &enrolled).await;
+
+    let changed = app
+        .put(
+            "/auth/password",
+            owner.access_token.expose_secret(),
+            json!({ "current_password": PASSWORD, "new_password": NEW_PASSWORD }),
+        )
+        .await;
+    let finished = second_step(
+        &app,
+        pending.mfa_token.expose_secret(),
+        &code(&app, &enrolled.secret),
+    )
+    .await;
+
+    assert_eq!(changed.status, StatusCode::NO_CONTENT, "{:?}", changed.body);
+    assert_refused(&finished, "mfa_token_invalid");
+}

@@ -226,10 +226,26 @@ async fn removing_a_passkey_needs_a_recent_second_factor_and_ends_other_sessions
         }
     };
 
+    // No TOTP to remove: 404, and the recovery code offered is not spent.
+    let recovery = registered.recovery_codes.as_ref().unwrap()[0]
+        .expose_secret()
+        .to_owned();
+    let no_totp = app
+        .call(
+            Method::DELETE,
+            "/auth/mfa/totp",
+            Some(passkey_session.access_token.expose_secret()),
+            Some(json!({ "current_password": PASSWORD, "code": recovery })),
+        )
+        .await;
+    let unused = "select count(*) from recovery_codes where used_at is null";
+    let unused_after_refusal = app.count(unused).await;
     let one_factor = remove(password_session.access_token.expose_secret().to_owned()).await;
     let removed = remove(passkey_session.access_token.expose_secret().to_owned()).await;
     let again = remove(passkey_session.access_token.expose_secret().to_owned()).await;
 
+    assert_eq!(no_totp.status, StatusCode::NOT_FOUND, "{:?}", no_totp.body);
+    assert_eq!(unused_after_refusal, 10);
     assert_refused(&one_factor, "insufficient_user_authentication");
     assert_eq!(removed.status, StatusCode::NO_CONTENT, "{:?}", removed.body);
     app.assert_ended(&password_session).await;

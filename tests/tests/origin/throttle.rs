@@ -446,3 +446,62 @@ async fn a_password_change_withdraws_the_trust_of_every_device_token(pool: PgPoo
 
     assert_limited(&old_device);
 }
+
+/// The MFA counter is read and locked before a code is checked (`throttle::peek`) even when no
+/// failure has been counted yet: a second check on the account waits for the first, and then
+/// sees the failure the first counted. (Were there no row to lock, both would pass the limit.)
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn a_second_code_check_waits_for_the_first_even_before_any_failure(pool: PgPool) {
+    use gatehouse_origin::throttle::{self, CounterNames, Counters};
+    let limits = LoginLimits {
+        mfa_per_account: 1,
+        ..LIMITS
+    };
+    let counters = Counters::for_mfa(&limits, &CounterNames::new([7; 32]), uuid::Uuid::nil());
+    let now = time::OffsetDateTime::now_utc();
+    let mut watcher = pool.acquire().await.unwrap();
+    let mut first = pool.begin().await.unwrap();
+    throttle::peek(&mut first, &limits, &counters, now)
+        .await
+        .unwrap();
+
+    let second = tokio::spawn({
+        let (pool, counters) = (pool.clone(), counters.clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            throttle::peek(&mut tx, &limits, &counters, now).await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *watcher)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second check did not wait for the first"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The first code was wrong: counted, committed.
+    throttle::reserve(&mut first, &limits, &counters, now)
+        .await
+        .unwrap();
+    first.commit().await.unwrap();
+
+    let outcome = second.await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Err(gatehouse_origin::error::ApiError::RateLimited { .. })
+        ),
+        "{outcome:?}"
+    );
+}
