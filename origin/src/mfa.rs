@@ -388,6 +388,11 @@ pub async fn check_code_limited(
     Ok(method)
 }
 
+/// The account's `MFA_LIMIT_PER_ACCOUNT` counter.
+fn counters(state: &AppState, user_id: Uuid) -> Counters {
+    Counters::for_mfa(&state.login_limits, &state.counter_names, user_id)
+}
+
 /// Counts a wrong code against the account's `MFA_LIMIT_PER_ACCOUNT`, in `tx`.
 pub async fn count_wrong_code(
     tx: &mut Transaction<'static, Postgres>,
@@ -395,8 +400,7 @@ pub async fn count_wrong_code(
     user_id: Uuid,
     now: OffsetDateTime,
 ) -> Result<()> {
-    let counters = Counters::for_mfa(&state.login_limits, &state.counter_names, user_id);
-    throttle::reserve(tx, &state.login_limits, &counters, now).await
+    throttle::reserve(tx, &state.login_limits, &counters(state, user_id), now).await
 }
 
 /// Refuses with 429 when the account has used up `MFA_LIMIT_PER_ACCOUNT`, locking its counter
@@ -407,8 +411,12 @@ pub async fn check_limit(
     user_id: Uuid,
     now: OffsetDateTime,
 ) -> Result<()> {
-    let counters = Counters::for_mfa(&state.login_limits, &state.counter_names, user_id);
-    throttle::peek(tx, &state.login_limits, &counters, now).await
+    throttle::peek(tx, &state.login_limits, &counters(state, user_id), now).await
+}
+
+/// The `mfa_token` a client sent; 401 `mfa_token_invalid` when it is not one.
+pub fn parse_token(text: &str) -> Result<MfaToken> {
+    MfaToken::parse(text).map_err(|_| ApiError::MfaTokenInvalid)
 }
 
 /// Opens a login's second step for `user_id`: the `mfa_token` to hand out.
@@ -438,17 +446,6 @@ pub async fn open_challenge(
     Ok(token)
 }
 
-/// The user of a usable second step: unused, unexpired, tries left; locked until `tx` ends, so
-/// a racing request with the same token waits and then finds it spent. 401 `mfa_token_invalid`
-/// otherwise.
-pub async fn lock_challenge(
-    tx: &mut Transaction<'static, Postgres>,
-    token: &MfaToken,
-    now: OffsetDateTime,
-) -> Result<Uuid> {
-    lock_challenge_with(tx, token, now).await.map(|c| c.user_id)
-}
-
 /// A usable second step, as [`lock_challenge`] reads it.
 pub struct Challenge {
     /// Whose login it is.
@@ -458,8 +455,10 @@ pub struct Challenge {
     pub password_change_required: bool,
 }
 
-/// [`lock_challenge`], with what the first step recorded.
-pub async fn lock_challenge_with(
+/// The usable second step `token` names (unused, unexpired, tries left), with what its first
+/// step recorded; locked until `tx` ends, so a racing request with the same token waits and then
+/// finds it spent. 401 `mfa_token_invalid` otherwise.
+pub async fn lock_challenge(
     tx: &mut Transaction<'static, Postgres>,
     token: &MfaToken,
     now: OffsetDateTime,

@@ -119,33 +119,48 @@ pub struct Stored {
     pub last_used_at: Option<OffsetDateTime>,
 }
 
-fn credential_of(json: serde_json::Value) -> Result<Passkey> {
-    serde_json::from_value(json).map_err(|error| ApiError::Internal(error.into()))
+/// A `passkeys` row as the queries below select it.
+struct Row {
+    id: Uuid,
+    user_id: Uuid,
+    credential: serde_json::Value,
+    name: String,
+    created_at: OffsetDateTime,
+    last_used_at: Option<OffsetDateTime>,
+    counter: i64,
+}
+
+impl TryFrom<Row> for Stored {
+    type Error = ApiError;
+
+    fn try_from(row: Row) -> Result<Self> {
+        Ok(Stored {
+            id: row.id,
+            user_id: row.user_id,
+            credential: serde_json::from_value(row.credential)
+                .map_err(|error| ApiError::Internal(error.into()))?,
+            counter: row.counter,
+            name: row.name,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+        })
+    }
 }
 
 /// The passkeys of `user_id`, oldest first.
 pub async fn list(connection: &mut PgConnection, user_id: Uuid) -> Result<Vec<Stored>> {
-    let rows = sqlx::query!(
+    sqlx::query_as!(
+        Row,
         r#"select id, user_id, credential, name, created_at, last_used_at,
                   coalesce((credential->'cred'->>'counter')::bigint, 0) as "counter!"
            from passkeys where user_id = $1 order by created_at, id"#,
         user_id,
     )
     .fetch_all(connection)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(Stored {
-                id: row.id,
-                user_id: row.user_id,
-                credential: credential_of(row.credential)?,
-                counter: row.counter,
-                name: row.name,
-                created_at: row.created_at,
-                last_used_at: row.last_used_at,
-            })
-        })
-        .collect()
+    .await?
+    .into_iter()
+    .map(Stored::try_from)
+    .collect()
 }
 
 /// Registers `credential` to `user_id` as `name`. 409 `passkey_exists` when the credential is
@@ -188,25 +203,16 @@ async fn lock_by_credential(
     tx: &mut Transaction<'static, Postgres>,
     credential_id: &[u8],
 ) -> Result<Option<Stored>> {
-    let row = sqlx::query!(
+    sqlx::query_as!(
+        Row,
         r#"select id, user_id, credential, name, created_at, last_used_at,
                   coalesce((credential->'cred'->>'counter')::bigint, 0) as "counter!"
            from passkeys where credential_id = $1 for update"#,
         credential_id,
     )
     .fetch_optional(&mut **tx)
-    .await?;
-    row.map(|row| {
-        Ok(Stored {
-            id: row.id,
-            user_id: row.user_id,
-            credential: credential_of(row.credential)?,
-            counter: row.counter,
-            name: row.name,
-            created_at: row.created_at,
-            last_used_at: row.last_used_at,
-        })
-    })
+    .await?
+    .map(Stored::try_from)
     .transpose()
 }
 

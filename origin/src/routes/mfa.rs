@@ -10,11 +10,12 @@ use gatehouse_shared::api::{
     ReauthenticateRequest, RecoveryCodes, RemoveTotpRequest, TOKEN_TYPE, TokenResponse,
     TotpEnrollment,
 };
+use gatehouse_shared::assurance::Method;
 use gatehouse_shared::mfa::{MfaToken, RecoveryCode};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{ended_response, token_response};
+use super::{ReauthenticationRefused, ended_response, token_response};
 use crate::error::{ApiError, Result};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
 use crate::sessions::{self, EndReason, Which};
@@ -62,10 +63,8 @@ pub(crate) async fn get_factors(
     request_body = ReauthenticateRequest,
     responses(
         (status = 200, description = "The secret, its otpauth URI and a QR code of it; confirm with a code to activate", body = TotpEnrollment),
-        (status = 401, description = "The account has a second factor and this session did not use one in the last 10 minutes: step up (RFC 9470 challenge)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "current_password is wrong", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An authenticator is enrolled already", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        ReauthenticationRefused,
     )
 )]
 pub(crate) async fn enroll_totp(
@@ -186,10 +185,8 @@ pub(crate) async fn remove_totp(
     request_body = ReauthenticateRequest,
     responses(
         (status = 200, description = "Ten new recovery codes, shown once", body = RecoveryCodes),
-        (status = 401, description = "This session did not use a second factor in the last 10 minutes: step up (RFC 9470 challenge)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "current_password is wrong", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The account has no second factor", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        ReauthenticationRefused,
     )
 )]
 pub(crate) async fn replace_recovery_codes(
@@ -226,34 +223,64 @@ pub(crate) async fn verify_second_factor(
     meta: ClientMeta,
     ApiJson(request): ApiJson<MfaVerifyRequest>,
 ) -> Result<Json<TokenResponse>> {
-    let token = MfaToken::parse(request.mfa_token.expose_secret())
-        .map_err(|_| ApiError::MfaTokenInvalid)?;
+    let token = mfa::parse_token(request.mfa_token.expose_secret())?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     // Under the row's lock: a racing request with the same token waits, then finds it spent.
-    let challenge = mfa::lock_challenge_with(&mut tx, &token, now).await?;
-    let user_id = challenge.user_id;
+    let challenge = mfa::lock_challenge(&mut tx, &token, now).await?;
     let code = request.code.expose_secret().trim();
-    let Some(method) = mfa::check_code_limited(&mut tx, &state, user_id, code, now).await? else {
-        mfa::fail_challenge(&mut tx, &token).await?;
-        tx.commit().await?;
-        tracing::info!(%user_id, "second factor refused");
-        state.metrics.login("invalid_mfa_code");
-        return Err(ApiError::InvalidMfaCode);
+    let checked = mfa::check_code_limited(&mut tx, &state, challenge.user_id, code, now).await?;
+    let Some(method) = checked else {
+        let refusal = (ApiError::InvalidMfaCode, "invalid_mfa_code");
+        return Err(refuse_second_step(&state, tx, &token, refusal).await);
     };
-    mfa::use_challenge(&mut tx, &token, now).await?;
-    // Deactivated, or its password changed, since the first step: that step no longer counts.
-    let Some(user) = users::find(&mut tx, user_id)
+    finish_login(&state, tx, &token, &challenge, method, &meta, now).await
+}
+
+/// A login's second step refused: the `mfa_token` spends one of its tries, committed with
+/// whatever the caller counted in `tx`; `refusal` is the error and its login-metric outcome.
+pub(crate) async fn refuse_second_step(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    token: &MfaToken,
+    (error, outcome): (ApiError, &'static str),
+) -> ApiError {
+    let recorded = async {
+        mfa::fail_challenge(&mut tx, token).await?;
+        tx.commit().await?;
+        Ok::<_, ApiError>(())
+    };
+    if let Err(failure) = recorded.await {
+        return failure;
+    }
+    state.metrics.login(outcome);
+    tracing::info!("second factor refused");
+    error
+}
+
+/// Completes a login whose second step `method` proved: the `mfa_token` is spent and the session
+/// begins, unless the account was deactivated since the first step.
+pub(crate) async fn finish_login(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    token: &MfaToken,
+    challenge: &mfa::Challenge,
+    method: Method,
+    meta: &ClientMeta,
+    now: time::OffsetDateTime,
+) -> Result<Json<TokenResponse>> {
+    mfa::use_challenge(&mut tx, token, now).await?;
+    let Some(user) = users::find(&mut tx, challenge.user_id)
         .await?
         .filter(|user| user.is_active)
     else {
         return Err(ApiError::MfaTokenInvalid);
     };
-    let grant = sessions::begin(&mut tx, &state, user.id, &meta, method, now).await?;
+    let grant = sessions::begin(&mut tx, state, user.id, meta, method, now).await?;
     tx.commit().await?;
     state.metrics.login("success");
     tracing::info!(user_id = %user.id, method = method.as_str(), "login succeeded");
-    let mut response = token_response(&state, user, grant, now);
+    let mut response = token_response(state, user, grant, now);
     response.password_change_required = challenge.password_change_required;
     Ok(Json(response))
 }

@@ -19,6 +19,23 @@ use crate::AppState;
 use crate::sessions::{self as session_store, Grant};
 use crate::users::User;
 
+/// How a sensitive action refuses before it acts (see `credentials::reauthenticate`); for the
+/// OpenAPI description only.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum ReauthenticationRefused {
+    /// The account has a second factor and this session did not use one in the last 10 minutes:
+    /// step up (`insufficient_user_authentication`, RFC 9470 challenge)
+    #[response(status = 401, content_type = "application/problem+json")]
+    StepUpRequired(gatehouse_shared::api::Problem),
+    /// `current_password` is wrong (`wrong_password`)
+    #[response(status = 403, content_type = "application/problem+json")]
+    WrongPassword(gatehouse_shared::api::Problem),
+    /// A brute-force limit is reached; see Retry-After
+    #[response(status = 429, content_type = "application/problem+json")]
+    Limited(gatehouse_shared::api::Problem),
+}
+
 /// The token response for `user` in the session `grant` describes, at `now`.
 pub(crate) fn token_response(
     state: &AppState,

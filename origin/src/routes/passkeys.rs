@@ -12,7 +12,6 @@ use gatehouse_shared::api::{
     PasskeyRegistered, PasskeyRegistration, Problem, ReauthenticateRequest, TokenResponse,
 };
 use gatehouse_shared::assurance::Method;
-use gatehouse_shared::mfa::MfaToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -22,7 +21,8 @@ use webauthn_rs::prelude::{
 };
 use webauthn_rs_proto::ResidentKeyRequirement;
 
-use super::{ended_response, token_response};
+use super::mfa::{finish_login, refuse_second_step};
+use super::{ReauthenticationRefused, ended_response, token_response};
 use crate::error::{ApiError, Result, invalid_field};
 use crate::extract::{ApiJson, ApiPath, AuthUser, ClientMeta};
 use crate::passkeys::{self, MAX_PER_USER, Purpose, Stored};
@@ -71,10 +71,8 @@ fn info(stored: &Stored) -> PasskeyInfo {
     request_body = ReauthenticateRequest,
     responses(
         (status = 200, description = "The creation options and the ceremony's id", body = CeremonyStart),
-        (status = 401, description = "The account has a second factor and this session did not use one in the last 10 minutes: step up (RFC 9470 challenge)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "current_password is wrong", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Passkeys are off (WEBAUTHN_RP_ID unset)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        ReauthenticationRefused,
     )
 )]
 pub(crate) async fn start_registration(
@@ -241,10 +239,8 @@ pub(crate) async fn list_passkeys(
     request_body = ReauthenticateRequest,
     responses(
         (status = 204, description = "Removed; every other session ended"),
-        (status = 401, description = "This session did not use a second factor in the last 10 minutes: step up (RFC 9470 challenge)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "current_password is wrong", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such passkey of the user", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "A brute-force limit is reached; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        ReauthenticationRefused,
     )
 )]
 pub(crate) async fn delete_passkey(
@@ -360,11 +356,10 @@ pub(crate) async fn start_second_factor(
     ApiJson(request): ApiJson<MfaPasskeyStart>,
 ) -> Result<Json<CeremonyStart>> {
     let webauthn = webauthn(&state)?;
-    let token = MfaToken::parse(request.mfa_token.expose_secret())
-        .map_err(|_| ApiError::MfaTokenInvalid)?;
+    let token = mfa::parse_token(request.mfa_token.expose_secret())?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    let user_id = mfa::lock_challenge(&mut tx, &token, now).await?;
+    let user_id = mfa::lock_challenge(&mut tx, &token, now).await?.user_id;
     let registered = passkeys::list(&mut tx, user_id).await?;
     if registered.is_empty() {
         return Err(ApiError::PasskeyNotFound);
@@ -402,12 +397,11 @@ pub(crate) async fn finish_second_factor(
     ApiJson(request): ApiJson<MfaPasskeyFinish>,
 ) -> Result<Json<TokenResponse>> {
     let webauthn = webauthn(&state)?;
-    let token = MfaToken::parse(request.mfa_token.expose_secret())
-        .map_err(|_| ApiError::MfaTokenInvalid)?;
+    let token = mfa::parse_token(request.mfa_token.expose_secret())?;
     let answer: PublicKeyCredential = credential(request.credential)?;
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    let challenge = mfa::lock_challenge_with(&mut tx, &token, now).await?;
+    let challenge = mfa::lock_challenge(&mut tx, &token, now).await?;
     let user_id = challenge.user_id;
     mfa::check_limit(&mut tx, &state, user_id, now).await?;
     let (owner, authentication): (_, PasskeyAuthentication) =
@@ -427,25 +421,10 @@ pub(crate) async fn finish_second_factor(
         false => None,
     };
     if verified.is_none() {
-        mfa::fail_challenge(&mut tx, &token).await?;
         mfa::count_wrong_code(&mut tx, &state, user_id, now).await?;
-        tx.commit().await?;
-        state.metrics.login("passkey_refused");
-        return Err(ApiError::PasskeyRefused);
+        let refusal = (ApiError::PasskeyRefused, "passkey_refused");
+        return Err(refuse_second_step(&state, tx, &token, refusal).await);
     }
-    mfa::use_challenge(&mut tx, &token, now).await?;
-    let Some(user) = users::find(&mut tx, user_id)
-        .await?
-        .filter(|user| user.is_active)
-    else {
-        return Err(ApiError::MfaTokenInvalid);
-    };
     let method = Method::PasswordPasskey;
-    let grant = sessions::begin(&mut tx, &state, user.id, &meta, method, now).await?;
-    tx.commit().await?;
-    state.metrics.login("success");
-    tracing::info!(user_id = %user.id, method = method.as_str(), "login succeeded");
-    let mut response = token_response(&state, user, grant, now);
-    response.password_change_required = challenge.password_change_required;
-    Ok(Json(response))
+    finish_login(&state, tx, &token, &challenge, method, &meta, now).await
 }

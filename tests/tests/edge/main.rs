@@ -106,6 +106,20 @@ impl Stack {
         );
     }
 
+    /// `POST path` through the edge with a JSON body and, when given, a bearer token.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        access_token: Option<&str>,
+        body: Value,
+    ) -> reqwest::Response {
+        let request = match access_token {
+            Some(token) => self.authorized(Method::POST, path, token),
+            None => self.request(Method::POST, path),
+        };
+        request.json(&body).send().await.unwrap()
+    }
+
     /// `GET /auth/verify` through the edge with `token`.
     pub async fn verify(&self, token: &str) -> reqwest::Response {
         self.authorized(Method::GET, "/auth/verify", token)
@@ -113,6 +127,15 @@ impl Stack {
             .await
             .unwrap()
     }
+}
+
+/// The body of `response` as `T`, after checking that its status is `status`.
+pub async fn json_of<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    status: StatusCode,
+) -> T {
+    assert_eq!(response.status(), status, "{}", response.url());
+    response.json().await.unwrap()
 }
 
 /// Asserts that `response` is a problem with `status` and `code`.

@@ -13,55 +13,48 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::{Stack, problem};
+use crate::{Stack, json_of, problem};
 
 fn code(stack: &Stack, secret: &Secret, steps_ahead: i64) -> String {
     let now = stack.app.state.clock.now().unix_timestamp();
     secret.code_at(now + 30 * steps_ahead)
 }
 
+/// An account with a confirmed TOTP authenticator, registered through the edge: its secret,
+/// recovery codes and password-only access token.
+async fn enrolled(stack: &Stack) -> (Secret, RecoveryCodes, String) {
+    let session = stack.register("ada@example.com").await;
+    let token = session.access_token.expose_secret().to_owned();
+    let reauthentication = json!({ "current_password": PASSWORD });
+    let started = stack
+        .post_json("/auth/mfa/totp", Some(&token), reauthentication)
+        .await;
+    let enrolment: TotpEnrollment = json_of(started, StatusCode::OK).await;
+    let secret = Secret::from_base32(enrolment.secret.expose_secret()).unwrap();
+    let confirm = json!({ "code": code(stack, &secret, 0) });
+    let confirmed = stack
+        .post_json("/auth/mfa/totp/confirm", Some(&token), confirm)
+        .await;
+    let codes = json_of(confirmed, StatusCode::OK).await;
+    (secret, codes, token)
+}
+
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn step_up_demands_are_answered_at_the_edge(pool: PgPool) {
     let stack = Stack::start(pool).await;
-    let password_only = stack.register("ada@example.com").await.access_token;
-    let password_only = password_only.expose_secret();
-    let enrolment: TotpEnrollment = stack
-        .authorized(Method::POST, "/auth/mfa/totp", password_only)
-        .json(&json!({ "current_password": PASSWORD }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = Secret::from_base32(enrolment.secret.expose_secret()).unwrap();
-    let confirmed = stack
-        .authorized(Method::POST, "/auth/mfa/totp/confirm", password_only)
-        .json(&json!({ "code": code(&stack, &secret, 0) }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(confirmed.status(), StatusCode::OK);
-    confirmed.json::<RecoveryCodes>().await.unwrap();
-    let first: MfaRequired = stack
-        .request(Method::POST, "/auth/login")
-        .json(&json!({ "email": "ada@example.com", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (secret, _, password_only) = enrolled(&stack).await;
+    let password_only = password_only.as_str();
+    let login = json!({ "email": "ada@example.com", "password": PASSWORD });
+    let first = stack.post_json("/auth/login", None, login).await;
+    let first: MfaRequired = json_of(first, StatusCode::OK).await;
     // The next step's code: the confirmation spent the current one.
-    let second = stack
-        .request(Method::POST, "/auth/mfa/verify")
-        .json(&json!({ "mfa_token": first.mfa_token.expose_secret(), "code": code(&stack, &secret, 1) }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(second.status(), StatusCode::OK);
-    let two_factor = second.json::<TokenResponse>().await.unwrap().access_token;
-    let two_factor = two_factor.expose_secret();
+    let second_step = json!({
+        "mfa_token": first.mfa_token.expose_secret(),
+        "code": code(&stack, &secret, 1),
+    });
+    let second = stack.post_json("/auth/mfa/verify", None, second_step).await;
+    let two_factor: TokenResponse = json_of(second, StatusCode::OK).await;
+    let two_factor = two_factor.access_token.expose_secret();
     // The same session, authenticated twenty minutes ago.
     let claims: AccessClaims = stack
         .app
@@ -122,35 +115,8 @@ async fn step_up_demands_are_answered_at_the_edge(pool: PgPool) {
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn step_up_recovery_codes_and_removal_go_through_the_edge(pool: PgPool) {
     let stack = Stack::start(pool).await;
-    let session = stack.register("ada@example.com").await;
-    let password_only = session.access_token.expose_secret();
-    let post = |path: &'static str, token: &str, body: serde_json::Value| {
-        stack
-            .authorized(Method::POST, path, token)
-            .json(&body)
-            .send()
-    };
-    let enrolment: TotpEnrollment = post(
-        "/auth/mfa/totp",
-        password_only,
-        json!({ "current_password": PASSWORD }),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let secret = Secret::from_base32(enrolment.secret.expose_secret()).unwrap();
-    let codes: RecoveryCodes = post(
-        "/auth/mfa/totp/confirm",
-        password_only,
-        json!({ "code": code(&stack, &secret, 0) }),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let (secret, codes, password_only) = enrolled(&stack).await;
+    let password_only = password_only.as_str();
 
     // Removing the factor needs a recent second factor: refused, then stepped up with the next
     // step's code, then done with a recovery code as the removal's code.
@@ -161,14 +127,11 @@ async fn step_up_recovery_codes_and_removal_go_through_the_edge(pool: PgPool) {
         .send()
         .await
         .unwrap();
-    let stepped = post(
-        "/auth/mfa/step-up",
-        password_only,
-        json!({ "code": code(&stack, &secret, 1) }),
-    )
-    .await
-    .unwrap();
-    let stepped: AccessTokenResponse = stepped.json().await.unwrap();
+    let step_up = json!({ "code": code(&stack, &secret, 1) });
+    let stepped = stack
+        .post_json("/auth/mfa/step-up", Some(password_only), step_up)
+        .await;
+    let stepped: AccessTokenResponse = json_of(stepped, StatusCode::OK).await;
     let stepped = stepped.access_token.expose_secret();
     let recovery = codes.recovery_codes[0].expose_secret();
     let removed = stack

@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::Stack;
+use crate::{Stack, json_of};
 
 const PAGE: &str = "http://localhost:3000";
 
@@ -17,56 +17,37 @@ const PAGE: &str = "http://localhost:3000";
 async fn a_passkey_registers_and_signs_in_through_the_edge(pool: PgPool) {
     let stack = Stack::start(pool).await;
     let session = stack.register("ada@example.com").await;
-    let token = session.access_token.expose_secret();
+    let token = Some(session.access_token.expose_secret());
     let mut soft = SoftPasskey::new();
 
-    let start: CeremonyStart = stack
-        .authorized(Method::POST, "/auth/passkeys/register/start", token)
-        .json(&json!({ "current_password": PASSWORD }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reauthentication = json!({ "current_password": PASSWORD });
+    let start = stack
+        .post_json("/auth/passkeys/register/start", token, reauthentication)
+        .await;
+    let start: CeremonyStart = json_of(start, StatusCode::OK).await;
     let credential = soft.register(&start.options, PAGE);
+    let answer = json!({ "ceremony_id": start.ceremony_id, "credential": credential });
     let registered = stack
-        .authorized(Method::POST, "/auth/passkeys/register/finish", token)
-        .json(&json!({ "ceremony_id": start.ceremony_id, "credential": credential }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), StatusCode::CREATED);
-    registered.json::<PasskeyRegistered>().await.unwrap();
-    let start: CeremonyStart = stack
-        .request(Method::POST, "/auth/passkeys/login/start")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .post_json("/auth/passkeys/register/finish", token, answer)
+        .await;
+    let _: PasskeyRegistered = json_of(registered, StatusCode::CREATED).await;
+    let start = stack
+        .post_json("/auth/passkeys/login/start", None, json!({}))
+        .await;
+    let start: CeremonyStart = json_of(start, StatusCode::OK).await;
     let assertion = soft.sign_in(&start.options, PAGE);
+    let answer = json!({ "ceremony_id": start.ceremony_id, "credential": assertion });
     let signed_in = stack
-        .request(Method::POST, "/auth/passkeys/login/finish")
-        .json(&json!({ "ceremony_id": start.ceremony_id, "credential": assertion }))
-        .send()
-        .await
-        .unwrap();
+        .post_json("/auth/passkeys/login/finish", None, answer)
+        .await;
 
-    assert_eq!(signed_in.status(), StatusCode::OK);
-    let tokens: TokenResponse = signed_in.json().await.unwrap();
-    let verified: VerifyResponse = stack
-        .authorized(
-            Method::GET,
-            "/auth/verify?acr_values=aal2",
-            tokens.access_token.expose_secret(),
-        )
+    let tokens: TokenResponse = json_of(signed_in, StatusCode::OK).await;
+    let access = tokens.access_token.expose_secret();
+    let verify = stack
+        .authorized(Method::GET, "/auth/verify?acr_values=aal2", access)
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let verified: VerifyResponse = json_of(verify, StatusCode::OK).await;
     assert_eq!(verified.authentication.amr, ["swk", "user", "mfa"]);
 }

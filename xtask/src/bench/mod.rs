@@ -224,26 +224,7 @@ async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
 
     memory::measure(target, &mut report).await?;
 
-    let totp = scenarios::totp_logins(origin, TOTP_ACCOUNTS, TOTP_REFRESHES).await?;
-    report.latencies("origin: login alone (password)", &totp.login_alone, None);
-    report.latencies(
-        "origin: login with TOTP, both steps",
-        &totp.login_with_totp,
-        None,
-    );
-    report.latencies(
-        "origin: login with TOTP, second step",
-        &totp.second_step,
-        None,
-    );
-    report.latencies("origin: sequential refresh", &totp.refresh, None);
-    let (second, refresh) = (totp.second_step.median(), totp.refresh.median());
-    report.check(
-        "origin: second step p50 - refresh p50",
-        format!("{:.2} ms", ms_f(second) - ms_f(refresh)),
-        "<= 1 ms",
-        second <= refresh + TOTP_STEP_BUDGET,
-    );
+    report_totp(origin, &mut report).await?;
 
     let (first, last) =
         scenarios::long_refresh_chain(origin, REFRESH_CHAIN, REFRESH_CHAIN_WINDOW).await?;
