@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use gatehouse_shared::api::API_KEY_HEADER;
 use gatehouse_shared::api_key::ApiKey;
 use sha2::{Digest, Sha256};
-use worker::{Cache, Date, Headers, Response};
+use worker::{Cache, Headers, Response};
 
 use crate::cache::{CACHE_NAME, TAG_HEADER};
 use crate::config::{EdgeConfig, MAX_API_KEY_CACHE_SECS};
@@ -64,7 +64,7 @@ pub async fn require_valid(
         .and_then(|text| ApiKey::parse(text).ok())
         .ok_or(AppError::InvalidApiKey)?;
     let fingerprint: [u8; 32] = Sha256::digest(key.expose().as_bytes()).into();
-    let now = Date::now().as_millis();
+    let now = crate::now_millis();
 
     let seen_valid = match known(&fingerprint, now) {
         Known::Fresh(valid) => return verdict(valid),
@@ -124,7 +124,7 @@ fn known(fingerprint: &[u8; 32], now: u64) -> Known {
 }
 
 fn remember(fingerprint: [u8; 32], valid: bool, expires: u64) {
-    let now = Date::now().as_millis();
+    let now = crate::now_millis();
     let (map, other) = if valid { (&GOOD, &BAD) } else { (&BAD, &GOOD) };
     other.with_borrow_mut(|other| other.remove(&fingerprint));
     map.with_borrow_mut(|verdicts| {

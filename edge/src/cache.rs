@@ -20,7 +20,7 @@ use std::thread::LocalKey;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use worker::{Cache, Date, Headers, Response};
+use worker::{Cache, Headers, Response};
 
 use crate::config::EdgeConfig;
 use crate::error::AppError;
@@ -147,7 +147,7 @@ pub async fn current<D: Document>(
     config: &EdgeConfig,
     request_id: &str,
 ) -> Result<Current<D>, AppError> {
-    let now = Date::now().as_millis();
+    let now = crate::now_millis();
     let held = D::slot().with_borrow(Clone::clone);
     if let Some(held) = &held
         && held.fresh_until > now
@@ -243,7 +243,7 @@ fn tagged<'a>(url: &'a str, fetched_at: &'a str, max_age: &'a str, body: &'a str
 /// Asks the origin, bypassing every cache, and keeps what it says in both.
 pub async fn fetch<D: Document>(config: &EdgeConfig, request_id: &str) -> Result<Rc<D>, AppError> {
     // Freshness counts from the moment the request leaves: the answer cannot be newer than that.
-    let fetched_at = Date::now().as_millis();
+    let fetched_at = crate::now_millis();
     let mut response = proxy::lookup(&url::<D>(config), &[], D::EDGE_ONLY, config, request_id)
         .await
         .map_err(|error| match error {

@@ -1,10 +1,11 @@
 //! CORS (Fetch standard, "CORS protocol"): preflights answered here, and response headers for
 //! origins listed in `ALLOWED_ORIGINS`. An origin not on the list is never reflected.
 
-use worker::{Headers, Request, Response};
+use gatehouse_shared::api::REQUEST_ID_HEADER;
 
 use crate::config::EdgeConfig;
 use crate::error::AppError;
+use crate::reply::{Answer, Reply};
 use crate::routes;
 
 const ALLOWED_HEADERS: &str = "authorization, content-type, x-api-key, x-request-id";
@@ -14,52 +15,35 @@ const PREFLIGHT_MAX_AGE_SECS: &str = "600";
 
 /// Answers a preflight: 204 for a listed origin, with the methods the path serves from the route
 /// table, 403 for any other origin.
-pub fn preflight(request: &Request, path: &str, config: &EdgeConfig) -> Result<Response, AppError> {
-    let origin = request.headers().get("origin")?;
-    if !is_allowed(origin.as_deref(), config) {
+pub fn preflight(
+    origin: Option<&str>,
+    path: &str,
+    config: &EdgeConfig,
+) -> Result<Answer, AppError> {
+    if !is_allowed(origin, config) {
         return Err(AppError::OriginNotAllowed);
     }
-    let headers = Headers::new();
-    crate::set_headers(
-        &headers,
-        &[
-            (
-                "access-control-allow-methods",
-                &routes::allowed_methods(path),
-            ),
-            ("access-control-allow-headers", ALLOWED_HEADERS),
-            ("access-control-max-age", PREFLIGHT_MAX_AGE_SECS),
-        ],
-    );
-    Ok(Response::builder()
-        .with_status(204)
-        .with_headers(headers)
-        .empty())
+    Ok(Answer::empty(204)
+        .header(
+            "access-control-allow-methods",
+            &routes::allowed_methods(path),
+        )
+        .header("access-control-allow-headers", ALLOWED_HEADERS)
+        .header("access-control-max-age", PREFLIGHT_MAX_AGE_SECS))
 }
 
 /// Adds the CORS response headers when the request's origin is listed. `Vary: Origin` always,
 /// so a cache never serves one origin's answer to another.
-pub fn decorate(
-    headers: &mut Headers,
-    origin: Option<&str>,
-    request_id: &str,
-    config: &EdgeConfig,
-) {
-    let _ = headers.append("vary", "Origin");
+pub fn decorate(reply: &mut Reply, origin: Option<&str>, request_id: &str, config: &EdgeConfig) {
+    reply.vary_on_origin();
     match origin.filter(|origin| is_allowed(Some(origin), config)) {
-        Some(origin) => crate::set_headers(
-            headers,
-            &[
-                (gatehouse_shared::api::REQUEST_ID_HEADER, request_id),
-                ("access-control-allow-origin", origin),
-                ("access-control-allow-credentials", "true"),
-                ("access-control-expose-headers", EXPOSED_HEADERS),
-            ],
-        ),
-        None => crate::set_headers(
-            headers,
-            &[(gatehouse_shared::api::REQUEST_ID_HEADER, request_id)],
-        ),
+        Some(origin) => reply.set_headers(&[
+            (REQUEST_ID_HEADER, request_id),
+            ("access-control-allow-origin", origin),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-expose-headers", EXPOSED_HEADERS),
+        ]),
+        None => reply.set_headers(&[(REQUEST_ID_HEADER, request_id)]),
     }
 }
 

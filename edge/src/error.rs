@@ -1,8 +1,8 @@
 //! The edge's errors, answered as RFC 9457 problem details in the same shape as the origin's.
 
+use crate::reply::Answer;
 use gatehouse_shared::api::{BearerError, ProblemKind, ProblemReply};
 use gatehouse_shared::token::TokenError;
-use worker::{Headers, Response};
 
 /// Everything that stops a request at the edge.
 #[derive(Debug)]
@@ -84,8 +84,8 @@ impl AppError {
         }
     }
 
-    /// The problem response. Cannot fail: a response that cannot be built is a bare status.
-    pub fn into_response(self, request_id: &str) -> Response {
+    /// The problem answer. Cannot fail.
+    pub fn into_answer(self, request_id: &str) -> Answer {
         match &self {
             AppError::Config(name) => worker::console_error!(
                 "request {request_id}: configuration {name} is missing or invalid"
@@ -102,18 +102,16 @@ impl AppError {
             AppError::SessionEnded => reply.with_detail("session has ended"),
             _ => reply,
         };
-        let headers = Headers::new();
+        let body = serde_json::to_string(&reply.problem()).expect("a problem always serializes");
+        let mut answer = Answer::empty(reply.status().as_u16()).body(body);
         for (name, value) in &reply.headers() {
             if let Ok(value) = value.to_str() {
-                let _ = headers.set(name.as_str(), value);
+                answer = answer.header(name.as_str(), value);
             }
         }
         if let AppError::MethodNotAllowed { allow } = &self {
-            let _ = headers.set("allow", allow);
+            answer = answer.header("allow", allow);
         }
-        Response::builder()
-            .with_status(reply.status().as_u16())
-            .with_headers(headers)
-            .fixed(reply.body())
+        answer
     }
 }

@@ -16,7 +16,6 @@ use std::thread::LocalKey;
 use gatehouse_shared::jwk::{JwkSet, KeySet};
 use gatehouse_shared::token::{AccessClaims, TokenError, key_id};
 use gatehouse_shared::token_cache::TokenCache;
-use worker::Date;
 
 use crate::cache::{self, Document, Held, Lifetime};
 use crate::config::EdgeConfig;
@@ -80,7 +79,7 @@ pub async fn validate(
     if !keys.contains(&kid) && !current.just_fetched {
         if cooldown_over(config) {
             keys = cache::fetch(config, request_id).await.unwrap_or(keys);
-        } else if let Some(cached) = cache::from_cache::<KeySet>(config, Date::now().as_millis())
+        } else if let Some(cached) = cache::from_cache::<KeySet>(config, crate::now_millis())
             .await
             .filter(|cached| cached.contains(&kid))
         {
@@ -115,7 +114,7 @@ fn cache_key() -> [u8; 32] {
 }
 
 fn cooldown_over(config: &EdgeConfig) -> bool {
-    let now = Date::now().as_millis();
+    let now = crate::now_millis();
     LAST_FORCED_FETCH.with_borrow_mut(|last| {
         let over = last.is_none_or(|last| {
             now.saturating_sub(last) >= config.jwks_refetch_cooldown_secs * 1000

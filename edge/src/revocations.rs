@@ -31,7 +31,7 @@ use std::thread::LocalKey;
 use gatehouse_shared::api::{ENDED_SESSIONS_HEADER, RevocationList, RevokedSession};
 use gatehouse_shared::token::TokenError;
 use uuid::Uuid;
-use worker::{Date, Response};
+use worker::Response;
 
 use crate::cache::{self, Document, Held, Lifetime};
 use crate::config::EdgeConfig;
@@ -121,7 +121,7 @@ pub fn learn_from(response: &mut Response) -> Result<(), AppError> {
         return Ok(());
     };
     headers.delete(ENDED_SESSIONS_HEADER)?;
-    let now = (Date::now().as_millis() / 1000) as i64;
+    let now = (crate::now_millis() / 1000) as i64;
     LEARNT.with_borrow_mut(|learnt| {
         learnt.retain(|_, until| *until >= now);
         for RevokedSession { sid, until } in RevokedSession::from_header(&value) {

@@ -155,8 +155,13 @@ pub fn allowed_methods(path: &str) -> String {
     methods.join(", ")
 }
 
-/// Whether `path` is an instance of `template`.
+/// Whether `path` is an instance of `template`. Most templates have no parameter and are compared
+/// whole; the rest segment by segment. (Every request is matched against the table, a preflight
+/// twice: splitting every template was 3.5 % of a profile of preflights.)
 fn matches(template: &str, path: &str) -> bool {
+    if !template.contains('{') {
+        return template == path;
+    }
     let mut expected = template.split('/');
     let mut actual = path.split('/');
     loop {

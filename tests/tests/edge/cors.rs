@@ -37,7 +37,15 @@ async fn preflight_is_answered_at_the_edge_for_listed_origins_only(pool: PgPool)
             .unwrap()
             .contains("x-api-key")
     );
+    assert_eq!(
+        allowed.headers()["access-control-allow-methods"],
+        "POST, OPTIONS"
+    );
+    assert_eq!(allowed.headers()["access-control-max-age"], "600");
+    assert_eq!(allowed.headers()["vary"], "Origin");
+    assert!(is_request_id(&allowed.headers()["x-request-id"]));
     assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    assert!(is_request_id(&other.headers()["x-request-id"]));
     assert!(other.headers().get("access-control-allow-origin").is_none());
     assert_eq!(problem(other).await.0, "origin_not_allowed");
     assert!(
@@ -70,6 +78,16 @@ async fn responses_name_listed_origins_and_never_reflect_others(pool: PgPool) {
         .await
         .unwrap();
 
+    // The edge's own answer carries the same decoration as a forwarded one.
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(listed.headers()["content-type"], "application/json");
+    assert_eq!(listed.headers()["cache-control"], "no-store");
+    assert_eq!(listed.headers()["vary"], "Origin");
+    assert!(is_request_id(&listed.headers()["x-request-id"]));
+    assert_eq!(
+        listed.headers()["access-control-expose-headers"],
+        forwarded.headers()["access-control-expose-headers"]
+    );
     assert_eq!(listed.headers()["access-control-allow-origin"], ALLOWED);
     assert_eq!(forwarded.headers()["access-control-allow-origin"], ALLOWED);
     assert_eq!(forwarded.status(), StatusCode::OK);
@@ -91,4 +109,11 @@ async fn responses_name_listed_origins_and_never_reflect_others(pool: PgPool) {
             .unwrap()
             .contains("Origin")
     );
+}
+
+/// What the edge sends as a request id without `cf-ray` (as under `wrangler dev`): a UUID.
+fn is_request_id(value: &reqwest::header::HeaderValue) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|id| uuid::Uuid::parse_str(id).is_ok())
 }
