@@ -33,15 +33,22 @@ pub fn preflight(
 }
 
 /// Adds the CORS response headers when the request's origin is listed. `Vary: Origin` always,
-/// so a cache never serves one origin's answer to another.
+/// so a cache never serves one origin's answer to another. A preflight's answer exposes no
+/// headers: `Access-Control-Expose-Headers` applies to actual responses only.
 pub fn decorate(reply: &mut Reply, origin: Option<&str>, request_id: &str, config: &EdgeConfig) {
     reply.vary_on_origin();
+    let exposes = !matches!(reply, Reply::Preflight(_));
     match origin.filter(|origin| is_allowed(Some(origin), config)) {
-        Some(origin) => reply.set_headers(&[
+        Some(origin) if exposes => reply.set_headers(&[
             (REQUEST_ID_HEADER, request_id),
             ("access-control-allow-origin", origin),
             ("access-control-allow-credentials", "true"),
             ("access-control-expose-headers", EXPOSED_HEADERS),
+        ]),
+        Some(origin) => reply.set_headers(&[
+            (REQUEST_ID_HEADER, request_id),
+            ("access-control-allow-origin", origin),
+            ("access-control-allow-credentials", "true"),
         ]),
         None => reply.set_headers(&[(REQUEST_ID_HEADER, request_id)]),
     }

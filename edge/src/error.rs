@@ -1,7 +1,7 @@
 //! The edge's errors, answered as RFC 9457 problem details in the same shape as the origin's.
 
 use crate::reply::Answer;
-use gatehouse_shared::api::{BearerError, ProblemKind, ProblemReply};
+use gatehouse_shared::api::{BearerError, PROBLEM_CONTENT_TYPE, ProblemKind, ProblemReply};
 use gatehouse_shared::token::TokenError;
 
 /// Everything that stops a request at the edge.
@@ -84,7 +84,7 @@ impl AppError {
         }
     }
 
-    /// The problem answer. Cannot fail.
+    /// The problem answer.
     pub fn into_answer(self, request_id: &str) -> Answer {
         match &self {
             AppError::Config(name) => worker::console_error!(
@@ -103,9 +103,11 @@ impl AppError {
             _ => reply,
         };
         let body = serde_json::to_string(&reply.problem()).expect("a problem always serializes");
-        let mut answer = Answer::empty(reply.status().as_u16()).body(body);
+        let mut answer = Answer::with_body(reply.status().as_u16(), PROBLEM_CONTENT_TYPE, body);
         for (name, value) in &reply.headers() {
-            if let Ok(value) = value.to_str() {
+            if name.as_str() != "content-type"
+                && let Ok(value) = value.to_str()
+            {
                 answer = answer.header(name.as_str(), value);
             }
         }

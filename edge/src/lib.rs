@@ -81,14 +81,18 @@ impl Incoming {
     }
 }
 
-/// The path of a URL as the runtime serialises it (WHATWG URL: scheme, `://`, host, then a path
-/// that always starts with `/` and in which `?` and `#` are percent-encoded), without parsing it.
+/// The path of a URL as the runtime serialises it (WHATWG URL: scheme, `://`, the host, then a
+/// path that starts with `/` and in which `?` and `#` are percent-encoded), without parsing it.
 fn path_of(url: &str) -> &str {
     let after_scheme = url.find("://").map_or(0, |at| at + 3);
-    let Some(start) = url[after_scheme..].find('/').map(|at| after_scheme + at) else {
+    let rest = &url[after_scheme..];
+    let Some(start) = rest
+        .find(['/', '?', '#'])
+        .filter(|&at| rest[at..].starts_with('/'))
+    else {
         return "/";
     };
-    let path = &url[start..];
+    let path = &rest[start..];
     &path[..path.find(['?', '#']).unwrap_or(path.len())]
 }
 
@@ -113,13 +117,16 @@ pub fn fetch(request: web_sys::Request, env: Env, _ctx: worker::worker_sys::Cont
         Err(error) => return exchange.finish(Err(error), None).into(),
     };
     match route(&request, exchange.origin.as_deref(), &config) {
-        Ok(Routed::Forward(route)) => js_sys::futures::future_to_promise(async move {
-            let reply = handle(request, route, &config, &exchange.request_id).await;
-            Ok(exchange.finish(reply, Some(&config)).into())
-        })
-        .into(),
-        Ok(Routed::Answered(answer)) => exchange
-            .finish(Ok(Reply::Answer(answer)), Some(&config))
+        // Unwind-safe as the worker crate's macro asserts it: a panic ends the isolate's instance.
+        Ok(Routed::Handle(route)) => {
+            js_sys::futures::future_to_promise(std::panic::AssertUnwindSafe(async move {
+                let reply = handle(request, route, &config, &exchange.request_id).await;
+                Ok(exchange.finish(reply, Some(&config)).into())
+            }))
+            .into()
+        }
+        Ok(Routed::Preflight(answer)) => exchange
+            .finish(Ok(Reply::Preflight(answer)), Some(&config))
             .into(),
         Err(error) => exchange.finish(Err(error), Some(&config)).into(),
     }
@@ -214,10 +221,10 @@ fn trusted_ray(ray: Option<String>) -> Option<String> {
 
 /// Where the route table sends a request.
 enum Routed {
-    /// Answered already, with nothing to wait for (a preflight).
-    Answered(Answer),
-    /// To [`handle`] on this route.
-    Forward(&'static routes::Route),
+    /// A preflight, answered already.
+    Preflight(Answer),
+    /// To [`handle`] on this route: answered here after checks that may wait, or forwarded.
+    Handle(&'static routes::Route),
 }
 
 /// The checks that need no I/O: preflights, the path's form, the route table.
@@ -228,12 +235,12 @@ fn route(
 ) -> Result<Routed, AppError> {
     let (method, path) = (request.method.as_str(), request.path.as_str());
     if method == "OPTIONS" && request.headers.has("access-control-request-method")? {
-        return cors::preflight(origin, path, config).map(Routed::Answered);
+        return cors::preflight(origin, path, config).map(Routed::Preflight);
     }
     if !routes::is_canonical(path) {
         return Err(AppError::NonCanonicalPath);
     }
-    routes::classify(method, path).map(Routed::Forward)
+    routes::classify(method, path).map(Routed::Handle)
 }
 
 /// A routed request: throttled, its API key and token checked, then answered here or forwarded.
@@ -355,7 +362,8 @@ fn step_up_requirement(request: &Incoming) -> Result<Requirement, AppError> {
     if !request.url.contains('?') {
         return Ok(Requirement::none());
     }
-    let url = worker::Url::parse(&request.url).map_err(|_| AppError::InvalidQuery)?;
+    // The runtime's URL always parses; a failure would be ours (500), not the client's.
+    let url = worker::Url::parse(&request.url).map_err(|error| AppError::Internal(error.into()))?;
     let (mut acr_values, mut max_age) = (None, None);
     for (name, value) in url.query_pairs() {
         match &*name {
@@ -383,6 +391,8 @@ mod tests {
             ("https://auth.example.com/a/b#part", "/a/b"),
             ("http://127.0.0.1:8787/", "/"),
             ("http://127.0.0.1:8787", "/"),
+            ("https://h.example?q=/x", "/"),
+            ("https://h.example#/x", "/"),
             ("https://h.example/%3F?q=/x", "/%3F"),
         ] {
             assert_eq!(path_of(url), path, "{url}");

@@ -14,6 +14,8 @@ export function set_header_lines(headers, lines) {
   const parts = lines.split("\n");
   for (let i = 0; i + 1 < parts.length; i += 2) headers.set(parts[i], parts[i + 1]);
 }
+// Header names are lowercase and distinct (`Answer::header`), so a plain object holds them: the
+// runtime converts it faster than a Headers object filled by set() or a list of pairs.
 export function new_response(status, lines, body) {
   const parts = lines.split("\n");
   const headers = {};
@@ -22,7 +24,12 @@ export function new_response(status, lines, body) {
 }"#)]
 extern "C" {
     fn set_header_lines(headers: &web_sys::Headers, lines: &str);
-    fn new_response(status: u16, lines: &str, body: Option<&str>) -> web_sys::Response;
+    #[wasm_bindgen(catch)]
+    fn new_response(
+        status: u16,
+        lines: &str,
+        body: Option<&str>,
+    ) -> Result<web_sys::Response, wasm_bindgen::JsValue>;
 }
 
 /// Appends a header as a line pair. Names and values cannot hold a newline (RFC 9110 section
@@ -44,7 +51,7 @@ pub fn set_headers(headers: &worker::Headers, pairs: &[(&str, &str)]) {
     set_header_lines(&headers.0, &lines);
 }
 
-/// A response the edge makes itself; its header names are distinct.
+/// A response the edge makes itself.
 #[derive(Debug)]
 pub struct Answer {
     status: u16,
@@ -64,52 +71,71 @@ impl Answer {
 
     /// An answer with `body`, of the media type `content_type`.
     pub fn with_body(status: u16, content_type: &str, body: String) -> Self {
-        Answer::empty(status)
-            .header("content-type", content_type)
-            .body(body)
+        let mut answer = Answer::empty(status).header("content-type", content_type);
+        answer.body = Some(body);
+        answer
     }
 
-    pub fn body(mut self, body: String) -> Self {
-        self.body = Some(body);
-        self
-    }
-
+    /// Adds a header. `name` is lowercase and not already there: the answer's headers are sent
+    /// as one object, a key per name.
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        push_line(&mut self.lines, name, value);
+        self.push(name, value);
         self
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        debug_assert!(
+            name.bytes().all(|b| !b.is_ascii_uppercase())
+                && !self.lines.split('\n').step_by(2).any(|held| held == name),
+            "{name}: header names of an answer are lowercase and distinct"
+        );
+        push_line(&mut self.lines, name, value);
+    }
+
+    /// The runtime's response. A header the runtime refuses (none of the edge's can be) costs the
+    /// answer its headers, not the request its answer.
+    fn into_response(self) -> web_sys::Response {
+        new_response(self.status, &self.lines, self.body.as_deref()).unwrap_or_else(|error| {
+            worker::console_error!("an answer's headers were refused ({error:?}); sent without");
+            new_response(self.status, "", None).expect("a status alone makes a response")
+        })
     }
 }
 
 /// What one request gets back.
 pub enum Reply {
     Answer(Answer),
+    /// A CORS preflight's answer (it exposes no headers: only actual responses do).
+    Preflight(Answer),
     Forwarded(worker::Response),
 }
 
 impl Reply {
     pub fn status(&self) -> u16 {
         match self {
-            Reply::Answer(answer) => answer.status,
+            Reply::Answer(answer) | Reply::Preflight(answer) => answer.status,
             Reply::Forwarded(response) => response.status_code(),
         }
     }
 
-    /// Adds `Vary: Origin` to whatever the response varies on already.
+    /// Adds `Vary: Origin`: to whatever the origin's response varies on already (the edge's own
+    /// answers vary on nothing else).
     pub fn vary_on_origin(&mut self) {
         match self {
-            Reply::Answer(answer) => push_line(&mut answer.lines, "vary", "Origin"),
+            Reply::Answer(answer) | Reply::Preflight(answer) => answer.push("vary", "Origin"),
             Reply::Forwarded(response) => {
                 let _ = response.headers_mut().append("vary", "Origin");
             }
         }
     }
 
-    /// Sets `pairs`, replacing any header of the same name the origin sent.
+    /// Sets `pairs`, replacing any header of the same name the origin sent (the edge's own answers
+    /// never carry these).
     pub fn set_headers(&mut self, pairs: &[(&str, &str)]) {
         match self {
-            Reply::Answer(answer) => {
+            Reply::Answer(answer) | Reply::Preflight(answer) => {
                 for (name, value) in pairs {
-                    push_line(&mut answer.lines, name, value);
+                    answer.push(name, value);
                 }
             }
             Reply::Forwarded(response) => set_headers(response.headers_mut(), pairs),
@@ -118,10 +144,32 @@ impl Reply {
 
     pub fn into_response(self) -> web_sys::Response {
         match self {
-            Reply::Answer(answer) => {
-                new_response(answer.status, &answer.lines, answer.body.as_deref())
-            }
+            Reply::Answer(answer) | Reply::Preflight(answer) => answer.into_response(),
             Reply::Forwarded(response) => response.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Answer;
+
+    #[test]
+    fn an_answer_carries_its_headers_as_name_value_lines() {
+        let answer = Answer::with_body(200, "application/json", "{}".to_owned())
+            .header("cache-control", "no-store");
+        assert_eq!(
+            answer.lines,
+            "content-type\napplication/json\ncache-control\nno-store\n"
+        );
+        assert_eq!(answer.body.as_deref(), Some("{}"));
+    }
+
+    #[test]
+    #[should_panic(expected = "lowercase and distinct")]
+    fn a_name_given_twice_is_a_bug_caught_in_debug_builds() {
+        let _ = Answer::empty(204)
+            .header("vary", "Origin")
+            .header("vary", "Accept");
     }
 }

@@ -42,6 +42,13 @@ async fn preflight_is_answered_at_the_edge_for_listed_origins_only(pool: PgPool)
         "POST, OPTIONS"
     );
     assert_eq!(allowed.headers()["access-control-max-age"], "600");
+    // Exposed headers concern actual responses; a preflight's would be ignored.
+    assert!(
+        allowed
+            .headers()
+            .get("access-control-expose-headers")
+            .is_none()
+    );
     assert_eq!(allowed.headers()["vary"], "Origin");
     assert!(is_request_id(&allowed.headers()["x-request-id"]));
     assert_eq!(other.status(), StatusCode::FORBIDDEN);

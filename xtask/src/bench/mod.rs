@@ -95,10 +95,17 @@ struct Target {
 
 pub async fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let mut target = find_target().await?;
-    let only_totp = args.iter().any(|arg| arg == "totp");
+    let only = |part: &str| args.iter().any(|arg| arg == part);
+    let (only_totp, only_edge) = (only("totp"), only("edge"));
     let outcome = tokio::select! {
         outcome = async {
-            if only_totp { measure_totp(&target).await } else { measure(&target).await }
+            if only_totp {
+                measure_totp(&target).await
+            } else if only_edge {
+                measure_edge(&target).await
+            } else {
+                measure(&target).await
+            }
         } => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
@@ -118,6 +125,23 @@ async fn measure_totp(target: &Target) -> anyhow::Result<ExitCode> {
         .await
         .context("warm-up flow at the origin failed")?;
     report_totp(&target.origin, &mut report).await?;
+    Ok(if report.all_met() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `cargo xtask bench edge`: the edge's throughput rows alone (its cheapest answer against the
+/// hello-world Worker, verify), for a quick look; the release figures come from the whole run.
+async fn measure_edge(target: &Target) -> anyhow::Result<ExitCode> {
+    let mut report = Report::default();
+    target
+        .edge
+        .flow()
+        .await
+        .context("warm-up flow through the edge failed")?;
+    memory::measure_edge(target, &mut report).await?;
     Ok(if report.all_met() {
         ExitCode::SUCCESS
     } else {
