@@ -125,11 +125,7 @@ async fn measure_totp(target: &Target) -> anyhow::Result<ExitCode> {
         .await
         .context("warm-up flow at the origin failed")?;
     report_totp(&target.origin, &mut report).await?;
-    Ok(if report.all_met() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(report.exit_code())
 }
 
 /// `cargo xtask bench edge`: the edge's throughput rows alone (its cheapest answer against the
@@ -142,11 +138,7 @@ async fn measure_edge(target: &Target) -> anyhow::Result<ExitCode> {
         .await
         .context("warm-up flow through the edge failed")?;
     memory::measure_edge(target, &mut report).await?;
-    Ok(if report.all_met() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(report.exit_code())
 }
 
 async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
@@ -351,11 +343,7 @@ async fn measure(target: &Target) -> anyhow::Result<ExitCode> {
         out.join("bench.json").display(),
         out.join("storm.svg").display()
     );
-    Ok(if met {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(report.exit_code())
 }
 
 /// Logins with a TOTP second step against the password alone, and the second step against a

@@ -175,6 +175,15 @@ impl Report {
         self.rows.iter().all(|row| row.met != Some(false))
     }
 
+    /// Success when every target was met.
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        if self.all_met() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        }
+    }
+
     /// The table as JSON, with `meta` saying what was measured.
     pub fn json(&self, meta: Value) -> Value {
         serde_json::json!({ "meta": meta, "measures": self.rows })
