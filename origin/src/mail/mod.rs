@@ -202,6 +202,10 @@ pub enum Template {
     /// A notice that a reset changed the password and removed a second factor enrolled while
     /// the address was unverified.
     PasswordResetFactorsRemoved,
+    /// A notice that a second factor (an authenticator app or a passkey) was added.
+    SecondFactorAdded,
+    /// A notice that a second factor was removed.
+    SecondFactorRemoved,
     /// A notice to an address that already has an account that someone tried to register it.
     RegisterAttempt,
     /// A link confirming an email change, to the new address.
@@ -214,11 +218,13 @@ pub enum Template {
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 8] = [
+    pub const ALL: [Template; 10] = [
         Template::VerifyEmail,
         Template::ResetPassword,
         Template::PasswordChanged,
         Template::PasswordResetFactorsRemoved,
+        Template::SecondFactorAdded,
+        Template::SecondFactorRemoved,
         Template::RegisterAttempt,
         Template::EmailChangeConfirm,
         Template::EmailChangeTaken,
@@ -232,6 +238,8 @@ impl Template {
             Template::ResetPassword => "reset_password",
             Template::PasswordChanged => "password_changed",
             Template::PasswordResetFactorsRemoved => "password_reset_factors_removed",
+            Template::SecondFactorAdded => "second_factor_added",
+            Template::SecondFactorRemoved => "second_factor_removed",
             Template::RegisterAttempt => "register_attempt",
             Template::EmailChangeConfirm => "email_change_confirm",
             Template::EmailChangeTaken => "email_change_taken",
@@ -240,13 +248,15 @@ impl Template {
     }
 
     /// Whether the per-address cap applies. Security notices to the account's own address (its
-    /// password changed, its address is being changed) are never held back: a flood of requests
-    /// for the address must not silence them.
+    /// password changed, its factors changed, its address is being changed) are never held back:
+    /// a flood of requests for the address must not silence them.
     pub fn capped(self) -> bool {
         !matches!(
             self,
             Template::PasswordChanged
                 | Template::PasswordResetFactorsRemoved
+                | Template::SecondFactorAdded
+                | Template::SecondFactorRemoved
                 | Template::EmailChangeNotice
         )
     }
@@ -274,6 +284,8 @@ impl Template {
             Template::EmailChangeNotice => Some("undo-email-change"),
             Template::PasswordChanged
             | Template::PasswordResetFactorsRemoved
+            | Template::SecondFactorAdded
+            | Template::SecondFactorRemoved
             | Template::RegisterAttempt
             | Template::EmailChangeTaken => None,
         }
@@ -294,6 +306,8 @@ impl Template {
             Template::ResetPassword => sources!("reset_password"),
             Template::PasswordChanged => sources!("password_changed"),
             Template::PasswordResetFactorsRemoved => sources!("password_reset_factors_removed"),
+            Template::SecondFactorAdded => sources!("second_factor_added"),
+            Template::SecondFactorRemoved => sources!("second_factor_removed"),
             Template::RegisterAttempt => sources!("register_attempt"),
             Template::EmailChangeConfirm => sources!("email_change_confirm"),
             Template::EmailChangeTaken => sources!("email_change_taken"),

@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 use super::{ReauthenticationRefused, ended_response, token_response};
 use crate::error::{ApiError, Result};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
+use crate::mail::{Letter, Recipient, Template};
 use crate::sessions::{self, EndReason, Which};
 use crate::{AppState, credentials, mfa, users};
 
@@ -128,7 +129,16 @@ pub(crate) async fn confirm_totp(
         tx.commit().await?;
         return Err(ApiError::WrongCode);
     };
+    let noticed = notify_factor_change(
+        &state,
+        &mut tx,
+        user.user_id,
+        Template::SecondFactorAdded,
+        now,
+    )
+    .await?;
     tx.commit().await?;
+    notice_committed(&state, noticed);
     tracing::info!(user_id = %user.user_id, "totp enrolled");
     Ok(Json(recovery_codes(codes)))
 }
@@ -173,7 +183,16 @@ pub(crate) async fn remove_totp(
     mfa::remove_totp(&mut tx, user.user_id).await?;
     let (others, reason) = (Which::AllExcept(user.session_id), EndReason::FactorRemoved);
     let ended = sessions::end(&mut tx, &state, user.user_id, others, reason, now).await?;
+    let noticed = notify_factor_change(
+        &state,
+        &mut tx,
+        user.user_id,
+        Template::SecondFactorRemoved,
+        now,
+    )
+    .await?;
     tx.commit().await?;
+    notice_committed(&state, noticed);
     tracing::info!(user_id = %user.user_id, ended = ended.len(), "totp removed");
     Ok(ended_response(&state, &ended))
 }
@@ -335,6 +354,39 @@ pub(crate) async fn step_up_session(
         expires_in: issued.expires_in,
         session_id: user.session_id,
     }))
+}
+
+/// Queues, in `tx`, the account's notice that a second factor was added or removed (OWASP
+/// Multifactor Authentication Cheat Sheet: notify users of changes to their factors, so that a
+/// change made with a stolen session or password is seen by the address's owner). Returns whether
+/// a mail was queued, for [`crate::mail::Mail::queued_after_commit`].
+pub(crate) async fn notify_factor_change(
+    state: &AppState,
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    user_id: uuid::Uuid,
+    template: Template,
+    now: time::OffsetDateTime,
+) -> Result<bool> {
+    let Some(mail) = &state.mail else {
+        return Ok(false);
+    };
+    let Some(user) = users::find(tx, user_id).await? else {
+        return Ok(false);
+    };
+    mail.queue(
+        state,
+        tx,
+        Letter::new(Recipient::User(&user), template),
+        now,
+    )
+    .await
+}
+
+/// Wakes the courier for a notice [`notify_factor_change`] queued, once `tx` has committed.
+pub(crate) fn notice_committed(state: &AppState, queued: bool) {
+    if let Some(mail) = &state.mail {
+        mail.queued_after_commit(state, queued);
+    }
 }
 
 fn recovery_codes(codes: Vec<RecoveryCode>) -> RecoveryCodes {

@@ -21,10 +21,11 @@ use webauthn_rs::prelude::{
 };
 use webauthn_rs_proto::ResidentKeyRequirement;
 
-use super::mfa::{finish_login, refuse_second_step};
+use super::mfa::{finish_login, notice_committed, notify_factor_change, refuse_second_step};
 use super::{ReauthenticationRefused, ended_response, token_response};
 use crate::error::{ApiError, Result, invalid_field};
 use crate::extract::{ApiJson, ApiPath, AuthUser, ClientMeta};
+use crate::mail::Template;
 use crate::passkeys::{self, MAX_PER_USER, Purpose, Stored};
 use crate::sessions::{self, EndReason, Which};
 use crate::{AppState, credentials, mfa, users};
@@ -200,7 +201,10 @@ pub(crate) async fn finish_registration(
         true => Some(mfa::replace_recovery_codes(&mut tx, &state, user.user_id, now).await?),
         false => None,
     };
+    let added = Template::SecondFactorAdded;
+    let noticed = notify_factor_change(&state, &mut tx, user.user_id, added, now).await?;
     tx.commit().await?;
+    notice_committed(&state, noticed);
     tracing::info!(user_id = %user.user_id, passkey_id = %id, "passkey registered");
     let body = PasskeyRegistered {
         passkey: PasskeyInfo {
@@ -259,7 +263,10 @@ pub(crate) async fn delete_passkey(
     mfa::forget_codes_without_factors(&mut tx, user.user_id).await?;
     let (others, reason) = (Which::AllExcept(user.session_id), EndReason::FactorRemoved);
     let ended = sessions::end(&mut tx, &state, user.user_id, others, reason, now).await?;
+    let removed = Template::SecondFactorRemoved;
+    let noticed = notify_factor_change(&state, &mut tx, user.user_id, removed, now).await?;
     tx.commit().await?;
+    notice_committed(&state, noticed);
     tracing::info!(user_id = %user.user_id, passkey_id = %id, "passkey removed");
     Ok(ended_response(&state, &ended))
 }

@@ -532,7 +532,15 @@ async fn sensitive_actions_with_a_factor_need_a_two_factor_sign_in_of_the_last_t
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn removing_the_authenticator_ends_other_sessions_and_login_is_one_step_again(pool: PgPool) {
-    let app = TestApp::new(pool).await;
+    let server = MailServer::start().await;
+    let app = TestApp::with(
+        pool,
+        Options {
+            mail: MailSetting::SentTo(server.smtp_url()),
+            ..Options::default()
+        },
+    )
+    .await;
     let enrolled = enroll(&app).await;
     let here = sign_in_with_totp(&app, &enrolled).await;
     let elsewhere = sign_in_with_totp(&app, &enrolled).await;
@@ -563,6 +571,19 @@ async fn removing_the_authenticator_ends_other_sessions_and_login_is_one_step_ag
     assert!(login.body.get("access_token").is_some(), "{:?}", login.body);
     assert_eq!(app.count("select count(*) from recovery_codes").await, 0);
     assert_eq!(app.count("select count(*) from totp_factors").await, 0);
+    // The address hears of the enrolment and of the removal; the wrong code changed nothing.
+    let added = "A second sign-in factor was added to your account";
+    let removed = "A second sign-in factor was removed from your account";
+    server.wait_for_subject(EMAIL, added).await;
+    server.wait_for_subject(EMAIL, removed).await;
+    let notices = server.received_by(EMAIL).await;
+    for subject in [added, removed] {
+        let sent = notices
+            .iter()
+            .filter(|mail| mail.subject == subject)
+            .count();
+        assert_eq!(sent, 1, "{subject}");
+    }
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]

@@ -8,8 +8,9 @@ use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{
     CeremonyStart, MfaRequired, PasskeyList, PasskeyRegistered, TokenResponse,
 };
+use gatehouse_tests::mail::MailServer;
 use gatehouse_tests::passkey::SoftPasskey;
-use gatehouse_tests::{Options, PASSWORD, TestApp, TestResponse, assert_refused};
+use gatehouse_tests::{MailSetting, Options, PASSWORD, TestApp, TestResponse, assert_refused};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -207,7 +208,15 @@ async fn any_instance_finishes_a_ceremony_once(pool: PgPool) {
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn removing_a_passkey_needs_a_recent_second_factor_and_ends_other_sessions(pool: PgPool) {
-    let app = TestApp::new(pool).await;
+    let server = MailServer::start().await;
+    let app = TestApp::with(
+        pool,
+        Options {
+            mail: MailSetting::SentTo(server.smtp_url()),
+            ..Options::default()
+        },
+    )
+    .await;
     let password_session = app.register("ada@example.com").await;
     let mut soft = SoftPasskey::new();
     let registered = register_passkey(&app, &password_session, &mut soft).await;
@@ -253,4 +262,17 @@ async fn removing_a_passkey_needs_a_recent_second_factor_and_ends_other_sessions
     assert_eq!(app.count("select count(*) from recovery_codes").await, 0);
     let login = app.login("ada@example.com", PASSWORD).await;
     assert!(login.body.get("access_token").is_some(), "{:?}", login.body);
+    // The address hears of both changes, once each: the refused removal changed nothing.
+    let added = "A second sign-in factor was added to your account";
+    let removed = "A second sign-in factor was removed from your account";
+    server.wait_for_subject("ada@example.com", added).await;
+    server.wait_for_subject("ada@example.com", removed).await;
+    let notices = server.received_by("ada@example.com").await;
+    for subject in [added, removed] {
+        let sent = notices
+            .iter()
+            .filter(|mail| mail.subject == subject)
+            .count();
+        assert_eq!(sent, 1, "{subject}");
+    }
 }
