@@ -1,11 +1,12 @@
 //! `cargo xtask image`: the origin's container image, built with podman from the repository's
 //! `Dockerfile` and smoke-tested against a throwaway PostgreSQL.
 //!
-//! - `cargo xtask image` (CI) builds the Dockerfile's `prebuilt` target: the runtime stage around
-//!   a release binary built here on the host, so CI does not pay for a second cold release build
+//! - `cargo xtask image` builds the Dockerfile's `prebuilt` target: the runtime stage around a
+//!   release binary built here on the host, so it does not pay for a second cold release build
 //!   inside the image.
-//! - `cargo xtask image --binary PATH` does the same with a release binary built already (CI
-//!   builds it at low priority while the tests run, which leave the CPU mostly idle).
+//! - `cargo xtask image --binary PATH` does the same with a binary built already: CI passes the
+//!   debug binary its tests ran, since what the smoke test checks does not depend on the
+//!   optimisation level and a cold release build would add a quarter to CI's CPU time.
 //! - `cargo xtask image --full` runs the whole multi-stage build (rustup and a release build in the
 //!   build stage), timed, then the same smoke test.
 //!

@@ -30,53 +30,64 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         totals.failed += 1;
     }
 
-    // The multi-instance tests run the real binary, several at once (`gatehouse_tests::cluster`).
-    let status = crate::cargo()
-        .args([
-            "build",
-            "-p",
-            "gatehouse-origin",
-            "--bin",
-            "gatehouse-origin",
-        ])
-        .status()
-        .context("building gatehouse-origin")?;
-    anyhow::ensure!(status.success(), "building gatehouse-origin failed");
-    let origin_bin = crate::target_dir().join("debug/gatehouse-origin");
     let native = || {
         let mut native = crate::cargo();
         native
             .args(["test", "--no-fail-fast"])
             .env("DATABASE_URL", postgres.url("postgres"))
-            .env("GATEHOUSE_ORIGIN_BIN", &origin_bin);
+            .env(
+                "GATEHOUSE_ORIGIN_BIN",
+                crate::target_dir().join("debug/gatehouse-origin"),
+            );
         native
     };
     if !extra.is_empty() {
-        // A filter or a target chosen by hand: one cargo test, and nothing else.
+        // A filter or a target chosen by hand: one cargo test, and nothing else, after the
+        // origin's binary, which the multi-instance tests run (`gatehouse_tests::cluster`).
+        let status = crate::cargo()
+            .args([
+                "build",
+                "-p",
+                "gatehouse-origin",
+                "--bin",
+                "gatehouse-origin",
+            ])
+            .status()
+            .context("building gatehouse-origin")?;
+        anyhow::ensure!(status.success(), "building gatehouse-origin failed");
         let native_ok = run_counted(native().args(extra), &mut totals)?;
         return Ok(finish(&totals, sqlx_fresh && native_ok));
     }
 
+    // Every test binary, and the origin's binary that the multi-instance tests run several of at
+    // once (`gatehouse_tests::cluster`), built in one invocation. Every later invocation selects
+    // the whole workspace too and picks its targets by kind and name: cargo resolves dependency
+    // features for the packages a command selects, so runs with different `-p` sets each rebuilt
+    // sqlx, hyper, axum, lettre and the origin with other features (17 crates compiled two or
+    // three times on a fresh machine).
+    let status = native()
+        .args(["--workspace", "--no-run"])
+        .status()
+        .context("building the tests")?;
+    anyhow::ensure!(status.success(), "building the tests failed");
+
     // The end-to-end tests through the edge spend most of their time waiting on workerd and
     // sockets, so the rest of the run goes on beside them: every other test binary, the wasm32
     // run, the rules and schemathesis. Their output is shown after the rest, in one piece.
-    let edge_tests = Background::spawn(native().args(["-p", "gatehouse-tests", "--test", "edge"]))?;
-    // The edge's own unit tests run natively: they test its route table and helpers, not the
-    // runtime.
-    let others = [
-        "gatehouse-shared",
-        "gatehouse-origin",
-        "xtask",
-        "gatehouse-edge",
-    ];
-    let mut ok = run_counted(
-        native().args(others.iter().flat_map(|package| ["-p", package])),
-        &mut totals,
-    )?;
-    ok &= run_counted(
-        native().args(["-p", "gatehouse-tests", "--lib", "--test", "origin"]),
-        &mut totals,
-    )?;
+    const EDGE_TESTS: &str = "edge";
+    let edge_tests = Background::spawn(native().args(["--workspace", "--test", EDGE_TESTS]))?;
+    // Unit tests (the edge's run natively: they test its route table and helpers, not the
+    // runtime), every other integration test, then the doc tests.
+    let mut others = native();
+    others.args(["--workspace", "--lib", "--bins"]);
+    for name in integration_tests()?
+        .iter()
+        .filter(|name| *name != EDGE_TESTS)
+    {
+        others.args(["--test", name]);
+    }
+    let mut ok = run_counted(&mut others, &mut totals)?;
+    ok &= run_counted(native().args(["--workspace", "--doc"]), &mut totals)?;
 
     // The edge compiles `shared` for wasm32; the same tests prove it validates identically there.
     let mut wasm = crate::cargo();
@@ -109,6 +120,39 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
     ok &= edge_tests.finish(&mut totals)?;
     drop(postgres);
     Ok(finish(&totals, sqlx_fresh && ok))
+}
+
+/// The names of the workspace's integration test targets (`tests/*.rs`, `tests/*/main.rs`), from
+/// `cargo metadata`, so that a new one runs without being listed here.
+fn integration_tests() -> anyhow::Result<Vec<String>> {
+    let output = crate::cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .context("running cargo metadata")?;
+    anyhow::ensure!(output.status.success(), "cargo metadata failed");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("reading cargo metadata")?;
+    let targets = metadata["packages"]
+        .as_array()
+        .context("cargo metadata lists no packages")?
+        .iter()
+        .filter_map(|package| package["targets"].as_array())
+        .flatten();
+    let mut names: Vec<String> = targets
+        .filter(|target| {
+            target["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"))
+        })
+        .filter_map(|target| target["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names.dedup();
+    anyhow::ensure!(
+        !names.is_empty(),
+        "cargo metadata lists no integration tests"
+    );
+    Ok(names)
 }
 
 /// Prints the total and turns the outcome into the exit code.
