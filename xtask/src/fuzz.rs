@@ -28,19 +28,20 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 /// `cargo xtask fuzz`: the pass on its own, on a throwaway PostgreSQL.
 pub fn run_alone() -> anyhow::Result<std::process::ExitCode> {
     let postgres = Postgres::start(&crate::target_dir().join("gatehouse-pg-fuzz"), true)?;
-    Ok(if run(&postgres)? {
+    let binary = crate::dev::build_origin(false)?;
+    Ok(if run(&postgres, &binary)? {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
     })
 }
 
-/// Runs the fuzzing pass; `Ok(false)` when schemathesis reported failures.
-pub fn run(postgres: &Postgres) -> anyhow::Result<bool> {
+/// Runs the fuzzing pass against the debug origin `binary`; `Ok(false)` when schemathesis
+/// reported failures.
+pub fn run(postgres: &Postgres, binary: &std::path::Path) -> anyhow::Result<bool> {
     let schemathesis = crate::pypi_tool("schemathesis", SCHEMATHESIS_VERSION, "schemathesis")?;
     postgres.create_database("gatehouse_fuzz")?;
     let database_url = postgres.url("gatehouse_fuzz");
-    let binary = crate::dev::build_origin(false)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let addr = format!("127.0.0.1:{}", crate::pg::free_port()?);
@@ -48,7 +49,7 @@ pub fn run(postgres: &Postgres) -> anyhow::Result<bool> {
         let log = crate::target_dir().join("gatehouse-fuzz-origin.log");
         let edge_secret = crate::dev::fresh_secret();
         let (mut origin, api_key) = crate::dev::start_origin(
-            &binary,
+            binary,
             &database_url,
             &addr,
             Some(&log),
