@@ -22,7 +22,9 @@ commands:
   user erase EMAIL        erase an account and all its data now (its unexpired access tokens
                           still pass the edge until they expire; deactivate first to end them)
   user mfa-reset EMAIL    remove every second factor of an account (a user who lost both the
-                          authenticator and the recovery codes, once identified otherwise)
+                          authenticator and the recovery codes, once identified otherwise), end
+                          its sessions and mail the address a notice; reads the whole
+                          configuration, as serve does
   import-users --from URL bring the accounts of the FastAPI service Gatehouse replaces
                           (its platform_users table at the PostgreSQL URL) over; idempotent
   healthcheck             exit 0 if the server on LISTEN_ADDR answers /health, else 1 (for a
@@ -279,6 +281,40 @@ async fn healthcheck() -> anyhow::Result<()> {
     }
 }
 
+/// `user mfa-reset EMAIL`: it ends sessions and queues mail as the service does, so it reads the
+/// service's whole configuration (as `serve` does) rather than `DATABASE_URL` alone.
+async fn mfa_reset(email: &str) -> anyhow::Result<()> {
+    use gatehouse_origin::mfa::{self, Reset};
+    let config = Config::from_env().context("invalid configuration")?;
+    let db = migrated_database(&config).await?;
+    let config = signing_keys::load_into(config, &db, time::OffsetDateTime::now_utc())
+        .await
+        .context("reading the signing keys from the database")?;
+    let state = AppState::from_config(config, db)?;
+    match mfa::reset(&state, email).await? {
+        Some(Reset::Removed {
+            ended_sessions,
+            noticed,
+        }) => {
+            let notice = if noticed {
+                "a notice to the address is queued (a running instance sends it)"
+            } else {
+                "no notice (MAIL_ENABLED is false)"
+            };
+            eprintln!(
+                "removed every second factor (authenticator, passkeys, recovery codes) of the \
+                 account of {email} and ended every live session ({ended_sessions}); {notice}"
+            );
+            Ok(())
+        }
+        Some(Reset::NothingToRemove) => {
+            eprintln!("the account of {email} has no second factor; nothing changed");
+            Ok(())
+        }
+        None => anyhow::bail!("no account has the address {email}"),
+    }
+}
+
 /// A pool for one-off commands, which need only `DATABASE_URL`.
 async fn command_pool() -> anyhow::Result<sqlx::PgPool> {
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL is required")?;
@@ -333,18 +369,16 @@ async fn revoke_api_key(id: &str) -> anyhow::Result<()> {
     }
 }
 
-/// `user reactivate EMAIL`, `user erase EMAIL` and `user mfa-reset EMAIL`.
+/// `user reactivate EMAIL` and `user erase EMAIL` (`user mfa-reset EMAIL`: [`mfa_reset`]).
 async fn user_command(action: &str, email: &str) -> anyhow::Result<()> {
+    if action == "mfa-reset" {
+        return mfa_reset(email).await;
+    }
     let pool = command_pool().await?;
     let (done, success, failure) = match action {
         "erase" => (
             users::erase(&pool, email).await?,
             "erased, with all it owned, the account",
-            "no account has the address",
-        ),
-        "mfa-reset" => (
-            gatehouse_origin::mfa::reset(&pool, email).await?,
-            "removed every second factor (authenticator, recovery codes) of the account",
             "no account has the address",
         ),
         _ => (

@@ -24,15 +24,18 @@ use gatehouse_shared::totp::{DIGITS, Secret};
 use hmac::{Hmac, Mac};
 use rand_core::OsRng;
 use sha2::Sha256;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::extract::{AuthUser, ClientMeta};
+use crate::mail::{Letter, Recipient, Template};
 use crate::server_secret::KeyUse;
+use crate::sessions::{self, EndReason, Which};
 use crate::throttle::{self, Counters};
+use crate::users;
 
 /// How long a login's second step stays open (the 5 minutes: long enough to find a
 /// phone, short enough that a leaked `mfa_token` is soon worthless).
@@ -264,26 +267,91 @@ pub async fn remove_unverified_factors(
     Ok(totp + passkeys > 0)
 }
 
-/// `gatehouse-origin user mfa-reset EMAIL`: removes every second factor of the account; whether
-/// the account exists.
-pub async fn reset(pool: &PgPool, email: &str) -> Result<bool> {
-    let mut tx = pool.begin().await?;
+/// What `gatehouse-origin user mfa-reset EMAIL` did to an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// Its factors were removed and this many sessions ended; `noticed` says whether a notice was
+    /// queued for its address (mail may be off).
+    Removed {
+        ended_sessions: usize,
+        noticed: bool,
+    },
+    /// It had no second factor; nothing changed.
+    NothingToRemove,
+}
+
+/// `gatehouse-origin user mfa-reset EMAIL`, for an owner who lost both the authenticator and the
+/// recovery codes and was identified otherwise: removes every second factor of the account (its
+/// authenticator, passkeys and recovery codes) and its pending second steps, ends every session
+/// (one may be on the lost device), and queues a notice to its address, all in one transaction
+/// (OWASP Multifactor Authentication Cheat Sheet: notify users of changes to their factors).
+/// `None` when no account has the address. A running instance's courier sends the notice.
+pub async fn reset(state: &AppState, email: &str) -> Result<Option<Reset>> {
+    let now = state.clock.now();
+    let mut tx = state.db.begin().await?;
     let Some(user_id) =
         sqlx::query_scalar!("select id from users where lower(email) = lower($1)", email,)
             .fetch_optional(&mut *tx)
             .await?
     else {
-        return Ok(false);
+        return Ok(None);
     };
     // Second steps first: a login's second step locks its challenge before the factors, so this
     // order cannot deadlock with one.
     forget_pending(&mut tx, user_id).await?;
-    sqlx::query!("delete from passkeys where user_id = $1", user_id)
+    let passkeys = sqlx::query!("delete from passkeys where user_id = $1", user_id)
         .execute(&mut *tx)
-        .await?;
-    remove_totp(&mut tx, user_id).await?;
+        .await?
+        .rows_affected();
+    let totp = remove_totp(&mut tx, user_id).await?;
+    if passkeys == 0 && !totp {
+        return Ok(Some(Reset::NothingToRemove));
+    }
+    let ended = sessions::end(
+        &mut tx,
+        state,
+        user_id,
+        Which::All,
+        EndReason::FactorsReset,
+        now,
+    )
+    .await?;
+    let noticed = notify(state, &mut tx, user_id, Template::SecondFactorsReset, now).await?;
     tx.commit().await?;
-    Ok(true)
+    notice_committed(state, noticed);
+    Ok(Some(Reset::Removed {
+        ended_sessions: ended.len(),
+        noticed,
+    }))
+}
+
+/// Queues, in `tx`, a notice to the account's address that its factors changed (`template`: one
+/// added, removed, new recovery codes, or the operator's reset), so that a change made with a
+/// stolen session or password is seen by the address's owner (OWASP Multifactor Authentication
+/// Cheat Sheet). Never held back by the per-address cap ([`Template::capped`]). Whether a mail was
+/// queued, for [`notice_committed`].
+pub async fn notify(
+    state: &AppState,
+    tx: &mut Transaction<'static, Postgres>,
+    user_id: Uuid,
+    template: Template,
+    now: OffsetDateTime,
+) -> Result<bool> {
+    let Some(mail) = &state.mail else {
+        return Ok(false);
+    };
+    let Some(user) = users::find(tx, user_id).await? else {
+        return Ok(false);
+    };
+    let letter = Letter::new(Recipient::User(&user), template);
+    mail.queue(state, tx, letter, now).await
+}
+
+/// Wakes the courier for a notice [`notify`] queued, once `tx` has committed.
+pub fn notice_committed(state: &AppState, queued: bool) {
+    if let Some(mail) = &state.mail {
+        mail.queued_after_commit(state, queued);
+    }
 }
 
 /// Ends every pending second step and passkey ceremony of `user_id`: a password change or reset,

@@ -97,6 +97,8 @@ pub enum EndReason {
     EmailChangeUndone,
     /// `DELETE /auth/mfa/totp` ended every other session of the account.
     FactorRemoved,
+    /// The operator's `gatehouse-origin user mfa-reset` ended every session of the account.
+    FactorsReset,
 }
 
 impl EndReason {
@@ -114,6 +116,7 @@ impl EndReason {
             EndReason::EmailChanged => "email_changed",
             EndReason::EmailChangeUndone => "email_change_undone",
             EndReason::FactorRemoved => "factor_removed",
+            EndReason::FactorsReset => "factors_reset",
         }
     }
 }

@@ -206,6 +206,10 @@ pub enum Template {
     SecondFactorAdded,
     /// A notice that a second factor was removed.
     SecondFactorRemoved,
+    /// A notice that a new set of recovery codes replaced the old one.
+    RecoveryCodesReplaced,
+    /// A notice that the operator removed every second factor (`user mfa-reset`).
+    SecondFactorsReset,
     /// A notice to an address that already has an account that someone tried to register it.
     RegisterAttempt,
     /// A link confirming an email change, to the new address.
@@ -218,13 +222,15 @@ pub enum Template {
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 10] = [
+    pub const ALL: [Template; 12] = [
         Template::VerifyEmail,
         Template::ResetPassword,
         Template::PasswordChanged,
         Template::PasswordResetFactorsRemoved,
         Template::SecondFactorAdded,
         Template::SecondFactorRemoved,
+        Template::RecoveryCodesReplaced,
+        Template::SecondFactorsReset,
         Template::RegisterAttempt,
         Template::EmailChangeConfirm,
         Template::EmailChangeTaken,
@@ -240,6 +246,8 @@ impl Template {
             Template::PasswordResetFactorsRemoved => "password_reset_factors_removed",
             Template::SecondFactorAdded => "second_factor_added",
             Template::SecondFactorRemoved => "second_factor_removed",
+            Template::RecoveryCodesReplaced => "recovery_codes_replaced",
+            Template::SecondFactorsReset => "second_factors_reset",
             Template::RegisterAttempt => "register_attempt",
             Template::EmailChangeConfirm => "email_change_confirm",
             Template::EmailChangeTaken => "email_change_taken",
@@ -257,6 +265,8 @@ impl Template {
                 | Template::PasswordResetFactorsRemoved
                 | Template::SecondFactorAdded
                 | Template::SecondFactorRemoved
+                | Template::RecoveryCodesReplaced
+                | Template::SecondFactorsReset
                 | Template::EmailChangeNotice
         )
     }
@@ -286,6 +296,8 @@ impl Template {
             | Template::PasswordResetFactorsRemoved
             | Template::SecondFactorAdded
             | Template::SecondFactorRemoved
+            | Template::RecoveryCodesReplaced
+            | Template::SecondFactorsReset
             | Template::RegisterAttempt
             | Template::EmailChangeTaken => None,
         }
@@ -308,6 +320,8 @@ impl Template {
             Template::PasswordResetFactorsRemoved => sources!("password_reset_factors_removed"),
             Template::SecondFactorAdded => sources!("second_factor_added"),
             Template::SecondFactorRemoved => sources!("second_factor_removed"),
+            Template::RecoveryCodesReplaced => sources!("recovery_codes_replaced"),
+            Template::SecondFactorsReset => sources!("second_factors_reset"),
             Template::RegisterAttempt => sources!("register_attempt"),
             Template::EmailChangeConfirm => sources!("email_change_confirm"),
             Template::EmailChangeTaken => sources!("email_change_taken"),

@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 use super::{ReauthenticationRefused, ended_response, token_response};
 use crate::error::{ApiError, Result};
 use crate::extract::{ApiJson, AuthUser, ClientMeta};
-use crate::mail::{Letter, Recipient, Template};
+use crate::mail::Template;
 use crate::sessions::{self, EndReason, Which};
 use crate::{AppState, credentials, mfa, users};
 
@@ -129,7 +129,7 @@ pub(crate) async fn confirm_totp(
         tx.commit().await?;
         return Err(ApiError::WrongCode);
     };
-    let noticed = notify_factor_change(
+    let noticed = mfa::notify(
         &state,
         &mut tx,
         user.user_id,
@@ -138,7 +138,7 @@ pub(crate) async fn confirm_totp(
     )
     .await?;
     tx.commit().await?;
-    notice_committed(&state, noticed);
+    mfa::notice_committed(&state, noticed);
     tracing::info!(user_id = %user.user_id, "totp enrolled");
     Ok(Json(recovery_codes(codes)))
 }
@@ -183,7 +183,7 @@ pub(crate) async fn remove_totp(
     mfa::remove_totp(&mut tx, user.user_id).await?;
     let (others, reason) = (Which::AllExcept(user.session_id), EndReason::FactorRemoved);
     let ended = sessions::end(&mut tx, &state, user.user_id, others, reason, now).await?;
-    let noticed = notify_factor_change(
+    let noticed = mfa::notify(
         &state,
         &mut tx,
         user.user_id,
@@ -192,7 +192,7 @@ pub(crate) async fn remove_totp(
     )
     .await?;
     tx.commit().await?;
-    notice_committed(&state, noticed);
+    mfa::notice_committed(&state, noticed);
     tracing::info!(user_id = %user.user_id, ended = ended.len(), "totp removed");
     Ok(ended_response(&state, &ended))
 }
@@ -221,7 +221,10 @@ pub(crate) async fn replace_recovery_codes(
         return Err(ApiError::FactorNotFound);
     }
     let codes = mfa::replace_recovery_codes(&mut tx, &state, user.user_id, now).await?;
+    let replaced = Template::RecoveryCodesReplaced;
+    let noticed = mfa::notify(&state, &mut tx, user.user_id, replaced, now).await?;
     tx.commit().await?;
+    mfa::notice_committed(&state, noticed);
     tracing::info!(user_id = %user.user_id, "recovery codes replaced");
     Ok(Json(recovery_codes(codes)))
 }
@@ -354,39 +357,6 @@ pub(crate) async fn step_up_session(
         expires_in: issued.expires_in,
         session_id: user.session_id,
     }))
-}
-
-/// Queues, in `tx`, the account's notice that a second factor was added or removed (OWASP
-/// Multifactor Authentication Cheat Sheet: notify users of changes to their factors, so that a
-/// change made with a stolen session or password is seen by the address's owner). Returns whether
-/// a mail was queued, for [`crate::mail::Mail::queued_after_commit`].
-pub(crate) async fn notify_factor_change(
-    state: &AppState,
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    user_id: uuid::Uuid,
-    template: Template,
-    now: time::OffsetDateTime,
-) -> Result<bool> {
-    let Some(mail) = &state.mail else {
-        return Ok(false);
-    };
-    let Some(user) = users::find(tx, user_id).await? else {
-        return Ok(false);
-    };
-    mail.queue(
-        state,
-        tx,
-        Letter::new(Recipient::User(&user), template),
-        now,
-    )
-    .await
-}
-
-/// Wakes the courier for a notice [`notify_factor_change`] queued, once `tx` has committed.
-pub(crate) fn notice_committed(state: &AppState, queued: bool) {
-    if let Some(mail) = &state.mail {
-        mail.queued_after_commit(state, queued);
-    }
 }
 
 fn recovery_codes(codes: Vec<RecoveryCode>) -> RecoveryCodes {

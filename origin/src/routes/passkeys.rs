@@ -21,7 +21,7 @@ use webauthn_rs::prelude::{
 };
 use webauthn_rs_proto::ResidentKeyRequirement;
 
-use super::mfa::{finish_login, notice_committed, notify_factor_change, refuse_second_step};
+use super::mfa::{finish_login, refuse_second_step};
 use super::{ReauthenticationRefused, ended_response, token_response};
 use crate::error::{ApiError, Result, invalid_field};
 use crate::extract::{ApiJson, ApiPath, AuthUser, ClientMeta};
@@ -202,9 +202,9 @@ pub(crate) async fn finish_registration(
         false => None,
     };
     let added = Template::SecondFactorAdded;
-    let noticed = notify_factor_change(&state, &mut tx, user.user_id, added, now).await?;
+    let noticed = mfa::notify(&state, &mut tx, user.user_id, added, now).await?;
     tx.commit().await?;
-    notice_committed(&state, noticed);
+    mfa::notice_committed(&state, noticed);
     tracing::info!(user_id = %user.user_id, passkey_id = %id, "passkey registered");
     let body = PasskeyRegistered {
         passkey: PasskeyInfo {
@@ -264,9 +264,9 @@ pub(crate) async fn delete_passkey(
     let (others, reason) = (Which::AllExcept(user.session_id), EndReason::FactorRemoved);
     let ended = sessions::end(&mut tx, &state, user.user_id, others, reason, now).await?;
     let removed = Template::SecondFactorRemoved;
-    let noticed = notify_factor_change(&state, &mut tx, user.user_id, removed, now).await?;
+    let noticed = mfa::notify(&state, &mut tx, user.user_id, removed, now).await?;
     tx.commit().await?;
-    notice_committed(&state, noticed);
+    mfa::notice_committed(&state, noticed);
     tracing::info!(user_id = %user.user_id, passkey_id = %id, "passkey removed");
     Ok(ended_response(&state, &ended))
 }

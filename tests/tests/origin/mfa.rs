@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
+use gatehouse_origin::mfa::{self, Reset};
 use gatehouse_shared::ExposeSecret;
 use gatehouse_shared::api::{
     AccessTokenResponse, MfaRequired, MfaStatus, RecoveryCodes, TokenResponse, TotpEnrollment,
@@ -378,7 +379,15 @@ async fn wrong_codes_are_limited_per_account_and_right_ones_are_not_counted(pool
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn recovery_codes_work_once_each_and_a_new_set_voids_the_old(pool: PgPool) {
-    let app = TestApp::new(pool).await;
+    let server = MailServer::start().await;
+    let app = TestApp::with(
+        pool,
+        Options {
+            mail: MailSetting::SentTo(server.smtp_url()),
+            ..Options::default()
+        },
+    )
+    .await;
     let enrolled = enroll(&app).await;
     let [first, second, ..] = &enrolled.recovery_codes[..] else {
         panic!("ten codes");
@@ -435,6 +444,12 @@ async fn recovery_codes_work_once_each_and_a_new_set_voids_the_old(pool: PgPool)
     assert_eq!(new_codes.recovery_codes.len(), 10);
     assert_refused(&old_one, "invalid_mfa_code");
     assert_eq!(new_one.status, StatusCode::OK);
+    // The address hears of the new set, once.
+    let subject = "New recovery codes were made for your account";
+    server.wait_for_subject(EMAIL, subject).await;
+    let notices = server.received_by(EMAIL).await;
+    let sent = notices.iter().filter(|mail| mail.subject == subject);
+    assert_eq!(sent.count(), 1);
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
@@ -587,20 +602,46 @@ async fn removing_the_authenticator_ends_other_sessions_and_login_is_one_step_ag
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
-async fn the_operator_command_removes_every_factor(pool: PgPool) {
-    let app = TestApp::new(pool).await;
-    enroll(&app).await;
+async fn the_operator_command_removes_every_factor_ends_every_session_and_says_so(pool: PgPool) {
+    let server = MailServer::start().await;
+    let app = TestApp::with(
+        pool,
+        Options {
+            mail: MailSetting::SentTo(server.smtp_url()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let enrolled = enroll(&app).await;
+    let signed_in = sign_in_with_totp(&app, &enrolled).await;
+    let waiting = first_step(&app).await;
 
-    let found = gatehouse_origin::mfa::reset(&app.pool, "ADA@example.com")
-        .await
-        .unwrap();
-    let unknown = gatehouse_origin::mfa::reset(&app.pool, "bob@example.com")
-        .await
-        .unwrap();
-
-    assert!(found && !unknown);
+    let found = mfa::reset(&app.state, "ADA@example.com").await.unwrap();
+    let again = mfa::reset(&app.state, EMAIL).await.unwrap();
+    let unknown = mfa::reset(&app.state, "bob@example.com").await.unwrap();
+    let second = code(&app, &enrolled.secret);
+    let late_second_step = second_step(&app, waiting.mfa_token.expose_secret(), &second).await;
     let login = app.login(EMAIL, PASSWORD).await;
+
+    // The registration's session and the two-factor one.
+    let removed = Reset::Removed {
+        ended_sessions: 2,
+        noticed: true,
+    };
+    assert_eq!(found, Some(removed));
+    assert_eq!(again, Some(Reset::NothingToRemove));
+    assert_eq!(unknown, None);
+    app.assert_ended(&enrolled.session).await;
+    app.assert_ended(&signed_in).await;
+    assert_refused(&late_second_step, "mfa_token_invalid");
     assert!(login.body.get("access_token").is_some(), "{:?}", login.body);
+    assert_eq!(app.count("select count(*) from recovery_codes").await, 0);
+    // The address hears of it once; the second run, which found nothing, sent nothing.
+    let subject = "Every second sign-in factor was removed from your account";
+    server.wait_for_subject(EMAIL, subject).await;
+    let notices = server.received_by(EMAIL).await;
+    let sent = notices.iter().filter(|mail| mail.subject == subject);
+    assert_eq!(sent.count(), 1);
 }
 
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
