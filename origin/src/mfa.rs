@@ -567,21 +567,27 @@ pub async fn fail_challenge(
     Ok(())
 }
 
-/// Spends a second step that completed its login.
-pub async fn use_challenge(
+/// Spends a second step that completed its login and reads its account, in one statement (one
+/// round trip fewer on every two-factor login).
+pub async fn spend_challenge(
     tx: &mut Transaction<'static, Postgres>,
     token: &MfaToken,
     now: OffsetDateTime,
-) -> Result<()> {
+) -> Result<Option<users::User>> {
     let hash = token.lookup_hash();
-    sqlx::query!(
-        "update mfa_challenges set used_at = $2 where token_hash = $1",
+    Ok(sqlx::query_as!(
+        users::User,
+        "with spent as (
+           update mfa_challenges set used_at = $2 where token_hash = $1 returning user_id
+         )
+         select u.id, u.email, u.password_hash, u.first_name, u.last_name, u.is_active,
+                u.email_verified_at, u.created_at, u.legacy_id, u.legacy_password
+         from users u join spent on u.id = spent.user_id",
         hash.as_slice(),
         now,
     )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 /// Deletes second steps that expired a day ago (kept that long for the audit of failures).

@@ -291,8 +291,7 @@ pub(crate) async fn finish_login(
     meta: &ClientMeta,
     now: time::OffsetDateTime,
 ) -> Result<Json<TokenResponse>> {
-    mfa::use_challenge(&mut tx, token, now).await?;
-    let Some(user) = users::find(&mut tx, challenge.user_id)
+    let Some(user) = mfa::spend_challenge(&mut tx, token, now)
         .await?
         .filter(|user| user.is_active)
     else {
