@@ -1,8 +1,9 @@
 # The origin as a container image. From the repository root:
 #   docker build -t gatehouse-origin .
 #   podman build --format docker -t gatehouse-origin .   (the OCI format drops HEALTHCHECK)
-# `cargo xtask image --full` runs this whole build with podman; `cargo xtask image` (CI) builds the
-# `prebuilt` target instead: the same runtime stage around a release binary built on the host.
+# `cargo xtask image --full` runs this whole build with podman; `cargo xtask image` builds the
+# `prebuilt` target instead: the same runtime stage around a release binary built on the host (CI
+# gives it the debug binary its tests ran).
 # Both stages start from debian:bookworm-slim; where no registry answers, `cargo xtask image`
 # builds that base from Debian's packages (mmdebstrap) and tags it with this name.
 
@@ -63,8 +64,8 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["gatehouse-origin"]
 CMD ["serve"]
 
-# CI and local smoke tests: podman build --target prebuilt --build-context host-binary=DIR, where
-# DIR holds a release gatehouse-origin built on a bookworm (glibc 2.36) host.
+# Smoke tests: podman build --target prebuilt --build-context host-binary=DIR, where DIR holds a
+# gatehouse-origin built on a bookworm (glibc 2.36) host (release, or CI's debug build).
 FROM runtime AS prebuilt
 COPY --from=host-binary gatehouse-origin /usr/local/bin/gatehouse-origin
 

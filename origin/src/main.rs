@@ -285,11 +285,12 @@ async fn healthcheck() -> anyhow::Result<()> {
 /// service's whole configuration (as `serve` does) rather than `DATABASE_URL` alone.
 async fn mfa_reset(email: &str) -> anyhow::Result<()> {
     use gatehouse_origin::mfa::{self, Reset};
-    let config = Config::from_env().context("invalid configuration")?;
+    let mut config = Config::from_env().context("invalid configuration")?;
+    // The command signs nothing: a throwaway key stands in for the service's, so it neither reads
+    // nor creates stored keys (after SERVER_SECRET changes they no longer open, and this is the
+    // command the README sends operators to then).
+    config.signing_key = SigningKeySource::Configured(TokenSigner::generate(&mut rand_core::OsRng));
     let db = migrated_database(&config).await?;
-    let config = signing_keys::load_into(config, &db, time::OffsetDateTime::now_utc())
-        .await
-        .context("reading the signing keys from the database")?;
     let state = AppState::from_config(config, db)?;
     match mfa::reset(&state, email).await? {
         Some(Reset::Removed {

@@ -296,17 +296,19 @@ pub async fn reset(state: &AppState, email: &str) -> Result<Option<Reset>> {
     else {
         return Ok(None);
     };
-    // Second steps first: a login's second step locks its challenge before the factors, so this
-    // order cannot deadlock with one.
-    forget_pending(&mut tx, user_id).await?;
-    let passkeys = sqlx::query!("delete from passkeys where user_id = $1", user_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let totp = remove_totp(&mut tx, user_id).await?;
-    if passkeys == 0 && !totp {
+    // The account's row first, as every other change of its factors, sessions or password takes
+    // it (a password change then ends sessions before pending second steps); a login's second
+    // step only share-locks it, after its challenge.
+    lock_account(&mut tx, user_id).await?;
+    // A half-finished enrolment is not a factor: nothing to tell the owner, no session to end.
+    if !factors(&mut tx, user_id).await?.any() {
         return Ok(Some(Reset::NothingToRemove));
     }
+    forget_pending(&mut tx, user_id).await?;
+    sqlx::query!("delete from passkeys where user_id = $1", user_id)
+        .execute(&mut *tx)
+        .await?;
+    remove_totp(&mut tx, user_id).await?;
     let ended = sessions::end(
         &mut tx,
         state,

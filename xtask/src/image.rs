@@ -50,7 +50,7 @@ const SLIM_EXCLUDES: [&str; 4] = [
 enum Source {
     /// Built here in release (`cargo xtask image`).
     HostBuild,
-    /// Built here already (`--binary PATH`: CI builds it while the tests run).
+    /// Built here already (`--binary PATH`: CI passes the debug binary its tests ran).
     HostBinary(PathBuf),
     /// The Dockerfile's own build stage (`--full`).
     Full,

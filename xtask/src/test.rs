@@ -68,6 +68,13 @@ pub fn run(extra: &[String]) -> anyhow::Result<ExitCode> {
         .status()
         .context("building the tests")?;
     anyhow::ensure!(status.success(), "building the tests failed");
+    // Cargo builds the origin's binary here because the origin's own integration tests run it
+    // (`CARGO_BIN_EXE_gatehouse-origin`), with the same features as everything else in this run.
+    anyhow::ensure!(
+        origin_bin.exists(),
+        "{} was not built with the tests (do the origin's integration tests still run it?)",
+        origin_bin.display()
+    );
 
     // The end-to-end tests through the edge spend most of their time waiting on workerd and
     // sockets, so the rest of the run goes on beside them: every other test binary, the wasm32
