@@ -97,13 +97,16 @@ pub struct Claimed {
     pub message_id: Uuid,
 }
 
-/// Claims up to `limit` due rows until `lease_until`.
+/// Claims up to `limit` due rows until `lease_until`: only rows of templates this release knows,
+/// so that during a rolling deploy an older instance leaves a newer release's mail for an instance
+/// that can write it, rather than discarding it.
 pub async fn claim(
     connection: &mut PgConnection,
     limit: i64,
     now: OffsetDateTime,
     lease_until: OffsetDateTime,
 ) -> Result<Vec<Claimed>> {
+    let known = Template::ALL.map(Template::as_str);
     Ok(sqlx::query_as!(
         Claimed,
         "update outbox set claimed_until = $3, attempts = attempts + 1
@@ -111,6 +114,7 @@ pub async fn claim(
            select id from outbox
            where sent_at is null and discarded_at is null and next_attempt_at <= $1
              and (claimed_until is null or claimed_until <= $1)
+             and template = any($4)
            order by next_attempt_at, id
            limit $2
            for update skip locked)
@@ -119,6 +123,7 @@ pub async fn claim(
         now,
         limit,
         lease_until,
+        &known[..] as &[&str],
     )
     .fetch_all(connection)
     .await?)
@@ -220,10 +225,14 @@ pub async fn backlog(connection: &mut PgConnection) -> Result<Backlog> {
 
 /// Deletes rows finished more than a day ago (they no longer count toward the cap).
 pub async fn purge(connection: &mut PgConnection, now: OffsetDateTime) -> Result<u64> {
+    // An unsent row older than every template's `give_up_after` is one no instance knows how to
+    // write (a newer release's, after that release was rolled back): [`claim`] never takes it.
     Ok(sqlx::query!(
-        "delete from outbox where (sent_at is not null or discarded_at is not null)
-           and created_at < $1",
+        "delete from outbox where ((sent_at is not null or discarded_at is not null)
+                                   and created_at < $1)
+                               or created_at < $2",
         now - time::Duration::days(1),
+        now - time::Duration::days(8),
     )
     .execute(connection)
     .await?

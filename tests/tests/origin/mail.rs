@@ -665,3 +665,37 @@ async fn the_outbox_accepts_every_template(pool: PgPool) {
         assert!(inserted.is_ok(), "{}: {inserted:?}", template.as_str());
     }
 }
+
+/// During a rolling deploy a newer release may queue a mail whose template this one cannot write:
+/// the courier leaves it for an instance that can, rather than discarding it.
+#[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
+async fn mail_of_a_template_from_a_newer_release_is_left_for_an_instance_that_knows_it(
+    pool: PgPool,
+) {
+    let server = MailServer::start().await;
+    // The newer release's migration would have let its template into the outbox.
+    sqlx::query("alter table outbox drop constraint outbox_template_known")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into outbox (recipient, template, created_at, next_attempt_at)
+         values ('bob@example.com', 'from_a_newer_release', now() - interval '1 minute',
+                 now() - interval '1 minute')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = app_sending_to(pool, &server).await;
+
+    app.register("ada@example.com").await;
+    server
+        .wait_for_subject("ada@example.com", "Confirm your email")
+        .await;
+
+    // The courier claims due rows oldest first, so it passed the newer release's row to reach the
+    // registration's, and left it untouched.
+    let untouched = "select count(*) from outbox where template = 'from_a_newer_release'
+                     and attempts = 0 and sent_at is null and discarded_at is null";
+    assert_eq!(app.count(untouched).await, 1);
+}
