@@ -223,7 +223,8 @@ pub async fn backlog(connection: &mut PgConnection) -> Result<Backlog> {
     .await?)
 }
 
-/// Deletes rows finished more than a day ago (they no longer count toward the cap).
+/// Deletes rows finished more than a day ago (they no longer count toward the cap), and rows
+/// older than 8 days that no instance claimed.
 pub async fn purge(connection: &mut PgConnection, now: OffsetDateTime) -> Result<u64> {
     // An unsent row older than every template's `give_up_after` is one no instance knows how to
     // write (a newer release's, after that release was rolled back): [`claim`] never takes it.

@@ -698,4 +698,16 @@ async fn mail_of_a_template_from_a_newer_release_is_left_for_an_instance_that_kn
     let untouched = "select count(*) from outbox where template = 'from_a_newer_release'
                      and attempts = 0 and sent_at is null and discarded_at is null";
     assert_eq!(app.count(untouched).await, 1);
+    // If no instance ever writes it (the newer release was rolled back), the janitor deletes it
+    // once every template's retries would have ended (7 days), on day 8.
+    let now = app.state.clock.now();
+    janitor::purge(&app.state, now + time::Duration::days(7))
+        .await
+        .unwrap();
+    let kept = app.count(untouched).await;
+    janitor::purge(&app.state, now + time::Duration::days(8))
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    assert_eq!(app.count(untouched).await, 0);
 }
