@@ -261,6 +261,15 @@ impl TestApp {
         TestApp::with(pool, options).await
     }
 
+    /// The origin with default options on `pool`, its courier delivering to `server`.
+    pub async fn sending_mail_to(pool: PgPool, server: &mail::MailServer) -> Self {
+        let options = Options {
+            mail: MailSetting::SentTo(server.smtp_url()),
+            ..Options::default()
+        };
+        TestApp::with(pool, options).await
+    }
+
     /// The origin with `options` on `pool`.
     pub async fn with(pool: PgPool, options: Options) -> Self {
         TestApp::on(Database::from_pool(pool.clone()), pool, options).await

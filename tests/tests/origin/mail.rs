@@ -19,17 +19,6 @@ use sqlx::PgPool;
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
 
-async fn app_sending_to(pool: PgPool, server: &MailServer) -> TestApp {
-    TestApp::with(
-        pool,
-        Options {
-            mail: MailSetting::SentTo(server.smtp_url()),
-            ..Options::default()
-        },
-    )
-    .await
-}
-
 /// Waits until `sql` (a count) reaches `expected`; panics after 30 s.
 async fn wait_until_count(app: &TestApp, sql: &str, expected: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -73,7 +62,7 @@ async fn verify_email(app: &TestApp, token: &str) -> TestResponse {
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn registration_mails_a_link_that_verifies_the_address(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let registered = app.register("ada@example.com").await;
     assert!(!app.claims(&registered.access_token).email_verified);
 
@@ -120,7 +109,7 @@ async fn registration_mails_a_link_that_verifies_the_address(pool: PgPool) {
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn each_bad_link_gets_its_own_code_and_no_bearer_challenge(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     app.register("ada@example.com").await;
     let verification = server.wait_for("ada@example.com", 1).await[0].link_token();
     assert_eq!(
@@ -165,7 +154,7 @@ async fn each_bad_link_gets_its_own_code_and_no_bearer_challenge(pool: PgPool) {
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn a_reset_sets_the_password_verifies_the_address_and_ends_every_session(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let first = app.register("ada@example.com").await;
     let second = app.sign_in("ada@example.com").await;
 
@@ -211,7 +200,7 @@ async fn a_reset_sets_the_password_verifies_the_address_and_ends_every_session(p
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn an_unknown_address_gets_the_same_answer_and_no_mail(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     app.register("ada@example.com").await;
 
     let known = forgot(&app, "ada@example.com").await;
@@ -243,7 +232,7 @@ async fn an_unknown_address_gets_the_same_answer_and_no_mail(pool: PgPool) {
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn two_resets_with_one_link_leave_exactly_one_password(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     app.register("ada@example.com").await;
     forgot(&app, "ada@example.com").await;
     let token = server
@@ -272,7 +261,7 @@ async fn two_resets_with_one_link_leave_exactly_one_password(pool: PgPool) {
 async fn mail_queued_while_the_smtp_server_is_down_arrives_once_it_is_back(pool: PgPool) {
     let server = MailServer::start().await;
     let (smtp_port, web_port) = (server.smtp_port, server.web_port);
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     drop(server);
 
     let addresses = ["ada@example.com", "bea@example.com", "cy@example.com"];
@@ -296,7 +285,7 @@ async fn mail_queued_while_the_smtp_server_is_down_arrives_once_it_is_back(pool:
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn one_address_gets_at_most_three_mails_an_hour_and_the_answers_do_not_change(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     app.register("ada@example.com").await;
 
     let mut answers = Vec::new();
@@ -483,7 +472,7 @@ async fn change_email(app: &TestApp, access_token: &str, new_email: &str) -> Tes
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn an_email_change_is_confirmed_by_the_new_address_and_undone_by_the_old(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let asking = app.register("ada@example.com").await;
     let other = app.sign_in("ada@example.com").await;
 
@@ -538,7 +527,7 @@ async fn an_email_change_is_confirmed_by_the_new_address_and_undone_by_the_old(p
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn a_taken_address_is_told_so_and_the_answer_does_not_change(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let ada = app.register("ada@example.com").await;
     app.register("bea@example.com").await;
 
@@ -559,7 +548,7 @@ async fn a_taken_address_is_told_so_and_the_answer_does_not_change(pool: PgPool)
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn an_address_taken_before_the_confirmation_is_a_conflict(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let ada = app.register("ada@example.com").await;
     change_email(&app, ada.access_token.expose_secret(), "cy@example.com").await;
     let token = server
@@ -601,7 +590,7 @@ async fn an_email_change_needs_the_password_and_another_address(pool: PgPool) {
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn a_reset_link_to_an_address_the_account_has_left_is_dead(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let ada = app.register("ada@example.com").await;
     forgot(&app, "ada@example.com").await;
     let old_link = server
@@ -627,7 +616,7 @@ async fn a_reset_link_to_an_address_the_account_has_left_is_dead(pool: PgPool) {
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn a_flood_of_requests_cannot_silence_the_password_change_notice(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let ada = app.register("ada@example.com").await;
     for _ in 0..5 {
         forgot(&app, "ada@example.com").await;
@@ -686,7 +675,7 @@ async fn mail_of_a_template_from_a_newer_release_is_left_for_an_instance_that_kn
     .execute(&pool)
     .await
     .unwrap();
-    let app = app_sending_to(pool, &server).await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
 
     app.register("ada@example.com").await;
     server

@@ -13,7 +13,7 @@ use gatehouse_shared::api::{
 };
 use gatehouse_shared::totp::{STEP_SECS, Secret, step_of};
 use gatehouse_tests::mail::MailServer;
-use gatehouse_tests::{MailSetting, Options, PASSWORD, TestApp, TestResponse, assert_refused};
+use gatehouse_tests::{PASSWORD, TestApp, TestResponse, assert_refused};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -380,14 +380,7 @@ async fn wrong_codes_are_limited_per_account_and_right_ones_are_not_counted(pool
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn recovery_codes_work_once_each_and_a_new_set_voids_the_old(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = TestApp::with(
-        pool,
-        Options {
-            mail: MailSetting::SentTo(server.smtp_url()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let enrolled = enroll(&app).await;
     let [first, second, ..] = &enrolled.recovery_codes[..] else {
         panic!("ten codes");
@@ -547,14 +540,7 @@ async fn sensitive_actions_with_a_factor_need_a_two_factor_sign_in_of_the_last_t
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn removing_the_authenticator_ends_other_sessions_and_login_is_one_step_again(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = TestApp::with(
-        pool,
-        Options {
-            mail: MailSetting::SentTo(server.smtp_url()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let enrolled = enroll(&app).await;
     let here = sign_in_with_totp(&app, &enrolled).await;
     let elsewhere = sign_in_with_totp(&app, &enrolled).await;
@@ -603,14 +589,7 @@ async fn removing_the_authenticator_ends_other_sessions_and_login_is_one_step_ag
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn the_operator_command_removes_every_factor_ends_every_session_and_says_so(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = TestApp::with(
-        pool,
-        Options {
-            mail: MailSetting::SentTo(server.smtp_url()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let enrolled = enroll(&app).await;
     let signed_in = sign_in_with_totp(&app, &enrolled).await;
     let waiting = first_step(&app).await;
@@ -652,14 +631,7 @@ async fn the_operator_command_removes_every_factor_ends_every_session_and_says_s
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn a_reset_removes_a_factor_set_before_the_address_was_verified_and_says_so(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = TestApp::with(
-        pool,
-        Options {
-            mail: MailSetting::SentTo(server.smtp_url()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     // A squatter registers the address first and sets a factor; the owner resets the password
     // through the address.
     enroll(&app).await;

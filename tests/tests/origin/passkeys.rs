@@ -10,7 +10,7 @@ use gatehouse_shared::api::{
 };
 use gatehouse_tests::mail::MailServer;
 use gatehouse_tests::passkey::SoftPasskey;
-use gatehouse_tests::{MailSetting, Options, PASSWORD, TestApp, TestResponse, assert_refused};
+use gatehouse_tests::{Options, PASSWORD, TestApp, TestResponse, assert_refused};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -209,14 +209,7 @@ async fn any_instance_finishes_a_ceremony_once(pool: PgPool) {
 #[sqlx::test(migrator = "gatehouse_origin::MIGRATOR")]
 async fn removing_a_passkey_needs_a_recent_second_factor_and_ends_other_sessions(pool: PgPool) {
     let server = MailServer::start().await;
-    let app = TestApp::with(
-        pool,
-        Options {
-            mail: MailSetting::SentTo(server.smtp_url()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::sending_mail_to(pool, &server).await;
     let password_session = app.register("ada@example.com").await;
     let mut soft = SoftPasskey::new();
     let registered = register_passkey(&app, &password_session, &mut soft).await;
