@@ -289,10 +289,9 @@ pub enum Reset {
 pub async fn reset(state: &AppState, email: &str) -> Result<Option<Reset>> {
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    let Some(user_id) =
-        sqlx::query_scalar!("select id from users where lower(email) = lower($1)", email,)
-            .fetch_optional(&mut *tx)
-            .await?
+    let Some(user_id) = users::find_by_email(&mut tx, email)
+        .await?
+        .map(|user| user.id)
     else {
         return Ok(None);
     };
